@@ -1,0 +1,132 @@
+//! The one error type of the HTTP API: each variant knows its status and its `code`, and renders
+//! as `{"error": {"code", "message", ...details}}`.
+//!
+//! Client mistakes are answered, not logged as errors; internal failures are logged in full and
+//! answered with a generic message.
+
+use http::StatusCode;
+use serde_json::{Map, Value, json};
+
+use crate::store::{AppendError, StorageError};
+
+#[derive(Debug)]
+pub(crate) enum ApiError {
+    /// 400: the request is malformed or breaks a documented rule.
+    InvalidRequest(String),
+    /// 401: no valid token.
+    Unauthorized,
+    /// 403: the token's role may not do this.
+    Forbidden { needed: &'static str },
+    /// 404 with a specific code (`stream_not_found`, ...) or `not_found` for unknown routes.
+    NotFound { code: &'static str, message: String },
+    /// 405: the route exists, the method does not.
+    MethodNotAllowed,
+    /// 409 `wrong_expected_version`.
+    WrongExpectedVersion { expected: Value, actual: u64 },
+    /// 409 `duplicate_event_id`.
+    DuplicateEventId { id: String, message: String },
+    /// 413: a body, an event or a count above its limit.
+    PayloadTooLarge(String),
+    /// 500: a failure of the host; the details go to the log only.
+    Internal(String),
+    /// 503: the host is shutting down.
+    Unavailable,
+}
+
+impl ApiError {
+    pub(crate) fn invalid(message: impl Into<String>) -> Self {
+        ApiError::InvalidRequest(message.into())
+    }
+
+    pub(crate) fn status(&self) -> StatusCode {
+        match self {
+            ApiError::InvalidRequest(_) => StatusCode::BAD_REQUEST,
+            ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
+            ApiError::Forbidden { .. } => StatusCode::FORBIDDEN,
+            ApiError::NotFound { .. } => StatusCode::NOT_FOUND,
+            ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            ApiError::WrongExpectedVersion { .. } | ApiError::DuplicateEventId { .. } => {
+                StatusCode::CONFLICT
+            }
+            ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            ApiError::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+        }
+    }
+
+    pub(crate) fn code(&self) -> &'static str {
+        match self {
+            ApiError::InvalidRequest(_) => "invalid_request",
+            ApiError::Unauthorized => "unauthorized",
+            ApiError::Forbidden { .. } => "forbidden",
+            ApiError::NotFound { code, .. } => code,
+            ApiError::MethodNotAllowed => "method_not_allowed",
+            ApiError::WrongExpectedVersion { .. } => "wrong_expected_version",
+            ApiError::DuplicateEventId { .. } => "duplicate_event_id",
+            ApiError::PayloadTooLarge(_) => "payload_too_large",
+            ApiError::Internal(_) => "internal_error",
+            ApiError::Unavailable => "unavailable",
+        }
+    }
+
+    /// The JSON body of the error response.
+    pub(crate) fn body(&self) -> Value {
+        let mut error = Map::new();
+        error.insert("code".into(), self.code().into());
+        let message = match self {
+            ApiError::InvalidRequest(m) | ApiError::PayloadTooLarge(m) => m.clone(),
+            ApiError::Unauthorized => "a valid bearer token is required".into(),
+            ApiError::Forbidden { needed } => format!("this request needs the {needed} role"),
+            ApiError::NotFound { message, .. } => message.clone(),
+            ApiError::MethodNotAllowed => "this route does not take that method".into(),
+            ApiError::WrongExpectedVersion { expected, actual } => {
+                error.insert("expected".into(), expected.clone());
+                error.insert("actual".into(), (*actual).into());
+                format!("the stream is at version {actual}, expected {expected}")
+            }
+            ApiError::DuplicateEventId { id, message } => {
+                error.insert("id".into(), id.clone().into());
+                message.clone()
+            }
+            ApiError::Internal(_) => "the host failed to handle the request; see its log".into(),
+            ApiError::Unavailable => "the host is shutting down".into(),
+        };
+        error.insert("message".into(), message.into());
+        json!({ "error": error })
+    }
+
+    pub(crate) fn not_found(code: &'static str, message: impl Into<String>) -> Self {
+        ApiError::NotFound {
+            code,
+            message: message.into(),
+        }
+    }
+}
+
+impl From<StorageError> for ApiError {
+    fn from(error: StorageError) -> Self {
+        match error {
+            StorageError::Closed => ApiError::Unavailable,
+            other => ApiError::Internal(other.to_string()),
+        }
+    }
+}
+
+impl From<AppendError> for ApiError {
+    fn from(error: AppendError) -> Self {
+        match error {
+            AppendError::WrongExpectedVersion { expected, actual } => {
+                ApiError::WrongExpectedVersion {
+                    expected: expected.to_json(),
+                    actual,
+                }
+            }
+            AppendError::DuplicateEventId { ref id, .. } => ApiError::DuplicateEventId {
+                id: id.clone(),
+                message: error.to_string(),
+            },
+            AppendError::Invalid(message) => ApiError::InvalidRequest(message),
+            AppendError::Storage(storage) => storage.into(),
+        }
+    }
+}

@@ -1,0 +1,158 @@
+//! Counters for `/metrics`, rendered in the Prometheus text format.
+
+use std::collections::BTreeMap;
+use std::fmt::Write;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+
+use crate::store::StoreStats;
+
+/// What the API counts; the store counts its own work in [`StoreStats`].
+#[derive(Default)]
+pub(crate) struct Metrics {
+    requests: Mutex<BTreeMap<(&'static str, u16), u64>>,
+    appends: AtomicU64,
+    events_appended: AtomicU64,
+    idempotent_appends: AtomicU64,
+    errors: Mutex<BTreeMap<&'static str, u64>>,
+    followers: AtomicI64,
+}
+
+impl Metrics {
+    pub(crate) fn request(&self, route: &'static str, status: u16) {
+        *self
+            .requests
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry((route, status))
+            .or_default() += 1;
+    }
+
+    pub(crate) fn error(&self, code: &'static str) {
+        *self
+            .errors
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(code)
+            .or_default() += 1;
+    }
+
+    pub(crate) fn appended(&self, events: u64) {
+        self.appends.fetch_add(1, Ordering::Relaxed);
+        self.events_appended.fetch_add(events, Ordering::Relaxed);
+    }
+
+    pub(crate) fn idempotent_append(&self) {
+        self.idempotent_appends.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts a live follower until the guard is dropped.
+    pub(crate) fn follower(&self) -> FollowerGuard<'_> {
+        self.followers.fetch_add(1, Ordering::Relaxed);
+        FollowerGuard(self)
+    }
+
+    pub(crate) fn render(&self, store: StoreStats, head: u64) -> String {
+        let mut out = String::new();
+        let mut family = |name: &str, kind: &str, help: &str| {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+        };
+        family(
+            "evhost_http_requests_total",
+            "counter",
+            "HTTP requests answered, by route and status.",
+        );
+        let mut lines = String::new();
+        for ((route, status), count) in self
+            .requests
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+        {
+            let _ = writeln!(
+                lines,
+                "evhost_http_requests_total{{route=\"{route}\",status=\"{status}\"}} {count}"
+            );
+        }
+        out.push_str(&lines);
+        let counter = |out: &mut String, name: &str, kind: &str, help: &str, value: String| {
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
+            );
+        };
+        let load = |a: &AtomicU64| a.load(Ordering::Relaxed).to_string();
+        counter(
+            &mut out,
+            "evhost_appends_total",
+            "counter",
+            "Appends acknowledged as written.",
+            load(&self.appends),
+        );
+        counter(
+            &mut out,
+            "evhost_events_appended_total",
+            "counter",
+            "Events written by acknowledged appends.",
+            load(&self.events_appended),
+        );
+        counter(
+            &mut out,
+            "evhost_idempotent_appends_total",
+            "counter",
+            "Retried appends answered with the original result.",
+            load(&self.idempotent_appends),
+        );
+        counter(
+            &mut out,
+            "evhost_commits_total",
+            "counter",
+            "Durable write transactions (each holds a group of appends).",
+            store.commits.to_string(),
+        );
+        counter(
+            &mut out,
+            "evhost_committed_appends_total",
+            "counter",
+            "Appends written by those transactions.",
+            store.committed_appends.to_string(),
+        );
+        counter(
+            &mut out,
+            "evhost_commit_seconds_total",
+            "counter",
+            "Time spent writing and syncing transactions.",
+            format!("{:.6}", store.commit_seconds),
+        );
+        counter(
+            &mut out,
+            "evhost_head_position",
+            "gauge",
+            "The last durable global position.",
+            head.to_string(),
+        );
+        counter(
+            &mut out,
+            "evhost_followers",
+            "gauge",
+            "Open server-sent event followers.",
+            self.followers.load(Ordering::Relaxed).to_string(),
+        );
+        let _ = writeln!(
+            out,
+            "# HELP evhost_errors_total Error responses, by code.\n# TYPE evhost_errors_total counter"
+        );
+        for (code, count) in self.errors.lock().unwrap_or_else(|p| p.into_inner()).iter() {
+            let _ = writeln!(out, "evhost_errors_total{{code=\"{code}\"}} {count}");
+        }
+        out
+    }
+}
+
+pub(crate) struct FollowerGuard<'a>(&'a Metrics);
+
+impl Drop for FollowerGuard<'_> {
+    fn drop(&mut self) {
+        self.0.followers.fetch_sub(1, Ordering::Relaxed);
+    }
+}

@@ -1,0 +1,88 @@
+//! The command line: `serve` runs the host; `append`, `read` and `tail` talk to a running one.
+//!
+//! Architecture Invariant: this is the edge. It parses arguments and environment, wires the store
+//! to the API, and turns errors into messages and exit codes (`anyhow` lives here only).
+
+mod client;
+mod serve;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "evhost",
+    version,
+    about = "An event store and WebAssembly plugin host in one binary"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the host: the event store and its HTTP API.
+    Serve(ServeArgs),
+    /// Append one event to a stream.
+    Append(client::AppendArgs),
+    /// Read a stream, or the global log when no stream is named.
+    Read(client::ReadArgs),
+    /// Follow the global log live (server-sent events), from a position on.
+    Tail(client::TailArgs),
+}
+
+#[derive(Args)]
+pub(crate) struct ServeArgs {
+    /// Directory holding the database file; created if missing.
+    #[arg(long, default_value = "./evhost-data")]
+    data: PathBuf,
+    /// Address to listen on; port 0 picks a free port.
+    #[arg(long, default_value = "127.0.0.1:7070")]
+    listen: String,
+    /// Token granting every operation.
+    #[arg(long, env = "EVHOST_ADMIN_TOKEN", hide_env_values = true)]
+    admin_token: Option<String>,
+    /// Token granting reads, appends and commands.
+    #[arg(long, env = "EVHOST_WRITE_TOKEN", hide_env_values = true)]
+    write_token: Option<String>,
+    /// Token granting reads.
+    #[arg(long, env = "EVHOST_READ_TOKEN", hide_env_values = true)]
+    read_token: Option<String>,
+    /// Allow a non-loopback address without tokens (anyone who reaches it may write).
+    #[arg(long)]
+    insecure: bool,
+    /// Memory for the database's page cache, in MiB.
+    #[arg(long, default_value_t = 64)]
+    cache_mib: usize,
+}
+
+/// Where a client subcommand finds the host.
+#[derive(Args, Clone)]
+pub(crate) struct Connection {
+    /// The host's base URL.
+    #[arg(long, env = "EVHOST_URL", default_value = "http://127.0.0.1:7070")]
+    url: String,
+    /// Bearer token to present.
+    #[arg(long, env = "EVHOST_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+}
+
+pub(crate) fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Serve(args) => serve::run(args),
+        Command::Append(args) => client::append(args),
+        Command::Read(args) => client::read(args),
+        Command::Tail(args) => client::tail(args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("evhost: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

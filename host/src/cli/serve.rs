@@ -1,0 +1,70 @@
+//! `evhost serve`: opens the store, binds the address, serves until SIGTERM or ctrl-c, then
+//! finishes requests in flight and closes the database cleanly.
+
+use std::io::Write;
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::sync::Arc;
+
+use anyhow::{Context, bail};
+
+use super::ServeArgs;
+use crate::api::{self, App, Limits, Tokens};
+use crate::store::{EventStore, RedbStore, StoreOptions};
+
+pub(super) fn run(args: ServeArgs) -> anyhow::Result<()> {
+    let tokens = Tokens::new(args.admin_token, args.write_token, args.read_token);
+    let address = resolve(&args.listen)?;
+    if !address.ip().is_loopback() && tokens.is_open() && !args.insecure {
+        bail!(
+            "refusing to listen on {address} without tokens: anyone who can reach it could append events. \
+             Set --admin-token, --write-token and --read-token (or EVHOST_ADMIN_TOKEN, EVHOST_WRITE_TOKEN, \
+             EVHOST_READ_TOKEN), listen on a loopback address, or pass --insecure"
+        );
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the runtime")?;
+    runtime.block_on(async move {
+        let options = StoreOptions {
+            cache_bytes: args.cache_mib << 20,
+        };
+        let store = Arc::new(RedbStore::open(&args.data, &options).context("opening the store")?);
+        let listener = tokio::net::TcpListener::bind(address)
+            .await
+            .with_context(|| format!("binding {address}"))?;
+        let local = listener.local_addr()?;
+        crate::log::info!(
+            "serving {} on http://{local} (head {})",
+            args.data.display(),
+            store.head()
+        );
+        // The one line scripts wait for: the host accepts connections from now on.
+        println!("evhost listening on http://{local}");
+        std::io::stdout().flush()?;
+        let app = App::new(store.clone(), tokens, Limits::default());
+        api::serve(listener, app, shutdown_signal()).await;
+        store.close();
+        crate::log::info!("stopped cleanly at head {}", store.head());
+        Ok(())
+    })
+}
+
+fn resolve(listen: &str) -> anyhow::Result<SocketAddr> {
+    listen
+        .to_socket_addrs()
+        .with_context(|| format!("--listen {listen:?} is not an address like 127.0.0.1:7070"))?
+        .next()
+        .with_context(|| format!("--listen {listen:?} resolves to no address"))
+}
+
+/// Resolves on SIGTERM or ctrl-c.
+async fn shutdown_signal() {
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("installing a SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = terminate.recv() => {}
+    }
+    crate::log::info!("shutting down: finishing requests in flight");
+}

@@ -1,0 +1,856 @@
+//! The embedded backend: every event and index in one redb file, written by one writer thread
+//! that commits concurrent appends together (group commit).
+//!
+//! Appends travel over a channel to the writer. It takes every request waiting, applies them one
+//! after another in a single write transaction (each one's checks see the writes of those before
+//! it), commits once with an fsync, and only then answers each. A request whose checks fail writes
+//! nothing and fails alone; the others of its group commit. A storage error fails the whole group,
+//! since nothing of that transaction reaches the disk. Readers use redb's snapshots and never wait
+//! for the writer.
+//!
+//! The tables, keys and encodings are described in `docs/storage.md`.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::Instant;
+
+use redb::{Database, ReadableDatabase, ReadableTable, Table, TableDefinition, WriteTransaction};
+use tokio::sync::{oneshot, watch};
+
+use super::clock::now_rfc3339;
+use super::names::{category_of, validate_event_id, validate_event_type, validate_stream_name};
+use super::record::{EventView, json_string, render_record};
+use super::{
+    AppendError, AppendFuture, AppendOutcome, AppendRequest, AppendResult, Direction, EventStore,
+    LogFilter, LogPage, RecordedEvent, StorageError, StoreStats, StreamPage,
+};
+
+/// position → the event's canonical JSON record.
+const EVENTS: TableDefinition<u64, &[u8]> = TableDefinition::new("events");
+/// stream name → (stream id, current version).
+const STREAMS: TableDefinition<&str, (u64, u64)> = TableDefinition::new("streams");
+/// (stream id, version) → position.
+const STREAM_EVENTS: TableDefinition<(u64, u64), u64> = TableDefinition::new("stream_events");
+/// event id → (position, first position of the append that wrote it, events in that append).
+const EVENT_IDS: TableDefinition<&str, (u64, u64, u32)> = TableDefinition::new("event_ids");
+/// category name → category id.
+const CATEGORIES: TableDefinition<&str, u64> = TableDefinition::new("categories");
+/// event type → type id.
+const EVENT_TYPES: TableDefinition<&str, u64> = TableDefinition::new("event_types");
+/// (category id, position) → type id of the event, so a category read can filter by type.
+const CATEGORY_EVENTS: TableDefinition<(u64, u64), u64> = TableDefinition::new("category_events");
+/// (type id, position) → nothing.
+const TYPE_EVENTS: TableDefinition<(u64, u64), ()> = TableDefinition::new("type_events");
+/// Counters and the format version, by name.
+const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+
+const META_FORMAT: &str = "format_version";
+const META_NEXT_STREAM_ID: &str = "next_stream_id";
+const META_NEXT_CATEGORY_ID: &str = "next_category_id";
+const META_NEXT_TYPE_ID: &str = "next_type_id";
+
+/// The on-disk format this build writes and reads.
+const FORMAT_VERSION: u64 = 1;
+
+/// The file inside the data directory.
+const DATABASE_FILE: &str = "events.redb";
+
+/// A group stops taking requests past either bound, so one commit stays short.
+const MAX_GROUP_EVENTS: usize = 50_000;
+const MAX_GROUP_BYTES: usize = 64 << 20;
+
+/// Interned names the writer keeps in memory; past this many it starts over, so a workload with
+/// endless distinct names cannot grow the process without bound.
+const MAX_CACHED_NAMES: usize = 65_536;
+
+/// How the embedded store is set up.
+#[derive(Debug, Clone)]
+pub(crate) struct StoreOptions {
+    /// redb's page cache, in bytes: the main term of the process's resident memory.
+    pub cache_bytes: usize,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        StoreOptions {
+            cache_bytes: 64 << 20,
+        }
+    }
+}
+
+fn engine<E: std::fmt::Display>(error: E) -> StorageError {
+    StorageError::Engine(error.to_string())
+}
+
+struct Job {
+    request: AppendRequest,
+    reply: oneshot::Sender<Result<AppendOutcome, AppendError>>,
+}
+
+enum WriterMessage {
+    Append(Job),
+    Close,
+}
+
+#[derive(Default)]
+struct Counters {
+    commits: AtomicU64,
+    committed_appends: AtomicU64,
+    commit_nanos: AtomicU64,
+}
+
+/// The redb-backed [`EventStore`].
+pub(crate) struct RedbStore {
+    db: Arc<Database>,
+    jobs: mpsc::Sender<WriterMessage>,
+    writer: Mutex<Option<JoinHandle<()>>>,
+    head: watch::Receiver<u64>,
+    counters: Arc<Counters>,
+}
+
+impl RedbStore {
+    /// Opens (or creates) the store in `data_dir`.
+    pub(crate) fn open(data_dir: &Path, options: &StoreOptions) -> Result<Self, StorageError> {
+        std::fs::create_dir_all(data_dir).map_err(|e| {
+            StorageError::Engine(format!(
+                "cannot create data directory {}: {e}",
+                data_dir.display()
+            ))
+        })?;
+        let path = data_dir.join(DATABASE_FILE);
+        let db = Database::builder()
+            .set_cache_size(options.cache_bytes)
+            .create(&path)
+            .map_err(|e| StorageError::Engine(format!("cannot open {}: {e}", path.display())))?;
+        let db = Arc::new(db);
+        let state = WriterState::load(&db)?;
+        let (head_tx, head_rx) = watch::channel(state.head);
+        let (jobs_tx, jobs_rx) = mpsc::channel();
+        let counters = Arc::new(Counters::default());
+        let mut writer = Writer {
+            db: db.clone(),
+            state,
+            head: head_tx,
+            counters: counters.clone(),
+        };
+        let handle = std::thread::Builder::new()
+            .name("evhost-writer".into())
+            .spawn(move || writer.run(jobs_rx))
+            .map_err(engine)?;
+        Ok(RedbStore {
+            db,
+            jobs: jobs_tx,
+            writer: Mutex::new(Some(handle)),
+            head: head_rx,
+            counters,
+        })
+    }
+
+    fn read_events(
+        events: &impl ReadableTable<u64, &'static [u8]>,
+        positions: impl IntoIterator<Item = u64>,
+    ) -> Result<Vec<RecordedEvent>, StorageError> {
+        positions
+            .into_iter()
+            .map(|position| {
+                let record =
+                    events
+                        .get(position)
+                        .map_err(engine)?
+                        .ok_or_else(|| StorageError::Corrupt {
+                            position,
+                            reason: "an index points at a missing event".into(),
+                        })?;
+                Ok(RecordedEvent {
+                    position,
+                    json: record.value().to_vec(),
+                })
+            })
+            .collect()
+    }
+}
+
+impl EventStore for RedbStore {
+    fn append(&self, request: AppendRequest) -> AppendFuture {
+        let (reply, answer) = oneshot::channel();
+        let sent = self
+            .jobs
+            .send(WriterMessage::Append(Job { request, reply }));
+        Box::pin(async move {
+            if sent.is_err() {
+                return Err(StorageError::Closed.into());
+            }
+            // A dropped reply means the writer stopped before answering: nothing was acknowledged.
+            answer.await.unwrap_or(Err(StorageError::Closed.into()))
+        })
+    }
+
+    fn read_stream(
+        &self,
+        stream: &str,
+        from: Option<u64>,
+        limit: usize,
+        direction: Direction,
+    ) -> Result<Option<StreamPage>, StorageError> {
+        let txn = self.db.begin_read().map_err(engine)?;
+        let streams = txn.open_table(STREAMS).map_err(engine)?;
+        let Some((stream_id, version)) = streams.get(stream).map_err(engine)?.map(|g| g.value())
+        else {
+            return Ok(None);
+        };
+        let index = txn.open_table(STREAM_EVENTS).map_err(engine)?;
+        let mut found: Vec<(u64, u64)> = Vec::new();
+        match direction {
+            Direction::Forward => {
+                let start = from.unwrap_or(1).max(1);
+                if start <= version {
+                    for entry in index
+                        .range((stream_id, start)..=(stream_id, version))
+                        .map_err(engine)?
+                        .take(limit)
+                    {
+                        let (key, position) = entry.map_err(engine)?;
+                        found.push((key.value().1, position.value()));
+                    }
+                }
+            }
+            Direction::Backward => {
+                let start = from.unwrap_or(version).min(version);
+                if start >= 1 {
+                    for entry in index
+                        .range((stream_id, 1)..=(stream_id, start))
+                        .map_err(engine)?
+                        .rev()
+                        .take(limit)
+                    {
+                        let (key, position) = entry.map_err(engine)?;
+                        found.push((key.value().1, position.value()));
+                    }
+                }
+            }
+        }
+        let next = match (direction, found.last()) {
+            (Direction::Forward, Some(&(last, _))) if last < version => Some(last + 1),
+            (Direction::Backward, Some(&(last, _))) if last > 1 => Some(last - 1),
+            _ => None,
+        };
+        let events_table = txn.open_table(EVENTS).map_err(engine)?;
+        let events = Self::read_events(
+            &events_table,
+            found.into_iter().map(|(_, position)| position),
+        )?;
+        Ok(Some(StreamPage {
+            version,
+            events,
+            next,
+        }))
+    }
+
+    fn read_log(
+        &self,
+        from: u64,
+        limit: usize,
+        filter: &LogFilter,
+    ) -> Result<LogPage, StorageError> {
+        let txn = self.db.begin_read().map_err(engine)?;
+        let events_table = txn.open_table(EVENTS).map_err(engine)?;
+        let head = events_table
+            .last()
+            .map_err(engine)?
+            .map_or(0, |(key, _)| key.value());
+        let from = from.max(1);
+        let mut events = Vec::new();
+        if filter.is_empty() {
+            if from <= head {
+                for entry in events_table.range(from..=head).map_err(engine)?.take(limit) {
+                    let (position, record) = entry.map_err(engine)?;
+                    events.push(RecordedEvent {
+                        position: position.value(),
+                        json: record.value().to_vec(),
+                    });
+                }
+            }
+        } else {
+            let positions = filtered_positions(&txn, from, limit, filter)?;
+            events = Self::read_events(&events_table, positions)?;
+        }
+        let next = match events.last() {
+            Some(last) if events.len() == limit && last.position < head => Some(last.position + 1),
+            _ => None,
+        };
+        Ok(LogPage { events, next, head })
+    }
+
+    fn head(&self) -> u64 {
+        *self.head.borrow()
+    }
+
+    fn watch_head(&self) -> watch::Receiver<u64> {
+        self.head.clone()
+    }
+
+    fn stats(&self) -> StoreStats {
+        StoreStats {
+            commits: self.counters.commits.load(Ordering::Relaxed),
+            committed_appends: self.counters.committed_appends.load(Ordering::Relaxed),
+            commit_seconds: self.counters.commit_nanos.load(Ordering::Relaxed) as f64 / 1e9,
+        }
+    }
+
+    fn close(&self) {
+        let _ = self.jobs.send(WriterMessage::Close);
+        let handle = self.writer.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(handle) = handle {
+            let _ = handle.join();
+        }
+    }
+}
+
+impl Drop for RedbStore {
+    fn drop(&mut self) {
+        self.close();
+    }
+}
+
+/// The positions, in order, of at most `limit` events from `from` on that match `filter`.
+fn filtered_positions(
+    txn: &redb::ReadTransaction,
+    from: u64,
+    limit: usize,
+    filter: &LogFilter,
+) -> Result<Vec<u64>, StorageError> {
+    let resolve = |definition: TableDefinition<&str, u64>,
+                   names: &[String]|
+     -> Result<Vec<u64>, StorageError> {
+        let table = txn.open_table(definition).map_err(engine)?;
+        let mut ids = Vec::new();
+        for name in names {
+            if let Some(id) = table.get(name.as_str()).map_err(engine)? {
+                ids.push(id.value());
+            }
+        }
+        ids.sort_unstable();
+        ids.dedup();
+        Ok(ids)
+    };
+    let category_ids = resolve(CATEGORIES, &filter.categories)?;
+    let type_ids = resolve(EVENT_TYPES, &filter.event_types)?;
+    // A filter naming only unknown values matches nothing.
+    if (!filter.categories.is_empty() && category_ids.is_empty())
+        || (!filter.event_types.is_empty() && type_ids.is_empty())
+    {
+        return Ok(Vec::new());
+    }
+    let mut positions = Vec::new();
+    if !category_ids.is_empty() {
+        let index = txn.open_table(CATEGORY_EVENTS).map_err(engine)?;
+        for category in category_ids {
+            let mut taken = 0;
+            for entry in index
+                .range((category, from)..=(category, u64::MAX))
+                .map_err(engine)?
+            {
+                let (key, event_type) = entry.map_err(engine)?;
+                if type_ids.is_empty() || type_ids.binary_search(&event_type.value()).is_ok() {
+                    positions.push(key.value().1);
+                    taken += 1;
+                    if taken == limit {
+                        break;
+                    }
+                }
+            }
+        }
+    } else {
+        let index = txn.open_table(TYPE_EVENTS).map_err(engine)?;
+        for event_type in type_ids {
+            for entry in index
+                .range((event_type, from)..=(event_type, u64::MAX))
+                .map_err(engine)?
+                .take(limit)
+            {
+                positions.push(entry.map_err(engine)?.0.value().1);
+            }
+        }
+    }
+    // Each index range is in order and the ranges are disjoint (an event has one category and
+    // one type), so sorting their union gives the log's order.
+    positions.sort_unstable();
+    positions.truncate(limit);
+    Ok(positions)
+}
+
+/// What the writer knows between transactions.
+struct WriterState {
+    head: u64,
+    next_stream_id: u64,
+    next_category_id: u64,
+    next_type_id: u64,
+    categories: HashMap<String, u64>,
+    event_types: HashMap<String, u64>,
+}
+
+impl WriterState {
+    fn counters(&self) -> [u64; 4] {
+        [
+            self.head,
+            self.next_stream_id,
+            self.next_category_id,
+            self.next_type_id,
+        ]
+    }
+
+    /// Returns to the counters before a failed transaction and forgets names it interned.
+    fn restore_counters(&mut self, [head, stream, category, event_type]: [u64; 4]) {
+        (
+            self.head,
+            self.next_stream_id,
+            self.next_category_id,
+            self.next_type_id,
+        ) = (head, stream, category, event_type);
+        self.categories.clear();
+        self.event_types.clear();
+    }
+
+    /// Creates the tables if the file is new, checks the format, and reads the counters.
+    fn load(db: &Database) -> Result<Self, StorageError> {
+        let txn = db.begin_write().map_err(engine)?;
+        let state = {
+            let mut meta = txn.open_table(META).map_err(engine)?;
+            let format = meta.get(META_FORMAT).map_err(engine)?.map(|g| g.value());
+            match format {
+                None => {
+                    meta.insert(META_FORMAT, FORMAT_VERSION).map_err(engine)?;
+                }
+                Some(FORMAT_VERSION) => {}
+                Some(other) => {
+                    return Err(StorageError::Engine(format!(
+                        "the data file has format version {other}; this build reads version {FORMAT_VERSION}"
+                    )));
+                }
+            }
+            let counter = |name: &str| -> Result<u64, StorageError> {
+                Ok(meta.get(name).map_err(engine)?.map_or(1, |g| g.value()))
+            };
+            let (next_stream_id, next_category_id, next_type_id) = (
+                counter(META_NEXT_STREAM_ID)?,
+                counter(META_NEXT_CATEGORY_ID)?,
+                counter(META_NEXT_TYPE_ID)?,
+            );
+            let events = txn.open_table(EVENTS).map_err(engine)?;
+            let head = events
+                .last()
+                .map_err(engine)?
+                .map_or(0, |(key, _)| key.value());
+            // Create the remaining tables so readers never meet a missing one.
+            txn.open_table(STREAMS).map_err(engine)?;
+            txn.open_table(STREAM_EVENTS).map_err(engine)?;
+            txn.open_table(EVENT_IDS).map_err(engine)?;
+            txn.open_table(CATEGORIES).map_err(engine)?;
+            txn.open_table(EVENT_TYPES).map_err(engine)?;
+            txn.open_table(CATEGORY_EVENTS).map_err(engine)?;
+            txn.open_table(TYPE_EVENTS).map_err(engine)?;
+            WriterState {
+                head,
+                next_stream_id,
+                next_category_id,
+                next_type_id,
+                categories: HashMap::new(),
+                event_types: HashMap::new(),
+            }
+        };
+        txn.commit().map_err(engine)?;
+        Ok(state)
+    }
+}
+
+/// The tables a write transaction touches, opened once per group.
+struct WriteTables<'txn> {
+    events: Table<'txn, u64, &'static [u8]>,
+    streams: Table<'txn, &'static str, (u64, u64)>,
+    stream_events: Table<'txn, (u64, u64), u64>,
+    event_ids: Table<'txn, &'static str, (u64, u64, u32)>,
+    categories: Table<'txn, &'static str, u64>,
+    event_types: Table<'txn, &'static str, u64>,
+    category_events: Table<'txn, (u64, u64), u64>,
+    type_events: Table<'txn, (u64, u64), ()>,
+    meta: Table<'txn, &'static str, u64>,
+}
+
+impl<'txn> WriteTables<'txn> {
+    fn open(txn: &'txn WriteTransaction) -> Result<Self, StorageError> {
+        Ok(WriteTables {
+            events: txn.open_table(EVENTS).map_err(engine)?,
+            streams: txn.open_table(STREAMS).map_err(engine)?,
+            stream_events: txn.open_table(STREAM_EVENTS).map_err(engine)?,
+            event_ids: txn.open_table(EVENT_IDS).map_err(engine)?,
+            categories: txn.open_table(CATEGORIES).map_err(engine)?,
+            event_types: txn.open_table(EVENT_TYPES).map_err(engine)?,
+            category_events: txn.open_table(CATEGORY_EVENTS).map_err(engine)?,
+            type_events: txn.open_table(TYPE_EVENTS).map_err(engine)?,
+            meta: txn.open_table(META).map_err(engine)?,
+        })
+    }
+}
+
+/// The single writer: owns every write transaction.
+struct Writer {
+    db: Arc<Database>,
+    state: WriterState,
+    head: watch::Sender<u64>,
+    counters: Arc<Counters>,
+}
+
+impl Writer {
+    fn run(&mut self, jobs: mpsc::Receiver<WriterMessage>) {
+        let mut closing = false;
+        while !closing {
+            let Ok(first) = jobs.recv() else { return };
+            let mut group = Vec::new();
+            let (mut events, mut bytes) = (0usize, 0usize);
+            let mut message = Some(first);
+            while let Some(next) = message.take() {
+                match next {
+                    WriterMessage::Close => closing = true,
+                    WriterMessage::Append(job) => {
+                        events += job.request.events.len();
+                        bytes += job
+                            .request
+                            .events
+                            .iter()
+                            .map(|e| e.data.len() + e.metadata.len())
+                            .sum::<usize>();
+                        group.push(job);
+                    }
+                }
+                if closing || events >= MAX_GROUP_EVENTS || bytes >= MAX_GROUP_BYTES {
+                    break;
+                }
+                message = jobs.try_recv().ok();
+            }
+            if !group.is_empty() {
+                self.commit_group(group);
+            }
+        }
+        // Requests that raced with the close are refused rather than left waiting.
+        while let Ok(WriterMessage::Append(job)) = jobs.try_recv() {
+            let _ = job.reply.send(Err(StorageError::Closed.into()));
+        }
+    }
+
+    fn commit_group(&mut self, group: Vec<Job>) {
+        let started = Instant::now();
+        let counters_before = self.state.counters();
+        let outcome = self.write_group(&group);
+        match outcome {
+            Ok(results) => {
+                let elapsed = started.elapsed().as_nanos() as u64;
+                self.counters.commits.fetch_add(1, Ordering::Relaxed);
+                self.counters
+                    .commit_nanos
+                    .fetch_add(elapsed, Ordering::Relaxed);
+                let written = results
+                    .iter()
+                    .filter(|r| matches!(r, Ok(AppendOutcome::Written(_))))
+                    .count();
+                self.counters
+                    .committed_appends
+                    .fetch_add(written as u64, Ordering::Relaxed);
+                self.head.send_replace(self.state.head);
+                for (job, result) in group.into_iter().zip(results) {
+                    let _ = job.reply.send(result);
+                }
+            }
+            Err(error) => {
+                crate::log::error!(
+                    "append group of {} requests failed, nothing written: {error}",
+                    group.len()
+                );
+                // The interned names of the failed transaction were never stored.
+                self.state.restore_counters(counters_before);
+                for job in group {
+                    let _ = job
+                        .reply
+                        .send(Err(StorageError::Engine(error.to_string()).into()));
+                }
+            }
+        }
+    }
+
+    /// Applies every request of the group in one transaction and commits it durably.
+    fn write_group(
+        &mut self,
+        group: &[Job],
+    ) -> Result<Vec<Result<AppendOutcome, AppendError>>, StorageError> {
+        let txn = self.db.begin_write().map_err(engine)?;
+        let recorded_at = now_rfc3339();
+        let mut results = Vec::with_capacity(group.len());
+        {
+            let mut tables = WriteTables::open(&txn)?;
+            let ids_before = self.state.counters()[1..].to_vec();
+            for job in group {
+                results.push(self.apply(&mut tables, &job.request, &recorded_at)?);
+            }
+            if self.state.counters()[1..] != ids_before[..] {
+                tables
+                    .meta
+                    .insert(META_NEXT_STREAM_ID, self.state.next_stream_id)
+                    .map_err(engine)?;
+                tables
+                    .meta
+                    .insert(META_NEXT_CATEGORY_ID, self.state.next_category_id)
+                    .map_err(engine)?;
+                tables
+                    .meta
+                    .insert(META_NEXT_TYPE_ID, self.state.next_type_id)
+                    .map_err(engine)?;
+            }
+        }
+        txn.commit().map_err(engine)?;
+        Ok(results)
+    }
+
+    /// Checks one request against the state the group has written so far and writes it if it
+    /// passes. The outer error is a storage failure that dooms the group; the inner one refuses
+    /// this request only, and then nothing of it has been written.
+    fn apply(
+        &mut self,
+        tables: &mut WriteTables<'_>,
+        request: &AppendRequest,
+        recorded_at: &str,
+    ) -> Result<Result<AppendOutcome, AppendError>, StorageError> {
+        if let Err(reason) = check_request(request) {
+            return Ok(Err(AppendError::Invalid(reason)));
+        }
+        match find_earlier_append(tables, request)? {
+            EarlierAppend::None => {}
+            EarlierAppend::Same(result) => return Ok(Ok(AppendOutcome::AlreadyWritten(result))),
+            EarlierAppend::Conflict { id, why } => {
+                return Ok(Err(AppendError::DuplicateEventId { id, why }));
+            }
+        }
+        let existing = tables
+            .streams
+            .get(request.stream.as_str())
+            .map_err(engine)?
+            .map(|g| g.value());
+        let actual = existing.map_or(0, |(_, version)| version);
+        if !request.expected_version.admits(actual) {
+            return Ok(Err(AppendError::WrongExpectedVersion {
+                expected: request.expected_version,
+                actual,
+            }));
+        }
+        let stream_id = match existing {
+            Some((id, _)) => id,
+            None => {
+                self.state.next_stream_id += 1;
+                self.state.next_stream_id - 1
+            }
+        };
+        let category_id = intern(
+            &mut tables.categories,
+            &mut self.state.categories,
+            &mut self.state.next_category_id,
+            category_of(&request.stream),
+        )?;
+        let stream_json = json_string(&request.stream);
+        let count = request.events.len() as u64;
+        let first_position = self.state.head + 1;
+        let mut record = Vec::new();
+        for (offset, event) in request.events.iter().enumerate() {
+            let (position, version) = (first_position + offset as u64, actual + 1 + offset as u64);
+            record.clear();
+            render_record(
+                &mut record,
+                position,
+                &stream_json,
+                version,
+                event,
+                recorded_at,
+            );
+            let type_id = intern(
+                &mut tables.event_types,
+                &mut self.state.event_types,
+                &mut self.state.next_type_id,
+                &event.event_type,
+            )?;
+            tables
+                .events
+                .insert(position, record.as_slice())
+                .map_err(engine)?;
+            tables
+                .stream_events
+                .insert((stream_id, version), position)
+                .map_err(engine)?;
+            tables
+                .event_ids
+                .insert(event.id.as_str(), (position, first_position, count as u32))
+                .map_err(engine)?;
+            tables
+                .category_events
+                .insert((category_id, position), type_id)
+                .map_err(engine)?;
+            tables
+                .type_events
+                .insert((type_id, position), ())
+                .map_err(engine)?;
+        }
+        tables
+            .streams
+            .insert(request.stream.as_str(), (stream_id, actual + count))
+            .map_err(engine)?;
+        self.state.head += count;
+        Ok(Ok(AppendOutcome::Written(AppendResult {
+            first_version: actual + 1,
+            last_version: actual + count,
+            first_position,
+            last_position: first_position + count - 1,
+        })))
+    }
+}
+
+/// The last line of defence: the API validates first, but nothing breaks the store's rules.
+fn check_request(request: &AppendRequest) -> Result<(), String> {
+    validate_stream_name(&request.stream)?;
+    if request.events.is_empty() {
+        return Err("an append needs at least one event".into());
+    }
+    if request.events.len() > u32::MAX as usize {
+        return Err("too many events in one append".into());
+    }
+    let mut ids = std::collections::HashSet::with_capacity(request.events.len());
+    for event in &request.events {
+        validate_event_type(&event.event_type)?;
+        validate_event_id(&event.id)?;
+        if !ids.insert(event.id.as_str()) {
+            return Err(format!(
+                "event id {:?} appears twice in one append",
+                event.id
+            ));
+        }
+    }
+    Ok(())
+}
+
+enum EarlierAppend {
+    /// No event id of the request is stored.
+    None,
+    /// The request repeats one earlier append exactly: its numbers.
+    Same(AppendResult),
+    /// Some id is stored, but the request is not a repeat of the append that stored it.
+    Conflict { id: String, why: &'static str },
+}
+
+/// Decides whether a request is a retry of an append already stored, using the id index; done
+/// before the expected version is checked, so the retry of a successful append succeeds.
+fn find_earlier_append(
+    tables: &WriteTables<'_>,
+    request: &AppendRequest,
+) -> Result<EarlierAppend, StorageError> {
+    if !request.events.iter().any(|e| e.client_id) {
+        // Generated ids are fresh UUIDs: no lookup can find them.
+        return Ok(EarlierAppend::None);
+    }
+    let mut stored = Vec::with_capacity(request.events.len());
+    for event in &request.events {
+        let found = if event.client_id {
+            tables
+                .event_ids
+                .get(event.id.as_str())
+                .map_err(engine)?
+                .map(|g| g.value())
+        } else {
+            None
+        };
+        stored.push(found);
+    }
+    let Some(first_found) = request
+        .events
+        .iter()
+        .zip(&stored)
+        .find(|(_, s)| s.is_some())
+    else {
+        return Ok(EarlierAppend::None);
+    };
+    let conflict = |why| {
+        Ok(EarlierAppend::Conflict {
+            id: first_found.0.id.clone(),
+            why,
+        })
+    };
+    if stored.iter().any(Option::is_none) {
+        return conflict("by another append; only some ids of this request are stored");
+    }
+    let (_, first_position, count) = stored[0].expect("all found");
+    let one_append = count as usize == request.events.len()
+        && stored.iter().enumerate().all(|(i, s)| {
+            let (position, first, _) = s.expect("all found");
+            first == first_position && position == first_position + i as u64
+        });
+    if !one_append {
+        return conflict("by another append with other events");
+    }
+    let mut versions = (0, 0);
+    for (i, event) in request.events.iter().enumerate() {
+        let position = first_position + i as u64;
+        let record = tables
+            .events
+            .get(position)
+            .map_err(engine)?
+            .ok_or_else(|| StorageError::Corrupt {
+                position,
+                reason: "the id index points at a missing event".into(),
+            })?;
+        let view = EventView::parse(record.value()).map_err(|e| StorageError::Corrupt {
+            position,
+            reason: e.to_string(),
+        })?;
+        if view.stream != request.stream {
+            return conflict("in another stream");
+        }
+        if view.event_type != event.event_type || view.data.get() != event.data {
+            return conflict("with another type or data");
+        }
+        if i == 0 {
+            versions.0 = view.version;
+        }
+        versions.1 = view.version;
+    }
+    Ok(EarlierAppend::Same(AppendResult {
+        first_version: versions.0,
+        last_version: versions.1,
+        first_position,
+        last_position: first_position + count as u64 - 1,
+    }))
+}
+
+/// The id of `name` in an interning table, assigning the next one if it is new.
+fn intern(
+    table: &mut Table<'_, &'static str, u64>,
+    cache: &mut HashMap<String, u64>,
+    next_id: &mut u64,
+    name: &str,
+) -> Result<u64, StorageError> {
+    if let Some(&id) = cache.get(name) {
+        return Ok(id);
+    }
+    let stored = table.get(name).map_err(engine)?.map(|g| g.value());
+    let id = match stored {
+        Some(id) => id,
+        None => {
+            let id = *next_id;
+            table.insert(name, id).map_err(engine)?;
+            *next_id += 1;
+            id
+        }
+    };
+    if cache.len() >= MAX_CACHED_NAMES {
+        cache.clear();
+    }
+    cache.insert(name.to_owned(), id);
+    Ok(id)
+}
