@@ -48,11 +48,8 @@ impl<'de> Deserialize<'de> for ExpectedVersionField {
                 f.write_str("a non-negative integer or one of \"any\", \"no_stream\", \"exists\"")
             }
             fn visit_u64<E: de::Error>(self, n: u64) -> Result<Self::Value, E> {
-                Ok(ExpectedVersionField(if n == 0 {
-                    ExpectedVersion::NoStream
-                } else {
-                    ExpectedVersion::Exact(n)
-                }))
+                // 0 stays a number (it means the same as "no_stream") so errors echo what was sent.
+                Ok(ExpectedVersionField(ExpectedVersion::Exact(n)))
             }
             fn visit_i64<E: de::Error>(self, n: i64) -> Result<Self::Value, E> {
                 u64::try_from(n)
@@ -179,7 +176,7 @@ fn parse_append(
                 }
                 (id.into_owned(), true)
             }
-            None => (uuid::Uuid::new_v4().to_string(), false),
+            None => (uuid::Uuid::now_v7().to_string(), false),
         };
         events.push(ProposedEvent {
             id,
@@ -458,8 +455,9 @@ mod tests {
         };
         assert_eq!(
             version("0").unwrap().expected_version,
-            ExpectedVersion::NoStream
+            ExpectedVersion::Exact(0)
         );
+        assert!(ExpectedVersion::Exact(0).admits(0) && !ExpectedVersion::Exact(0).admits(1));
         assert_eq!(
             version("7").unwrap().expected_version,
             ExpectedVersion::Exact(7)

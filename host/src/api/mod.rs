@@ -22,7 +22,7 @@ use bytes::Bytes;
 use http::header::{CONTENT_LENGTH, CONTENT_TYPE};
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::combinators::BoxBody;
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
@@ -147,6 +147,17 @@ enum Route<'a> {
 }
 
 impl<'a> Route<'a> {
+    /// The route's name in metrics.
+    fn label(self) -> &'static str {
+        match self {
+            Route::Health => "health",
+            Route::Metrics => "metrics",
+            Route::Stream(_) => "streams",
+            Route::Events => "events",
+            Route::Unknown => "unknown",
+        }
+    }
+
     fn of(path: &'a str) -> Self {
         match path {
             "/health" => Route::Health,
@@ -162,47 +173,54 @@ impl<'a> Route<'a> {
 /// Answers one request; never fails: every error becomes its JSON response.
 pub(crate) async fn handle(app: &Arc<App>, request: Request<Incoming>) -> Response<Body> {
     let path = request.uri().path().to_owned();
-    let (label, result) = match (Route::of(&path), request.method().clone()) {
-        (Route::Health, Method::GET) => ("health", Ok(health(app))),
-        (Route::Metrics, Method::GET) => (
-            "metrics",
-            authorized(app, &request, Role::Read).map(|()| metrics(app)),
-        ),
-        (Route::Stream(name), Method::POST) => {
-            let result = match authorized(app, &request, Role::Write) {
-                Ok(()) => events::append(app, name, request).await,
-                Err(e) => Err(e),
-            };
-            ("append", result)
-        }
-        (Route::Stream(name), Method::GET) => (
-            "read_stream",
-            authorized(app, &request, Role::Read)
-                .and_then(|()| events::read_stream(app, name, &request)),
-        ),
-        (Route::Events, Method::GET) => match authorized(app, &request, Role::Read) {
-            Ok(()) if events::wants_event_stream(&request) => {
-                ("follow", events::follow(app, &request))
-            }
-            Ok(()) => ("read_log", events::read_log(app, &request)),
-            Err(e) => ("read_log", Err(e)),
-        },
-        (Route::Unknown, _) => (
-            "unknown",
-            Err(ApiError::not_found(
-                "not_found",
-                format!("no route for {path}"),
-            )),
-        ),
-        _ => ("method_not_allowed", Err(ApiError::MethodNotAllowed)),
+    let route = Route::of(&path);
+    // The token is checked before the route is matched, so a caller without one learns nothing
+    // about which routes exist.
+    let result = match required_role(request.method(), route) {
+        Some(role) => app.tokens.authorize(request.headers(), role),
+        None => Ok(()),
+    };
+    let result = match result {
+        Ok(()) => dispatch(app, route, request).await,
+        Err(error) => Err(error),
     };
     let response = result.unwrap_or_else(|error| error_response(app, error));
-    app.metrics.request(label, response.status().as_u16());
+    app.metrics
+        .request(route.label(), response.status().as_u16());
     response
 }
 
-fn authorized(app: &App, request: &Request<Incoming>, needed: Role) -> Result<(), ApiError> {
-    app.tokens.authorize(request.headers(), needed)
+/// The least role a request needs: reads need `read`, appends (and later commands) `write`,
+/// everything else that changes the host `admin`. `None` for the open `/health`.
+fn required_role(method: &Method, route: Route<'_>) -> Option<Role> {
+    match (route, method) {
+        (Route::Health, _) => None,
+        (_, &Method::GET | &Method::HEAD) => Some(Role::Read),
+        (Route::Stream(_), &Method::POST) => Some(Role::Write),
+        _ => Some(Role::Admin),
+    }
+}
+
+async fn dispatch(
+    app: &Arc<App>,
+    route: Route<'_>,
+    request: Request<Incoming>,
+) -> Result<Response<Body>, ApiError> {
+    match (route, request.method()) {
+        (Route::Health, &Method::GET) => Ok(health(app)),
+        (Route::Metrics, &Method::GET) => Ok(metrics(app)),
+        (Route::Stream(name), &Method::POST) => events::append(app, name, request).await,
+        (Route::Stream(name), &Method::GET) => events::read_stream(app, name, &request),
+        (Route::Events, &Method::GET) if events::wants_event_stream(&request) => {
+            events::follow(app, &request)
+        }
+        (Route::Events, &Method::GET) => events::read_log(app, &request),
+        (Route::Unknown, _) => Err(ApiError::not_found(
+            "not_found",
+            format!("no route for {}", request.uri().path()),
+        )),
+        _ => Err(ApiError::MethodNotAllowed),
+    }
 }
 
 fn health(app: &App) -> Response<Body> {
@@ -250,8 +268,12 @@ fn raw_json_response(status: StatusCode, json: Vec<u8>) -> Response<Body> {
         .expect("a JSON response is valid")
 }
 
-/// Reads a request body of at most `limit` bytes; larger ones are refused before they are read
-/// when they announce their length, and as soon as they pass the limit otherwise.
+/// Past this many bytes an oversized body is not read to its end: the connection is closed.
+const MAX_DRAINED_BYTES: u64 = 64 << 20;
+
+/// Reads a request body of at most `limit` bytes. A larger one is answered with 413 without
+/// being kept; it is read to its end (up to a bound) first, since most clients only see an
+/// answer once they have sent their whole request.
 async fn read_body(request: Request<Incoming>, limit: usize) -> Result<Bytes, ApiError> {
     let too_large =
         || ApiError::PayloadTooLarge(format!("the request body is larger than {limit} bytes"));
@@ -260,14 +282,35 @@ async fn read_body(request: Request<Incoming>, limit: usize) -> Result<Bytes, Ap
         .get(CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
-    if announced.is_some_and(|length| length > limit as u64) {
+    let mut body = request.into_body();
+    if let Some(length) = announced.filter(|&length| length > limit as u64) {
+        if length <= MAX_DRAINED_BYTES {
+            drain(&mut body).await;
+        }
         return Err(too_large());
     }
-    match Limited::new(request.into_body(), limit).collect().await {
-        Ok(collected) => Ok(collected.to_bytes()),
-        Err(error) if error.is::<http_body_util::LengthLimitError>() => Err(too_large()),
-        Err(error) => Err(ApiError::invalid(format!(
-            "the request body could not be read: {error}"
-        ))),
+    let mut collected = Vec::new();
+    while let Some(frame) = body.frame().await {
+        let frame = frame
+            .map_err(|e| ApiError::invalid(format!("the request body could not be read: {e}")))?;
+        if let Ok(data) = frame.into_data() {
+            if collected.len() + data.len() > limit {
+                drain(&mut body).await;
+                return Err(too_large());
+            }
+            collected.extend_from_slice(&data);
+        }
+    }
+    Ok(collected.into())
+}
+
+/// Reads and discards the rest of a body, up to [`MAX_DRAINED_BYTES`].
+async fn drain(body: &mut Incoming) {
+    let mut seen = 0u64;
+    while let Some(Ok(frame)) = body.frame().await {
+        seen += frame.data_ref().map_or(0, |d| d.len() as u64);
+        if seen > MAX_DRAINED_BYTES {
+            return;
+        }
     }
 }

@@ -1,0 +1,16 @@
+//! End-to-end tests of evhost. Every test starts the real `evhost` binary on a free port with a
+//! fresh data directory and talks to it over HTTP, the way a client application would.
+//!
+//! All topics are compiled into one test binary (one module per topic) so that the binary and the
+//! helpers are built once. Run them with `cargo test -p evhost --test all`.
+
+mod auth;
+mod bad_input;
+mod cli;
+mod durability;
+mod harness;
+mod idempotency;
+mod model;
+mod race;
+mod reads;
+mod sse;
