@@ -225,9 +225,9 @@ pub(super) fn read(args: ReadArgs) -> anyhow::Result<()> {
 fn describe(event: &Value) -> String {
     format!(
         "{:>8}  {}@{}  {}  {}",
-        event["position"],
+        event["position"].as_u64().unwrap_or(0),
         event["stream"].as_str().unwrap_or("?"),
-        event["version"],
+        event["version"].as_u64().unwrap_or(0),
         event["type"].as_str().unwrap_or("?"),
         event["data"]
     )
