@@ -57,6 +57,9 @@ pub(crate) struct ServeArgs {
     /// Memory for the database's page cache, in MiB.
     #[arg(long, default_value_t = 64)]
     cache_mib: usize,
+    /// Longest wait, in microseconds, for a commit group to fill up to the size of the last one.
+    #[arg(long, default_value_t = 250)]
+    group_commit_wait_us: u64,
 }
 
 /// Where a client subcommand finds the host.

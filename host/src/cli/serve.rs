@@ -28,6 +28,7 @@ pub(super) fn run(args: ServeArgs) -> anyhow::Result<()> {
     runtime.block_on(async move {
         let options = StoreOptions {
             cache_bytes: args.cache_mib << 20,
+            group_wait: std::time::Duration::from_micros(args.group_commit_wait_us),
         };
         let store = Arc::new(RedbStore::open(&args.data, &options).context("opening the store")?);
         let listener = tokio::net::TcpListener::bind(address)

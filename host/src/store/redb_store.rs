@@ -16,7 +16,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use redb::{Database, ReadableDatabase, ReadableTable, Table, TableDefinition, WriteTransaction};
 use tokio::sync::{oneshot, watch};
@@ -29,22 +29,30 @@ use super::{
     LogFilter, LogPage, RecordedEvent, StorageError, StoreStats, StreamPage,
 };
 
-/// position → the event's canonical JSON record.
-const EVENTS: TableDefinition<u64, &[u8]> = TableDefinition::new("events");
+/// The log and its position indexes, in one ordered tree so that a commit touches one table root
+/// for all of them. A key is (section | id, n), the section in the top byte of the first element:
+///
+/// - (`EVENTS`, position) → the event's canonical JSON record;
+/// - (`STREAM` | stream id, version) → position, 8 bytes little-endian;
+/// - (`CATEGORY` | category id, position) → type id of the event, 8 bytes little-endian, so a
+///   category read can filter by type without loading events;
+/// - (`TYPE` | type id, position) → nothing.
+const LOG: TableDefinition<(u64, u64), &[u8]> = TableDefinition::new("log");
+
+const EVENTS: u64 = 0;
+const STREAM: u64 = 1 << 56;
+const CATEGORY: u64 = 2 << 56;
+const TYPE: u64 = 3 << 56;
+/// Stream, category and type ids stay below the section byte.
+const MAX_INTERNED_ID: u64 = (1 << 56) - 1;
 /// stream name → (stream id, current version).
 const STREAMS: TableDefinition<&str, (u64, u64)> = TableDefinition::new("streams");
-/// (stream id, version) → position.
-const STREAM_EVENTS: TableDefinition<(u64, u64), u64> = TableDefinition::new("stream_events");
 /// event id → (position, first position of the append that wrote it, events in that append).
 const EVENT_IDS: TableDefinition<&str, (u64, u64, u32)> = TableDefinition::new("event_ids");
 /// category name → category id.
 const CATEGORIES: TableDefinition<&str, u64> = TableDefinition::new("categories");
 /// event type → type id.
 const EVENT_TYPES: TableDefinition<&str, u64> = TableDefinition::new("event_types");
-/// (category id, position) → type id of the event, so a category read can filter by type.
-const CATEGORY_EVENTS: TableDefinition<(u64, u64), u64> = TableDefinition::new("category_events");
-/// (type id, position) → nothing.
-const TYPE_EVENTS: TableDefinition<(u64, u64), ()> = TableDefinition::new("type_events");
 /// Counters and the format version, by name.
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 
@@ -72,12 +80,15 @@ const MAX_CACHED_NAMES: usize = 65_536;
 pub(crate) struct StoreOptions {
     /// redb's page cache, in bytes: the main term of the process's resident memory.
     pub cache_bytes: usize,
+    /// How long a commit group may wait for more appends when recent groups were larger.
+    pub group_wait: Duration,
 }
 
 impl Default for StoreOptions {
     fn default() -> Self {
         StoreOptions {
             cache_bytes: 64 << 20,
+            group_wait: Duration::from_micros(250),
         }
     }
 }
@@ -133,6 +144,7 @@ impl RedbStore {
         let counters = Arc::new(Counters::default());
         let mut writer = Writer {
             db: db.clone(),
+            group_wait: options.group_wait,
             state,
             head: head_tx,
             counters: counters.clone(),
@@ -151,20 +163,19 @@ impl RedbStore {
     }
 
     fn read_events(
-        events: &impl ReadableTable<u64, &'static [u8]>,
+        log: &impl ReadableTable<(u64, u64), &'static [u8]>,
         positions: impl IntoIterator<Item = u64>,
     ) -> Result<Vec<RecordedEvent>, StorageError> {
         positions
             .into_iter()
             .map(|position| {
-                let record =
-                    events
-                        .get(position)
-                        .map_err(engine)?
-                        .ok_or_else(|| StorageError::Corrupt {
-                            position,
-                            reason: "an index points at a missing event".into(),
-                        })?;
+                let record = log
+                    .get((EVENTS, position))
+                    .map_err(engine)?
+                    .ok_or_else(|| StorageError::Corrupt {
+                        position,
+                        reason: "an index points at a missing event".into(),
+                    })?;
                 Ok(RecordedEvent {
                     position,
                     json: record.value().to_vec(),
@@ -202,35 +213,25 @@ impl EventStore for RedbStore {
         else {
             return Ok(None);
         };
-        let index = txn.open_table(STREAM_EVENTS).map_err(engine)?;
+        let log = txn.open_table(LOG).map_err(engine)?;
+        let section = STREAM | stream_id;
+        let range = match direction {
+            Direction::Forward => (from.unwrap_or(1).max(1), version),
+            Direction::Backward => (1, from.unwrap_or(version).min(version)),
+        };
         let mut found: Vec<(u64, u64)> = Vec::new();
-        match direction {
-            Direction::Forward => {
-                let start = from.unwrap_or(1).max(1);
-                if start <= version {
-                    for entry in index
-                        .range((stream_id, start)..=(stream_id, version))
-                        .map_err(engine)?
-                        .take(limit)
-                    {
-                        let (key, position) = entry.map_err(engine)?;
-                        found.push((key.value().1, position.value()));
-                    }
-                }
-            }
-            Direction::Backward => {
-                let start = from.unwrap_or(version).min(version);
-                if start >= 1 {
-                    for entry in index
-                        .range((stream_id, 1)..=(stream_id, start))
-                        .map_err(engine)?
-                        .rev()
-                        .take(limit)
-                    {
-                        let (key, position) = entry.map_err(engine)?;
-                        found.push((key.value().1, position.value()));
-                    }
-                }
+        if range.0 <= range.1 {
+            let entries = log
+                .range((section, range.0)..=(section, range.1))
+                .map_err(engine)?;
+            let entries: Box<dyn Iterator<Item = _>> = match direction {
+                Direction::Forward => Box::new(entries),
+                Direction::Backward => Box::new(entries.rev()),
+            };
+            for entry in entries.take(limit) {
+                let (key, position) = entry.map_err(engine)?;
+                let version = key.value().1;
+                found.push((version, decode_u64(position.value(), version)?));
             }
         }
         let next = match (direction, found.last()) {
@@ -238,11 +239,7 @@ impl EventStore for RedbStore {
             (Direction::Backward, Some(&(last, _))) if last > 1 => Some(last - 1),
             _ => None,
         };
-        let events_table = txn.open_table(EVENTS).map_err(engine)?;
-        let events = Self::read_events(
-            &events_table,
-            found.into_iter().map(|(_, position)| position),
-        )?;
+        let events = Self::read_events(&log, found.into_iter().map(|(_, position)| position))?;
         Ok(Some(StreamPage {
             version,
             events,
@@ -257,26 +254,27 @@ impl EventStore for RedbStore {
         filter: &LogFilter,
     ) -> Result<LogPage, StorageError> {
         let txn = self.db.begin_read().map_err(engine)?;
-        let events_table = txn.open_table(EVENTS).map_err(engine)?;
-        let head = events_table
-            .last()
-            .map_err(engine)?
-            .map_or(0, |(key, _)| key.value());
+        let log = txn.open_table(LOG).map_err(engine)?;
+        let head = last_position(&log)?;
         let from = from.max(1);
         let mut events = Vec::new();
         if filter.is_empty() {
             if from <= head {
-                for entry in events_table.range(from..=head).map_err(engine)?.take(limit) {
-                    let (position, record) = entry.map_err(engine)?;
+                for entry in log
+                    .range((EVENTS, from)..=(EVENTS, head))
+                    .map_err(engine)?
+                    .take(limit)
+                {
+                    let (key, record) = entry.map_err(engine)?;
                     events.push(RecordedEvent {
-                        position: position.value(),
+                        position: key.value().1,
                         json: record.value().to_vec(),
                     });
                 }
             }
         } else {
-            let positions = filtered_positions(&txn, from, limit, filter)?;
-            events = Self::read_events(&events_table, positions)?;
+            let positions = filtered_positions(&txn, &log, from, limit, filter)?;
+            events = Self::read_events(&log, positions)?;
         }
         let next = match events.last() {
             Some(last) if events.len() == limit && last.position < head => Some(last.position + 1),
@@ -319,6 +317,7 @@ impl Drop for RedbStore {
 /// The positions, in order, of at most `limit` events from `from` on that match `filter`.
 fn filtered_positions(
     txn: &redb::ReadTransaction,
+    log: &impl ReadableTable<(u64, u64), &'static [u8]>,
     from: u64,
     limit: usize,
     filter: &LogFilter,
@@ -345,42 +344,63 @@ fn filtered_positions(
     {
         return Ok(Vec::new());
     }
-    let mut positions = Vec::new();
-    if !category_ids.is_empty() {
-        let index = txn.open_table(CATEGORY_EVENTS).map_err(engine)?;
-        for category in category_ids {
-            let mut taken = 0;
-            for entry in index
-                .range((category, from)..=(category, u64::MAX))
-                .map_err(engine)?
-            {
-                let (key, event_type) = entry.map_err(engine)?;
-                if type_ids.is_empty() || type_ids.binary_search(&event_type.value()).is_ok() {
-                    positions.push(key.value().1);
-                    taken += 1;
-                    if taken == limit {
-                        break;
-                    }
-                }
-            }
-        }
+    // Scan the smaller side's index: categories when given (their entries carry the type, so a
+    // type filter costs no extra lookups), types otherwise.
+    let sections: Vec<u64> = if category_ids.is_empty() {
+        type_ids.iter().map(|id| TYPE | id).collect()
     } else {
-        let index = txn.open_table(TYPE_EVENTS).map_err(engine)?;
-        for event_type in type_ids {
-            for entry in index
-                .range((event_type, from)..=(event_type, u64::MAX))
-                .map_err(engine)?
-                .take(limit)
+        category_ids.iter().map(|id| CATEGORY | id).collect()
+    };
+    let check_type = !category_ids.is_empty() && !type_ids.is_empty();
+    let mut positions = Vec::new();
+    for section in sections {
+        let mut taken = 0;
+        for entry in log
+            .range((section, from)..=(section, u64::MAX))
+            .map_err(engine)?
+        {
+            let (key, value) = entry.map_err(engine)?;
+            let position = key.value().1;
+            if check_type
+                && type_ids
+                    .binary_search(&decode_u64(value.value(), position)?)
+                    .is_err()
             {
-                positions.push(entry.map_err(engine)?.0.value().1);
+                continue;
+            }
+            positions.push(position);
+            taken += 1;
+            if taken == limit {
+                break;
             }
         }
     }
-    // Each index range is in order and the ranges are disjoint (an event has one category and
-    // one type), so sorting their union gives the log's order.
+    // Each section is in position order and the sections are disjoint (an event has one
+    // category and one type), so sorting their union gives the log's order.
     positions.sort_unstable();
     positions.truncate(limit);
     Ok(positions)
+}
+
+/// The last position of the log in this snapshot, 0 when it is empty.
+fn last_position(log: &impl ReadableTable<(u64, u64), &'static [u8]>) -> Result<u64, StorageError> {
+    let last = log
+        .range((EVENTS, 0)..=(EVENTS, u64::MAX))
+        .map_err(engine)?
+        .next_back()
+        .transpose()
+        .map_err(engine)?;
+    Ok(last.map_or(0, |(key, _)| key.value().1))
+}
+
+fn decode_u64(bytes: &[u8], position: u64) -> Result<u64, StorageError> {
+    bytes
+        .try_into()
+        .map(u64::from_le_bytes)
+        .map_err(|_| StorageError::Corrupt {
+            position,
+            reason: format!("an index entry holds {} bytes, expected 8", bytes.len()),
+        })
 }
 
 /// What the writer knows between transactions.
@@ -440,19 +460,12 @@ impl WriterState {
                 counter(META_NEXT_CATEGORY_ID)?,
                 counter(META_NEXT_TYPE_ID)?,
             );
-            let events = txn.open_table(EVENTS).map_err(engine)?;
-            let head = events
-                .last()
-                .map_err(engine)?
-                .map_or(0, |(key, _)| key.value());
+            let head = last_position(&txn.open_table(LOG).map_err(engine)?)?;
             // Create the remaining tables so readers never meet a missing one.
             txn.open_table(STREAMS).map_err(engine)?;
-            txn.open_table(STREAM_EVENTS).map_err(engine)?;
             txn.open_table(EVENT_IDS).map_err(engine)?;
             txn.open_table(CATEGORIES).map_err(engine)?;
             txn.open_table(EVENT_TYPES).map_err(engine)?;
-            txn.open_table(CATEGORY_EVENTS).map_err(engine)?;
-            txn.open_table(TYPE_EVENTS).map_err(engine)?;
             WriterState {
                 head,
                 next_stream_id,
@@ -469,28 +482,22 @@ impl WriterState {
 
 /// The tables a write transaction touches, opened once per group.
 struct WriteTables<'txn> {
-    events: Table<'txn, u64, &'static [u8]>,
+    log: Table<'txn, (u64, u64), &'static [u8]>,
     streams: Table<'txn, &'static str, (u64, u64)>,
-    stream_events: Table<'txn, (u64, u64), u64>,
     event_ids: Table<'txn, &'static str, (u64, u64, u32)>,
     categories: Table<'txn, &'static str, u64>,
     event_types: Table<'txn, &'static str, u64>,
-    category_events: Table<'txn, (u64, u64), u64>,
-    type_events: Table<'txn, (u64, u64), ()>,
     meta: Table<'txn, &'static str, u64>,
 }
 
 impl<'txn> WriteTables<'txn> {
     fn open(txn: &'txn WriteTransaction) -> Result<Self, StorageError> {
         Ok(WriteTables {
-            events: txn.open_table(EVENTS).map_err(engine)?,
+            log: txn.open_table(LOG).map_err(engine)?,
             streams: txn.open_table(STREAMS).map_err(engine)?,
-            stream_events: txn.open_table(STREAM_EVENTS).map_err(engine)?,
             event_ids: txn.open_table(EVENT_IDS).map_err(engine)?,
             categories: txn.open_table(CATEGORIES).map_err(engine)?,
             event_types: txn.open_table(EVENT_TYPES).map_err(engine)?,
-            category_events: txn.open_table(CATEGORY_EVENTS).map_err(engine)?,
-            type_events: txn.open_table(TYPE_EVENTS).map_err(engine)?,
             meta: txn.open_table(META).map_err(engine)?,
         })
     }
@@ -499,6 +506,8 @@ impl<'txn> WriteTables<'txn> {
 /// The single writer: owns every write transaction.
 struct Writer {
     db: Arc<Database>,
+    /// The longest a group waits for the writers of the previous group to come back.
+    group_wait: Duration,
     state: WriterState,
     head: watch::Sender<u64>,
     counters: Arc<Counters>,
@@ -507,8 +516,11 @@ struct Writer {
 impl Writer {
     fn run(&mut self, jobs: mpsc::Receiver<WriterMessage>) {
         let mut closing = false;
+        // How many appends the last group carried: the writers that are likely to be back soon.
+        let mut last_group = 0;
         while !closing {
             let Ok(first) = jobs.recv() else { return };
+            let gather_until = Instant::now() + self.group_wait;
             let mut group = Vec::new();
             let (mut events, mut bytes) = (0usize, 0usize);
             let mut message = Some(first);
@@ -529,8 +541,23 @@ impl Writer {
                 if closing || events >= MAX_GROUP_EVENTS || bytes >= MAX_GROUP_BYTES {
                     break;
                 }
-                message = jobs.try_recv().ok();
+                message = match jobs.try_recv() {
+                    Ok(message) => Some(message),
+                    // The writers answered by the last commit are still sending their next
+                    // appends: waiting a moment for them makes this group as large as the last,
+                    // which costs one short wait instead of a whole extra commit.
+                    Err(mpsc::TryRecvError::Empty) if group.len() < last_group => {
+                        let left = gather_until.saturating_duration_since(Instant::now());
+                        if left.is_zero() {
+                            None
+                        } else {
+                            jobs.recv_timeout(left).ok()
+                        }
+                    }
+                    Err(_) => None,
+                };
             }
+            last_group = group.len();
             if !group.is_empty() {
                 self.commit_group(group);
             }
@@ -646,6 +673,9 @@ impl Writer {
         }
         let stream_id = match existing {
             Some((id, _)) => id,
+            None if self.state.next_stream_id > MAX_INTERNED_ID => {
+                return Err(StorageError::Engine("no stream ids left".into()));
+            }
             None => {
                 self.state.next_stream_id += 1;
                 self.state.next_stream_id - 1
@@ -678,25 +708,24 @@ impl Writer {
                 &mut self.state.next_type_id,
                 &event.event_type,
             )?;
-            tables
-                .events
-                .insert(position, record.as_slice())
+            let log = &mut tables.log;
+            log.insert((EVENTS, position), record.as_slice())
                 .map_err(engine)?;
-            tables
-                .stream_events
-                .insert((stream_id, version), position)
+            log.insert(
+                (STREAM | stream_id, version),
+                position.to_le_bytes().as_slice(),
+            )
+            .map_err(engine)?;
+            log.insert(
+                (CATEGORY | category_id, position),
+                type_id.to_le_bytes().as_slice(),
+            )
+            .map_err(engine)?;
+            log.insert((TYPE | type_id, position), [].as_slice())
                 .map_err(engine)?;
             tables
                 .event_ids
                 .insert(event.id.as_str(), (position, first_position, count as u32))
-                .map_err(engine)?;
-            tables
-                .category_events
-                .insert((category_id, position), type_id)
-                .map_err(engine)?;
-            tables
-                .type_events
-                .insert((type_id, position), ())
                 .map_err(engine)?;
         }
         tables
@@ -798,8 +827,8 @@ fn find_earlier_append(
     for (i, event) in request.events.iter().enumerate() {
         let position = first_position + i as u64;
         let record = tables
-            .events
-            .get(position)
+            .log
+            .get((EVENTS, position))
             .map_err(engine)?
             .ok_or_else(|| StorageError::Corrupt {
                 position,
@@ -843,6 +872,11 @@ fn intern(
         Some(id) => id,
         None => {
             let id = *next_id;
+            if id > MAX_INTERNED_ID {
+                return Err(StorageError::Engine(format!(
+                    "no ids left to name {name:?}: {MAX_INTERNED_ID} names of its kind exist"
+                )));
+            }
             table.insert(name, id).map_err(engine)?;
             *next_id += 1;
             id
