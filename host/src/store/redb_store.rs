@@ -11,6 +11,7 @@
 //! The tables, keys and encodings are described in `docs/storage.md`.
 
 use std::collections::HashMap;
+use std::ops::Bound;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
@@ -18,7 +19,10 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use redb::{Database, ReadableDatabase, ReadableTable, Table, TableDefinition, WriteTransaction};
+use redb::{
+    CursorError, Database, Key, ReadableDatabase, ReadableTable, Table, TableDefinition, Value,
+    WriteTransaction,
+};
 use tokio::sync::{oneshot, watch};
 
 use super::clock::now_rfc3339;
@@ -618,9 +622,11 @@ impl Writer {
         {
             let mut tables = WriteTables::open(&txn)?;
             let ids_before = self.state.counters()[1..].to_vec();
+            let mut writes = GroupWrites::new(self.state.head + 1);
             for job in group {
-                results.push(self.apply(&mut tables, &job.request, &recorded_at)?);
+                results.push(self.apply(&mut tables, &mut writes, &job.request, &recorded_at)?);
             }
+            writes.write(&mut tables)?;
             if self.state.counters()[1..] != ids_before[..] {
                 tables
                     .meta
@@ -646,13 +652,14 @@ impl Writer {
     fn apply(
         &mut self,
         tables: &mut WriteTables<'_>,
+        writes: &mut GroupWrites,
         request: &AppendRequest,
         recorded_at: &str,
     ) -> Result<Result<AppendOutcome, AppendError>, StorageError> {
         if let Err(reason) = check_request(request) {
             return Ok(Err(AppendError::Invalid(reason)));
         }
-        match find_earlier_append(tables, request)? {
+        match find_earlier_append(tables, writes, request)? {
             EarlierAppend::None => {}
             EarlierAppend::Same(result) => return Ok(Ok(AppendOutcome::AlreadyWritten(result))),
             EarlierAppend::Conflict { id, why } => {
@@ -690,10 +697,9 @@ impl Writer {
         let stream_json = json_string(&request.stream);
         let count = request.events.len() as u64;
         let first_position = self.state.head + 1;
-        let mut record = Vec::new();
         for (offset, event) in request.events.iter().enumerate() {
             let (position, version) = (first_position + offset as u64, actual + 1 + offset as u64);
-            record.clear();
+            let mut record = Vec::new();
             render_record(
                 &mut record,
                 position,
@@ -708,25 +714,17 @@ impl Writer {
                 &mut self.state.next_type_id,
                 &event.event_type,
             )?;
-            let log = &mut tables.log;
-            log.insert((EVENTS, position), record.as_slice())
-                .map_err(engine)?;
-            log.insert(
-                (STREAM | stream_id, version),
-                position.to_le_bytes().as_slice(),
-            )
-            .map_err(engine)?;
-            log.insert(
-                (CATEGORY | category_id, position),
-                type_id.to_le_bytes().as_slice(),
-            )
-            .map_err(engine)?;
-            log.insert((TYPE | type_id, position), [].as_slice())
-                .map_err(engine)?;
-            tables
-                .event_ids
-                .insert(event.id.as_str(), (position, first_position, count as u32))
-                .map_err(engine)?;
+            writes.records.push(record);
+            writes
+                .index
+                .push(((STREAM | stream_id, version), Some(position)));
+            writes
+                .index
+                .push(((CATEGORY | category_id, position), Some(type_id)));
+            writes.index.push(((TYPE | type_id, position), None));
+            writes
+                .ids
+                .insert(event.id.clone(), (position, first_position, count as u32));
         }
         tables
             .streams
@@ -740,6 +738,100 @@ impl Writer {
             last_position: first_position + count - 1,
         })))
     }
+}
+
+/// What a commit group writes to the log and the id index, held until the group's requests
+/// have all been checked and then inserted in key order. Sorted runs go into the trees through
+/// cursors, which fill leaves completely; one insert at a time would rebuild a leaf per entry
+/// and leave half-empty leaves behind an appending key.
+struct GroupWrites {
+    /// The position of `records[0]`; the group's positions are contiguous.
+    first_position: u64,
+    records: Vec<Vec<u8>>,
+    /// Index entries of the `log` table: key, and the value as a number or nothing.
+    index: Vec<((u64, u64), Option<u64>)>,
+    /// New `event_ids` entries; later requests of the group look here before the table.
+    ids: HashMap<String, (u64, u64, u32)>,
+}
+
+impl GroupWrites {
+    fn new(first_position: u64) -> Self {
+        GroupWrites {
+            first_position,
+            records: Vec::new(),
+            index: Vec::new(),
+            ids: HashMap::new(),
+        }
+    }
+
+    /// The record at `position` if this group wrote it.
+    fn record(&self, position: u64) -> Option<&[u8]> {
+        let offset = usize::try_from(position.checked_sub(self.first_position)?).ok()?;
+        self.records.get(offset).map(Vec::as_slice)
+    }
+
+    fn write(mut self, tables: &mut WriteTables<'_>) -> Result<(), StorageError> {
+        let first = self.first_position;
+        insert_runs(
+            &mut tables.log,
+            self.records
+                .iter()
+                .zip(first..)
+                .map(|(record, position)| ((EVENTS, position), record.as_slice())),
+        )?;
+        self.index.sort_unstable_by_key(|(key, _)| *key);
+        let values: Vec<[u8; 8]> = self
+            .index
+            .iter()
+            .map(|(_, value)| value.unwrap_or(0).to_le_bytes())
+            .collect();
+        insert_runs(
+            &mut tables.log,
+            self.index.iter().zip(&values).map(|((key, value), bytes)| {
+                (*key, if value.is_some() { &bytes[..] } else { &[][..] })
+            }),
+        )?;
+        let mut ids: Vec<_> = self.ids.iter().collect();
+        ids.sort_unstable_by(|a, b| a.0.cmp(b.0));
+        insert_runs(
+            &mut tables.event_ids,
+            ids.into_iter().map(|(id, entry)| (id.as_str(), *entry)),
+        )
+    }
+}
+
+/// Inserts new entries, sorted by key, through cursors: each run of keys that falls into one
+/// gap of the tree is appended there in one go.
+fn insert_runs<'e, K: Key + 'static, V: Value + 'static>(
+    table: &mut Table<'_, K, V>,
+    entries: impl IntoIterator<Item = (K::SelfType<'e>, V::SelfType<'e>)>,
+) -> Result<(), StorageError> {
+    let mut entries = entries.into_iter().peekable();
+    while let Some((first_key, _)) = entries.peek() {
+        let mut cursor = table
+            .lower_bound_mut(Bound::Included(first_key))
+            .map_err(engine)?;
+        let mut inserted = 0usize;
+        while let Some((key, value)) = entries.peek() {
+            match cursor.insert_before(key, value) {
+                Ok(()) => {
+                    entries.next();
+                    inserted += 1;
+                }
+                // The key belongs in another gap: reopen the cursor there.
+                Err(CursorError::UnorderedKey) if inserted > 0 => break,
+                Err(CursorError::UnorderedKey) => {
+                    return Err(StorageError::Engine(
+                        "an entry to insert is already stored".into(),
+                    ));
+                }
+                Err(CursorError::Storage(error)) => return Err(engine(error)),
+                Err(other) => return Err(engine(other)),
+            }
+        }
+        cursor.close().map_err(engine)?;
+    }
+    Ok(())
 }
 
 /// The last line of defence: the API validates first, but nothing breaks the store's rules.
@@ -778,6 +870,7 @@ enum EarlierAppend {
 /// before the expected version is checked, so the retry of a successful append succeeds.
 fn find_earlier_append(
     tables: &WriteTables<'_>,
+    writes: &GroupWrites,
     request: &AppendRequest,
 ) -> Result<EarlierAppend, StorageError> {
     if !request.events.iter().any(|e| e.client_id) {
@@ -786,14 +879,16 @@ fn find_earlier_append(
     }
     let mut stored = Vec::with_capacity(request.events.len());
     for event in &request.events {
-        let found = if event.client_id {
+        let found = if !event.client_id {
+            None
+        } else if let Some(entry) = writes.ids.get(&event.id) {
+            Some(*entry)
+        } else {
             tables
                 .event_ids
                 .get(event.id.as_str())
                 .map_err(engine)?
                 .map(|g| g.value())
-        } else {
-            None
         };
         stored.push(found);
     }
@@ -826,15 +921,20 @@ fn find_earlier_append(
     let mut versions = (0, 0);
     for (i, event) in request.events.iter().enumerate() {
         let position = first_position + i as u64;
-        let record = tables
-            .log
-            .get((EVENTS, position))
-            .map_err(engine)?
-            .ok_or_else(|| StorageError::Corrupt {
-                position,
-                reason: "the id index points at a missing event".into(),
-            })?;
-        let view = EventView::parse(record.value()).map_err(|e| StorageError::Corrupt {
+        let record = match writes.record(position) {
+            Some(record) => record.to_vec(),
+            None => tables
+                .log
+                .get((EVENTS, position))
+                .map_err(engine)?
+                .ok_or_else(|| StorageError::Corrupt {
+                    position,
+                    reason: "the id index points at a missing event".into(),
+                })?
+                .value()
+                .to_vec(),
+        };
+        let view = EventView::parse(&record).map_err(|e| StorageError::Corrupt {
             position,
             reason: e.to_string(),
         })?;
