@@ -13,6 +13,7 @@ mod clock;
 mod names;
 mod record;
 mod redb_store;
+mod stream_row;
 
 use std::future::Future;
 use std::pin::Pin;

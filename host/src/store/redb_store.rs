@@ -28,6 +28,7 @@ use tokio::sync::{oneshot, watch};
 use super::clock::now_rfc3339;
 use super::names::{category_of, validate_event_id, validate_event_type, validate_stream_name};
 use super::record::{EventView, json_string, render_record};
+use super::stream_row::{STREAM_TAIL_MAX, StreamRow, decode_chunk, encode_chunk};
 use super::{
     AppendError, AppendFuture, AppendOutcome, AppendRequest, AppendResult, Direction, EventStore,
     LogFilter, LogPage, RecordedEvent, StorageError, StoreStats, StreamPage,
@@ -37,7 +38,8 @@ use super::{
 /// for all of them. A key is (section | id, n), the section in the top byte of the first element:
 ///
 /// - (`EVENTS`, position) → the event's canonical JSON record;
-/// - (`STREAM` | stream id, version) → position, 8 bytes little-endian;
+/// - (`STREAM` | stream id, first version of a chunk) → the positions of that chunk's versions,
+///   8 bytes little-endian each (a stream's newest positions wait in its [`StreamRow`]);
 /// - (`CATEGORY` | category id, position) → type id of the event, 8 bytes little-endian, so a
 ///   category read can filter by type without loading events;
 /// - (`TYPE` | type id, position) → nothing.
@@ -49,8 +51,8 @@ const CATEGORY: u64 = 2 << 56;
 const TYPE: u64 = 3 << 56;
 /// Stream, category and type ids stay below the section byte.
 const MAX_INTERNED_ID: u64 = (1 << 56) - 1;
-/// stream name → (stream id, current version).
-const STREAMS: TableDefinition<&str, (u64, u64)> = TableDefinition::new("streams");
+/// stream name → its [`StreamRow`]: id, current version, newest positions.
+const STREAMS: TableDefinition<&str, &[u8]> = TableDefinition::new("streams");
 /// event id → (position, first position of the append that wrote it, events in that append).
 const EVENT_IDS: TableDefinition<&str, (u64, u64, u32)> = TableDefinition::new("event_ids");
 /// category name → category id.
@@ -213,37 +215,38 @@ impl EventStore for RedbStore {
     ) -> Result<Option<StreamPage>, StorageError> {
         let txn = self.db.begin_read().map_err(engine)?;
         let streams = txn.open_table(STREAMS).map_err(engine)?;
-        let Some((stream_id, version)) = streams.get(stream).map_err(engine)?.map(|g| g.value())
-        else {
+        let Some(row) = streams.get(stream).map_err(engine)? else {
             return Ok(None);
         };
-        let log = txn.open_table(LOG).map_err(engine)?;
-        let section = STREAM | stream_id;
-        let range = match direction {
-            Direction::Forward => (from.unwrap_or(1).max(1), version),
-            Direction::Backward => (1, from.unwrap_or(version).min(version)),
-        };
-        let mut found: Vec<(u64, u64)> = Vec::new();
-        if range.0 <= range.1 {
-            let entries = log
-                .range((section, range.0)..=(section, range.1))
-                .map_err(engine)?;
-            let entries: Box<dyn Iterator<Item = _>> = match direction {
-                Direction::Forward => Box::new(entries),
-                Direction::Backward => Box::new(entries.rev()),
-            };
-            for entry in entries.take(limit) {
-                let (key, position) = entry.map_err(engine)?;
-                let version = key.value().1;
-                found.push((version, decode_u64(position.value(), version)?));
+        let row = StreamRow::decode(row.value())?;
+        let version = row.version;
+        let limit = limit.max(1) as u64;
+        // The window of versions this page covers, lowest first.
+        let window = match direction {
+            Direction::Forward => {
+                let start = from.unwrap_or(1).max(1);
+                (start, version.min(start.saturating_add(limit - 1)))
             }
-        }
-        let next = match (direction, found.last()) {
-            (Direction::Forward, Some(&(last, _))) if last < version => Some(last + 1),
-            (Direction::Backward, Some(&(last, _))) if last > 1 => Some(last - 1),
+            Direction::Backward => {
+                let start = from.unwrap_or(version).min(version);
+                (start.saturating_sub(limit - 1).max(1), start)
+            }
+        };
+        let log = txn.open_table(LOG).map_err(engine)?;
+        let mut positions = if window.0 <= window.1 {
+            stream_positions(&log, &row, window.0, window.1)?
+        } else {
+            Vec::new()
+        };
+        let next = match direction {
+            Direction::Forward if !positions.is_empty() && window.1 < version => Some(window.1 + 1),
+            Direction::Backward if !positions.is_empty() && window.0 > 1 => Some(window.0 - 1),
             _ => None,
         };
-        let events = Self::read_events(&log, found.into_iter().map(|(_, position)| position))?;
+        if direction == Direction::Backward {
+            positions.reverse();
+        }
+        let events = Self::read_events(&log, positions)?;
         Ok(Some(StreamPage {
             version,
             events,
@@ -386,6 +389,57 @@ fn filtered_positions(
     Ok(positions)
 }
 
+/// The positions of versions `low..=high` of a stream (all of which exist), in version order:
+/// from the chunks in the log up to the row's chunked version, then from the row's tail.
+fn stream_positions(
+    log: &impl ReadableTable<(u64, u64), &'static [u8]>,
+    row: &StreamRow,
+    low: u64,
+    high: u64,
+) -> Result<Vec<u64>, StorageError> {
+    let section = STREAM | row.id;
+    let chunked = row.chunked_through();
+    let mut positions = Vec::with_capacity((high - low + 1) as usize);
+    if low <= chunked {
+        let last = high.min(chunked);
+        // The chunk holding `low` starts at or before it; the ones after it start inside the
+        // window.
+        let first_chunk = log
+            .range((section, 0)..=(section, low))
+            .map_err(engine)?
+            .next_back()
+            .transpose()
+            .map_err(engine)?;
+        let later_chunks = log
+            .range((section, low + 1)..=(section, last))
+            .map_err(engine)?;
+        for entry in first_chunk.into_iter().map(Ok).chain(later_chunks) {
+            let (key, value) = entry.map_err(engine)?;
+            let first_version = key.value().1;
+            for (version, position) in (first_version..).zip(decode_chunk(value.value())?) {
+                if version > last {
+                    break;
+                }
+                if version >= low {
+                    positions.push(position);
+                }
+            }
+        }
+    }
+    let tail_start = low.max(chunked + 1);
+    for version in tail_start..=high {
+        positions.push(row.tail[(version - chunked - 1) as usize]);
+    }
+    if positions.len() as u64 != high - low + 1 {
+        return Err(StorageError::Engine(format!(
+            "stream id {} should hold versions {low}..={high} but {} positions were found",
+            row.id,
+            positions.len()
+        )));
+    }
+    Ok(positions)
+}
+
 /// The last position of the log in this snapshot, 0 when it is empty.
 fn last_position(log: &impl ReadableTable<(u64, u64), &'static [u8]>) -> Result<u64, StorageError> {
     let last = log
@@ -487,7 +541,7 @@ impl WriterState {
 /// The tables a write transaction touches, opened once per group.
 struct WriteTables<'txn> {
     log: Table<'txn, (u64, u64), &'static [u8]>,
-    streams: Table<'txn, &'static str, (u64, u64)>,
+    streams: Table<'txn, &'static str, &'static [u8]>,
     event_ids: Table<'txn, &'static str, (u64, u64, u32)>,
     categories: Table<'txn, &'static str, u64>,
     event_types: Table<'txn, &'static str, u64>,
@@ -666,26 +720,29 @@ impl Writer {
                 return Ok(Err(AppendError::DuplicateEventId { id, why }));
             }
         }
-        let existing = tables
+        let existing = match tables
             .streams
             .get(request.stream.as_str())
             .map_err(engine)?
-            .map(|g| g.value());
-        let actual = existing.map_or(0, |(_, version)| version);
+        {
+            Some(row) => Some(StreamRow::decode(row.value())?),
+            None => None,
+        };
+        let actual = existing.as_ref().map_or(0, |row| row.version);
         if !request.expected_version.admits(actual) {
             return Ok(Err(AppendError::WrongExpectedVersion {
                 expected: request.expected_version,
                 actual,
             }));
         }
-        let stream_id = match existing {
-            Some((id, _)) => id,
+        let mut row = match existing {
+            Some(row) => row,
             None if self.state.next_stream_id > MAX_INTERNED_ID => {
                 return Err(StorageError::Engine("no stream ids left".into()));
             }
             None => {
                 self.state.next_stream_id += 1;
-                self.state.next_stream_id - 1
+                StreamRow::new(self.state.next_stream_id - 1)
             }
         };
         let category_id = intern(
@@ -715,9 +772,7 @@ impl Writer {
                 &event.event_type,
             )?;
             writes.records.push(record);
-            writes
-                .index
-                .push(((STREAM | stream_id, version), Some(position)));
+            row.tail.push(position);
             writes
                 .index
                 .push(((CATEGORY | category_id, position), Some(type_id)));
@@ -726,9 +781,17 @@ impl Writer {
                 .ids
                 .insert(event.id.clone(), (position, first_position, count as u32));
         }
+        row.version += count;
+        if row.tail.len() >= STREAM_TAIL_MAX {
+            let first_version = row.chunked_through() + 1;
+            writes
+                .chunks
+                .push(((STREAM | row.id, first_version), encode_chunk(&row.tail)));
+            row.tail.clear();
+        }
         tables
             .streams
-            .insert(request.stream.as_str(), (stream_id, actual + count))
+            .insert(request.stream.as_str(), row.encode().as_slice())
             .map_err(engine)?;
         self.state.head += count;
         Ok(Ok(AppendOutcome::Written(AppendResult {
@@ -750,6 +813,8 @@ struct GroupWrites {
     records: Vec<Vec<u8>>,
     /// Index entries of the `log` table: key, and the value as a number or nothing.
     index: Vec<((u64, u64), Option<u64>)>,
+    /// Stream chunks for the `log` table.
+    chunks: Vec<((u64, u64), Vec<u8>)>,
     /// New `event_ids` entries; later requests of the group look here before the table.
     ids: HashMap<String, (u64, u64, u32)>,
 }
@@ -760,6 +825,7 @@ impl GroupWrites {
             first_position,
             records: Vec::new(),
             index: Vec::new(),
+            chunks: Vec::new(),
             ids: HashMap::new(),
         }
     }
@@ -790,6 +856,13 @@ impl GroupWrites {
             self.index.iter().zip(&values).map(|((key, value), bytes)| {
                 (*key, if value.is_some() { &bytes[..] } else { &[][..] })
             }),
+        )?;
+        self.chunks.sort_unstable_by_key(|(key, _)| *key);
+        insert_runs(
+            &mut tables.log,
+            self.chunks
+                .iter()
+                .map(|(key, positions)| (*key, positions.as_slice())),
         )?;
         let mut ids: Vec<_> = self.ids.iter().collect();
         ids.sort_unstable_by(|a, b| a.0.cmp(b.0));
@@ -987,4 +1060,79 @@ fn intern(
     }
     cache.insert(name.to_owned(), id);
     Ok(id)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::{ExpectedVersion, ProposedEvent};
+
+    fn event(n: usize) -> ProposedEvent {
+        ProposedEvent {
+            id: uuid::Uuid::now_v7().to_string(),
+            client_id: false,
+            event_type: "T".into(),
+            data: n.to_string(),
+            metadata: "{}".into(),
+        }
+    }
+
+    /// Stream reads across chunk boundaries: every window, both directions, agrees with the
+    /// positions the appends reported, before and after a reopen.
+    #[test]
+    fn stream_windows_cross_chunks_and_tails() {
+        let dir = tempfile::tempdir().unwrap();
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let mut expected = vec![0u64]; // expected[v] = position of version v
+        {
+            let store = RedbStore::open(dir.path(), &StoreOptions::default()).unwrap();
+            // Batch sizes around the tail limit, interleaved with another stream.
+            for (round, size) in [1, 30, 1, 1, 5, 33, 64, 2, 100, 31, 1]
+                .into_iter()
+                .enumerate()
+            {
+                let append = |stream: &str, size: usize| AppendRequest {
+                    stream: stream.into(),
+                    expected_version: ExpectedVersion::Any,
+                    events: (0..size).map(event).collect(),
+                };
+                runtime
+                    .block_on(store.append(append("other-1", round % 3 + 1)))
+                    .unwrap();
+                let outcome = runtime.block_on(store.append(append("s-1", size))).unwrap();
+                let AppendOutcome::Written(result) = outcome else {
+                    panic!("{outcome:?}")
+                };
+                expected.extend(result.first_position..=result.last_position);
+            }
+            check_windows(&store, &expected);
+            store.close();
+        }
+        let store = RedbStore::open(dir.path(), &StoreOptions::default()).unwrap();
+        check_windows(&store, &expected);
+    }
+
+    fn check_windows(store: &RedbStore, expected: &[u64]) {
+        let version = expected.len() as u64 - 1;
+        for from in 0..=version + 2 {
+            for limit in [1, 2, 31, 32, 33, 1000] {
+                for direction in [Direction::Forward, Direction::Backward] {
+                    let page = store
+                        .read_stream("s-1", Some(from), limit, direction)
+                        .unwrap()
+                        .unwrap();
+                    let got: Vec<u64> = page.events.iter().map(|e| e.position).collect();
+                    let versions: Vec<u64> = match direction {
+                        Direction::Forward => (from.max(1)..=version).take(limit).collect(),
+                        Direction::Backward => (1..=from.min(version)).rev().take(limit).collect(),
+                    };
+                    let want: Vec<u64> = versions.iter().map(|&v| expected[v as usize]).collect();
+                    assert_eq!(got, want, "from {from} limit {limit} {direction:?}");
+                    assert_eq!(page.version, version);
+                }
+            }
+        }
+    }
 }

@@ -1,0 +1,167 @@
+//! A stream's row in the `streams` table: its id, its version, and the positions of its latest
+//! versions that are not yet in a `STREAM` chunk of the log.
+//!
+//! Keeping a stream's newest positions in its row, and moving them into the log only in chunks,
+//! means that a commit touching many streams rewrites the few pages of `streams` (where the rows
+//! sit side by side) rather than one index page per stream.
+
+use super::StorageError;
+
+/// Once a stream's tail holds this many positions, they move into a chunk in the log.
+pub(crate) const STREAM_TAIL_MAX: usize = 32;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct StreamRow {
+    pub id: u64,
+    pub version: u64,
+    /// Positions of versions `version - tail.len() + 1 ..= version`, in order.
+    pub tail: Vec<u64>,
+}
+
+impl StreamRow {
+    pub(crate) fn new(id: u64) -> Self {
+        StreamRow {
+            id,
+            version: 0,
+            tail: Vec::new(),
+        }
+    }
+
+    /// The last version whose position is in a chunk of the log (0 when none is).
+    pub(crate) fn chunked_through(&self) -> u64 {
+        self.version - self.tail.len() as u64
+    }
+
+    /// `id`, `version` as 8 bytes little-endian each, then the tail as LEB128 varints, each the
+    /// difference from the position before it (the first from 0).
+    pub(crate) fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(16 + 3 * self.tail.len());
+        out.extend_from_slice(&self.id.to_le_bytes());
+        out.extend_from_slice(&self.version.to_le_bytes());
+        let mut previous = 0;
+        for &position in &self.tail {
+            write_varint(&mut out, position - previous);
+            previous = position;
+        }
+        out
+    }
+
+    pub(crate) fn decode(bytes: &[u8]) -> Result<Self, StorageError> {
+        let corrupt =
+            |reason: &str| StorageError::Engine(format!("a stream row is corrupt: {reason}"));
+        let (id, rest) = bytes
+            .split_at_checked(8)
+            .ok_or_else(|| corrupt("too short"))?;
+        let (version, mut rest) = rest
+            .split_at_checked(8)
+            .ok_or_else(|| corrupt("too short"))?;
+        let id = u64::from_le_bytes(id.try_into().expect("8 bytes"));
+        let version = u64::from_le_bytes(version.try_into().expect("8 bytes"));
+        let mut tail = Vec::new();
+        let mut previous = 0u64;
+        while !rest.is_empty() {
+            let (delta, used) = read_varint(rest).ok_or_else(|| corrupt("bad varint"))?;
+            previous = previous
+                .checked_add(delta)
+                .ok_or_else(|| corrupt("position overflow"))?;
+            tail.push(previous);
+            rest = &rest[used..];
+        }
+        if tail.len() as u64 > version {
+            return Err(corrupt("more tail positions than versions"));
+        }
+        Ok(StreamRow { id, version, tail })
+    }
+}
+
+/// A chunk of a stream's positions, as stored in the log: 8 bytes little-endian each.
+pub(crate) fn encode_chunk(positions: &[u64]) -> Vec<u8> {
+    positions.iter().flat_map(|p| p.to_le_bytes()).collect()
+}
+
+pub(crate) fn decode_chunk(bytes: &[u8]) -> Result<impl Iterator<Item = u64> + '_, StorageError> {
+    if bytes.is_empty() || bytes.len() % 8 != 0 {
+        return Err(StorageError::Engine(format!(
+            "a stream chunk holds {} bytes, expected a positive multiple of 8",
+            bytes.len()
+        )));
+    }
+    Ok(bytes
+        .chunks_exact(8)
+        .map(|b| u64::from_le_bytes(b.try_into().expect("8 bytes"))))
+}
+
+fn write_varint(out: &mut Vec<u8>, mut value: u64) {
+    while value >= 0x80 {
+        out.push((value as u8) | 0x80);
+        value >>= 7;
+    }
+    out.push(value as u8);
+}
+
+fn read_varint(bytes: &[u8]) -> Option<(u64, usize)> {
+    let mut value = 0u64;
+    for (i, &byte) in bytes.iter().enumerate().take(10) {
+        value |= u64::from(byte & 0x7f).checked_shl(7 * i as u32)?;
+        if byte & 0x80 == 0 {
+            return Some((value, i + 1));
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rows_round_trip() {
+        for row in [
+            StreamRow::new(7),
+            StreamRow {
+                id: 1,
+                version: 40,
+                tail: vec![100, 101, 5000, 1 << 40],
+            },
+            StreamRow {
+                id: u64::MAX >> 8,
+                version: 3,
+                tail: vec![u64::MAX - 1, u64::MAX],
+            },
+        ] {
+            assert_eq!(StreamRow::decode(&row.encode()).unwrap(), row);
+        }
+    }
+
+    #[test]
+    fn corrupt_rows_are_refused() {
+        assert!(StreamRow::decode(&[1, 2, 3]).is_err());
+        let mut bytes = StreamRow {
+            id: 1,
+            version: 1,
+            tail: vec![9],
+        }
+        .encode();
+        bytes.push(0x80);
+        assert!(StreamRow::decode(&bytes).is_err());
+        let too_long = StreamRow {
+            id: 1,
+            version: 1,
+            tail: vec![1, 2],
+        }
+        .encode();
+        assert!(StreamRow::decode(&too_long).is_err());
+    }
+
+    #[test]
+    fn chunks_round_trip() {
+        let positions = [3u64, 9, 1 << 50];
+        assert_eq!(
+            decode_chunk(&encode_chunk(&positions))
+                .unwrap()
+                .collect::<Vec<_>>(),
+            positions
+        );
+        assert!(decode_chunk(&[1, 2]).is_err());
+    }
+}
