@@ -1,0 +1,158 @@
+#!/usr/bin/env bash
+# Benchmarks evhost against PostgreSQL and NATS JetStream on this machine, in one run:
+#
+#   bash benches/run.sh [--quick] [more evhost-bench options, see --help]
+#
+# Installs PostgreSQL and nats-server from Debian's packages if they are missing, builds the
+# release binaries, starts a throwaway PostgreSQL cluster and a NATS server on loopback, runs
+# evhost-bench (which starts evhost itself), and stops and removes all of it on exit, failure
+# included. The report is printed and written to target/bench-report.md.
+set -euo pipefail
+
+root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$root"
+target=${CARGO_TARGET_DIR:-$root/target}
+
+log() { printf 'run.sh: %s\n' "$*" >&2; }
+
+as_root() {
+    if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi
+}
+
+# PostgreSQL refuses to run as root, so as root its commands run as the postgres user.
+as_postgres() {
+    if [ "$(id -u)" -eq 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi
+}
+
+# The binaries of the newest PostgreSQL installed.
+postgres_bin() {
+    local dir
+    dir=$(find /usr/lib/postgresql -mindepth 2 -maxdepth 2 -name bin 2>/dev/null | sort -V | tail -n 1)
+    [ -n "$dir" ] && [ -x "$dir/initdb" ] && echo "$dir"
+}
+
+install_missing() {
+    local missing=()
+    postgres_bin >/dev/null || missing+=(postgresql)
+    command -v nats-server >/dev/null || missing+=(nats-server)
+    [ ${#missing[@]} -eq 0 ] && return
+    log "installing ${missing[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    # Update the package lists only if installing from the current ones fails.
+    if ! as_root apt-get install -y "${missing[@]}"; then
+        as_root apt-get update
+        as_root apt-get install -y "${missing[@]}"
+    fi
+}
+
+port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+free_port() {
+    local port
+    for _ in $(seq 200); do
+        port=$((20000 + RANDOM % 40000))
+        if ! port_open "$port"; then
+            echo "$port"
+            return
+        fi
+    done
+    log "found no free port"
+    return 1
+}
+
+# wait_for SECONDS COMMAND...: runs COMMAND every 100 ms until it succeeds or time is up.
+wait_for() {
+    local deadline=$((SECONDS + $1))
+    shift
+    until "$@"; do
+        if [ "$SECONDS" -ge "$deadline" ]; then return 1; fi
+        sleep 0.1
+    done
+}
+
+# stop_pid PID NAME: asks the process to exit, waits up to 10 s, then kills it.
+stop_pid() {
+    local pid=$1
+    [ "$(cat "/proc/$pid/comm" 2>/dev/null)" = "$2" ] || return 0
+    kill -TERM "$pid" 2>/dev/null || return 0
+    wait_for 10 bash -c "! kill -0 $pid 2>/dev/null" || kill -KILL "$pid" 2>/dev/null || true
+}
+
+work=""
+bench_pid=""
+nats_pid=""
+postgres_started=""
+cleanup() {
+    local status=$?
+    set +e
+    trap - EXIT INT TERM
+    [ -n "$bench_pid" ] && stop_pid "$bench_pid" evhost-bench
+    [ -f "$work/evhost/evhost.pid" ] && stop_pid "$(cat "$work/evhost/evhost.pid")" evhost
+    [ -n "$nats_pid" ] && stop_pid "$nats_pid" nats-server
+    if [ -n "$postgres_started" ]; then
+        as_postgres "$postgres/pg_ctl" -D "$work/postgres" -m fast -w -t 30 stop >/dev/null ||
+            log "PostgreSQL did not stop; see $work/postgres-run/postgres.log"
+    fi
+    [ -n "$work" ] && rm -rf "$work"
+    exit "$status"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+install_missing
+postgres=$(postgres_bin)
+
+log "building"
+evhost_error=()
+if ! cargo build --release -p evhost -p evhost-bench; then
+    # Measure the others anyway; the report says why evhost is missing.
+    log "evhost did not build; benchmarking the other systems"
+    cargo build --release -p evhost-bench
+    evhost_error=(--evhost-error "cargo build --release -p evhost failed")
+fi
+
+work=$(mktemp -d "${TMPDIR:-/tmp}/evhost-bench.XXXXXX")
+chmod 755 "$work"
+mkdir "$work/postgres" "$work/postgres-run" "$work/nats" "$work/evhost"
+if [ "$(id -u)" -eq 0 ]; then
+    chown postgres: "$work/postgres" "$work/postgres-run"
+fi
+
+postgres_port=$(free_port)
+log "starting PostgreSQL on 127.0.0.1:$postgres_port"
+as_postgres "$postgres/initdb" -D "$work/postgres" -U postgres -A trust -E UTF8 --no-locale \
+    >"$work/initdb.log" 2>&1 || {
+    cat "$work/initdb.log" >&2
+    exit 1
+}
+postgres_started=yes
+as_postgres "$postgres/pg_ctl" -D "$work/postgres" -l "$work/postgres-run/postgres.log" -w -t 60 \
+    -o "-c listen_addresses=127.0.0.1 -p $postgres_port -c unix_socket_directories=$work/postgres-run -c fsync=on -c synchronous_commit=on" \
+    start >/dev/null || {
+    cat "$work/postgres-run/postgres.log" >&2
+    exit 1
+}
+
+nats_port=$(free_port)
+log "starting nats-server on 127.0.0.1:$nats_port"
+nats-server -js -a 127.0.0.1 -p "$nats_port" -sd "$work/nats" >"$work/nats.log" 2>&1 &
+nats_pid=$!
+wait_for 30 port_open "$nats_port" || {
+    cat "$work/nats.log" >&2
+    exit 1
+}
+
+log "running evhost-bench"
+"$target/release/evhost-bench" \
+    --evhost "$target/release/evhost" \
+    --work-dir "$work/evhost" \
+    --postgres "host=127.0.0.1 port=$postgres_port user=postgres dbname=postgres" \
+    --nats "127.0.0.1:$nats_port" \
+    --nats-pid "$nats_pid" \
+    --report "$target/bench-report.md" \
+    --command "bash benches/run.sh${*:+ $*}" \
+    "${evhost_error[@]}" \
+    "$@" &
+bench_pid=$!
+wait "$bench_pid"

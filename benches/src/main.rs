@@ -1,0 +1,423 @@
+//! `evhost-bench`: runs the same workloads against evhost, PostgreSQL and NATS JetStream in one
+//! run and prints a Markdown table of the figures, with evhost's ratio to each of the others.
+//!
+//! evhost is started here, from the release binary next to this one; PostgreSQL and NATS are
+//! started by `benches/run.sh`, which passes their addresses. A system that fails (to start or in
+//! a workload) is reported as failed and the others still run.
+
+mod evhost;
+mod http;
+mod jetstream;
+mod memory;
+mod nats;
+mod postgres;
+mod report;
+mod workload;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use clap::{Parser, ValueEnum};
+
+use crate::evhost::{Evhost, Server};
+use crate::jetstream::JetStream;
+use crate::memory::{Probe, Sampler};
+use crate::postgres::{Position, Postgres};
+use crate::report::{MemoryRun, SystemKind, SystemRun, WorkloadKind, WorkloadRun, workload_name};
+use crate::workload::{Measurement, Settings, System};
+
+/// Benchmarks evhost against PostgreSQL and NATS JetStream on the same workloads.
+#[derive(Parser)]
+#[command(version)]
+struct Args {
+    /// Measure each timed workload for 3 s instead of 10 s.
+    #[arg(long)]
+    quick: bool,
+    /// Seconds each timed workload is measured (default 10, or 3 with --quick).
+    #[arg(long)]
+    seconds: Option<f64>,
+    /// Seconds of unmeasured load before each timed workload.
+    #[arg(long, default_value_t = 1.0)]
+    warmup: f64,
+    /// Clients appending single events, each to its own stream.
+    #[arg(long, default_value_t = 32)]
+    clients: usize,
+    /// Clients appending batches, each to its own stream.
+    #[arg(long, default_value_t = 4)]
+    batch_clients: usize,
+    /// Events per batch.
+    #[arg(long, default_value_t = 100)]
+    batch_size: usize,
+    /// Clients racing to append to one stream.
+    #[arg(long, default_value_t = 8)]
+    racers: usize,
+    /// Fill a fresh evhost store with this many events, restart it, and report its memory at
+    /// rest and under the single-append load (0 skips this).
+    #[arg(long, default_value_t = 0)]
+    memory_events: u64,
+    /// The systems to benchmark.
+    #[arg(
+        long,
+        value_enum,
+        value_delimiter = ',',
+        default_value = "evhost,postgres,nats"
+    )]
+    systems: Vec<Kind>,
+    /// The evhost binary (default: `evhost` next to this program).
+    #[arg(long)]
+    evhost: Option<PathBuf>,
+    /// Report evhost as failed with this reason instead of running it (the bench script passes
+    /// this when evhost does not build).
+    #[arg(long)]
+    evhost_error: Option<String>,
+    /// PostgreSQL connection string, e.g. "host=127.0.0.1 port=5432 user=postgres".
+    #[arg(long)]
+    postgres: Option<String>,
+    /// Where PostgreSQL's global positions come from, one run each: `counter` is gapless like
+    /// evhost's log, `sequence` lets commits share flushes but leaves gaps.
+    #[arg(
+        long,
+        value_enum,
+        value_delimiter = ',',
+        default_value = "counter,sequence"
+    )]
+    postgres_positions: Vec<postgres::Position>,
+    /// NATS server address (JetStream enabled).
+    #[arg(long)]
+    nats: Option<SocketAddr>,
+    /// Process id of the NATS server, to measure its memory.
+    #[arg(long)]
+    nats_pid: Option<u32>,
+    /// Directory for evhost's data and log (default: a new one under the system's temp dir).
+    #[arg(long)]
+    work_dir: Option<PathBuf>,
+    /// Where to write the report, besides stdout.
+    #[arg(long, default_value = "target/bench-report.md")]
+    report: PathBuf,
+    /// The command line to quote in the report.
+    #[arg(long, default_value = "bash benches/run.sh")]
+    command: String,
+    /// Threads of the load generator; 1 keeps it on one core beside the server.
+    #[arg(long, default_value_t = 1)]
+    client_threads: usize,
+    /// Seconds any single request, or a server start, may take.
+    #[arg(long, default_value_t = 60.0)]
+    timeout: f64,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Kind {
+    Evhost,
+    Postgres,
+    Nats,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let mut runtime = match args.client_threads {
+        1 => tokio::runtime::Builder::new_current_thread(),
+        _ => tokio::runtime::Builder::new_multi_thread(),
+    };
+    if args.client_threads > 1 {
+        runtime.worker_threads(args.client_threads);
+    }
+    let result = runtime
+        .enable_all()
+        .build()
+        .map_err(anyhow::Error::from)
+        .and_then(|runtime| runtime.block_on(run(args)));
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("evhost-bench: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(args: Args) -> Result<()> {
+    let measure = args.seconds.unwrap_or(if args.quick { 3.0 } else { 10.0 });
+    let settings = Settings {
+        warmup: Duration::from_secs_f64(args.warmup),
+        measure: Duration::from_secs_f64(measure),
+        op_timeout: Duration::from_secs_f64(args.timeout),
+        clients: args.clients,
+        batch_clients: args.batch_clients,
+        batch_size: args.batch_size,
+        racers: args.racers,
+        events: Arc::new(workload::event_data(args.batch_size.max(1))),
+    };
+    let (work, temporary) = match &args.work_dir {
+        Some(dir) => (dir.clone(), false),
+        None => (
+            std::env::temp_dir().join(format!("evhost-bench-{}", std::process::id())),
+            true,
+        ),
+    };
+    std::fs::create_dir_all(&work).with_context(|| format!("creating {}", work.display()))?;
+    let mut runs = Vec::new();
+    for kind in &args.systems {
+        match kind {
+            Kind::Evhost => runs.push(bench_evhost(&args, &settings, &work).await),
+            Kind::Postgres => {
+                for &position in &args.postgres_positions {
+                    runs.push(bench_postgres(&args, &settings, position).await);
+                }
+            }
+            Kind::Nats => runs.push(bench_nats(&args, &settings).await),
+        }
+    }
+    if temporary {
+        let _ = std::fs::remove_dir_all(&work);
+    }
+    let text = report::render(&runs, &settings, &args.command);
+    println!("{text}");
+    if let Some(dir) = args.report.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    std::fs::write(&args.report, text)
+        .with_context(|| format!("writing {}", args.report.display()))?;
+    eprintln!("report written to {}", args.report.display());
+    Ok(())
+}
+
+fn failed(kind: SystemKind, name: &str, error: &anyhow::Error) -> SystemRun {
+    eprintln!("{name}: failed: {error:#}");
+    SystemRun::failed(kind, name, format!("{error:#}"))
+}
+
+async fn bench_evhost(args: &Args, settings: &Settings, work: &Path) -> SystemRun {
+    match evhost_runs(args, settings, work).await {
+        Ok(run) => run,
+        Err(error) => failed(SystemKind::Evhost, "evhost", &error),
+    }
+}
+
+async fn evhost_runs(args: &Args, settings: &Settings, work: &Path) -> Result<SystemRun> {
+    if let Some(error) = &args.evhost_error {
+        anyhow::bail!("{error}");
+    }
+    let binary = match &args.evhost {
+        Some(binary) => binary.clone(),
+        None => std::env::current_exe()?.with_file_name("evhost"),
+    };
+    let timeout = Duration::from_secs_f64(args.timeout);
+    let data = work.join("evhost-data");
+    let server = Server::start(&binary, &data, work, timeout).await?;
+    let system = Arc::new(Evhost { addr: server.addr });
+    let (version, _) = system.health().await?;
+    let label = format!("evhost {version}");
+    let workloads = bench(&label, &system, settings, Some(Probe::Process(server.pid))).await;
+    if workloads.iter().any(|run| run.result.is_err()) {
+        eprintln!("{label}: the server's log ends:\n{}", server.log_tail());
+    }
+    let high_water = memory::high_water_mark(server.pid);
+    // The figures stand even if the server does not stop cleanly.
+    if let Err(error) = server.stop(timeout).await {
+        eprintln!("{label}: {error:#}");
+    }
+    let _ = std::fs::remove_dir_all(&data);
+    let memory = match args.memory_events {
+        0 => None,
+        events => Some(
+            memory_run(&binary, work, settings, events, timeout)
+                .await
+                .map_err(|error| {
+                    eprintln!("{label}: memory workload failed: {error:#}");
+                    format!("{error:#}")
+                }),
+        ),
+    };
+    Ok(SystemRun {
+        label,
+        kind: SystemKind::Evhost,
+        note: evhost::NOTE.to_owned(),
+        outcome: Ok(workloads),
+        memory,
+        high_water,
+    })
+}
+
+/// Fills a fresh store with `events` events, restarts the server on it, and measures its memory
+/// at rest and under the single-append load.
+async fn memory_run(
+    binary: &Path,
+    work: &Path,
+    settings: &Settings,
+    events: u64,
+    timeout: Duration,
+) -> Result<MemoryRun> {
+    const FILL_BATCH: usize = 1000;
+    const FILL_CLIENTS: usize = 4;
+    let data = work.join("evhost-memory");
+    let server = Server::start(binary, &data, work, timeout).await?;
+    let system = Arc::new(Evhost { addr: server.addr });
+    eprintln!("evhost memory: storing {events} events in batches of {FILL_BATCH}");
+    let batch = Arc::new(workload::event_data(FILL_BATCH));
+    let fill = workload::fill(&system, settings, "fill", FILL_CLIENTS, &batch, events).await?;
+    eprintln!(
+        "evhost memory: stored {} events at {:.0} events/s; restarting",
+        fill.appended,
+        fill.rate()
+    );
+    server.stop(timeout).await?;
+    // Opening 10 million events may take longer than an ordinary start.
+    let server = Server::start(binary, &data, work, timeout * 10).await?;
+    let system = Arc::new(Evhost { addr: server.addr });
+    let (_, head) = system.health().await?;
+    system.read_head(head).await?;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let at_rest = Probe::Process(server.pid).resident();
+    let sampler = Sampler::start(Probe::Process(server.pid));
+    let load = workload::append_own(
+        &system,
+        settings,
+        "memory-append",
+        settings.clients,
+        &settings.single_event(),
+    )
+    .await;
+    let under_load = sampler.finish();
+    if let Err(error) = server.stop(timeout).await {
+        eprintln!("evhost memory: {error:#}");
+    }
+    let _ = std::fs::remove_dir_all(&data);
+    Ok(MemoryRun {
+        events: head,
+        fill_rate: fill.rate(),
+        at_rest,
+        under_load,
+        load: load?,
+    })
+}
+
+async fn bench_postgres(args: &Args, settings: &Settings, position: Position) -> SystemRun {
+    let setup = async {
+        let config = args.postgres.as_deref();
+        let config = config.context("no --postgres given")?;
+        let (system, facts) = Postgres::setup(config, position).await?;
+        // "15.18 (Debian 15.18-0+deb12u1)" → "15.18"
+        let version = facts.version.split_whitespace().next().unwrap_or_default();
+        let label = format!("PostgreSQL {version}, {}", position.name());
+        Ok((system, label, facts.pid.map(Probe::Tree)))
+    };
+    let name = format!("PostgreSQL ({})", position.name());
+    bench_service(
+        SystemKind::Postgres,
+        &name,
+        position.note(),
+        settings,
+        setup,
+    )
+    .await
+}
+
+async fn bench_nats(args: &Args, settings: &Settings) -> SystemRun {
+    let setup = async {
+        let (system, version) = JetStream::setup(args.nats.context("no --nats given")?).await?;
+        let label = format!("NATS JetStream {version}");
+        Ok((system, label, args.nats_pid.map(Probe::Process)))
+    };
+    let note = jetstream::NOTE.to_owned();
+    bench_service(SystemKind::Nats, "NATS JetStream", note, settings, setup).await
+}
+
+/// Benchmarks a server started by the bench script, once `setup` has reached it and returned
+/// it with its label (name and version) and how to measure its memory; `name` stands for it if
+/// it cannot be reached.
+async fn bench_service<S: System>(
+    kind: SystemKind,
+    name: &str,
+    note: String,
+    settings: &Settings,
+    setup: impl Future<Output = Result<(S, String, Option<Probe>)>>,
+) -> SystemRun {
+    match setup.await {
+        Ok((system, label, probe)) => {
+            let workloads = bench(&label, &Arc::new(system), settings, probe).await;
+            SystemRun {
+                label,
+                kind,
+                note,
+                outcome: Ok(workloads),
+                memory: None,
+                high_water: None,
+            }
+        }
+        Err(error) => failed(kind, name, &error),
+    }
+}
+
+/// Runs every workload against one system, in order, the read last so that it reads what the
+/// others appended.
+async fn bench<S: System>(
+    label: &str,
+    system: &Arc<S>,
+    settings: &Settings,
+    probe: Option<Probe>,
+) -> Vec<WorkloadRun> {
+    let single = settings.single_event();
+    let mut bench = Bench {
+        label,
+        settings,
+        probe,
+        runs: Vec::new(),
+        appended: Some(0),
+    };
+    let name = workload_name(WorkloadKind::Append, settings);
+    let append = workload::append_own(system, settings, &name, settings.clients, &single);
+    bench.measure(WorkloadKind::Append, append).await;
+    let name = workload_name(WorkloadKind::Batch, settings);
+    let (clients, events) = (settings.batch_clients, &settings.events);
+    let batch = workload::append_own(system, settings, &name, clients, events);
+    bench.measure(WorkloadKind::Batch, batch).await;
+    let name = workload_name(WorkloadKind::Race, settings);
+    let race = workload::race(system, settings, &name);
+    bench.measure(WorkloadKind::Race, race).await;
+    let read = workload::read_all(system, settings, bench.appended);
+    bench.measure(WorkloadKind::Read, read).await;
+    bench.runs
+}
+
+/// The workloads run so far against one system.
+struct Bench<'a> {
+    label: &'a str,
+    settings: &'a Settings,
+    probe: Option<Probe>,
+    runs: Vec<WorkloadRun>,
+    /// Events stored so far, or `None` once a failed workload left it unknown.
+    appended: Option<u64>,
+}
+
+impl Bench<'_> {
+    async fn measure(
+        &mut self,
+        kind: WorkloadKind,
+        workload: impl Future<Output = Result<Measurement>>,
+    ) {
+        let name = workload_name(kind, self.settings);
+        let sampler = self.probe.map(Sampler::start);
+        let result = workload.await;
+        let peak_memory = sampler.and_then(Sampler::finish);
+        match &result {
+            Ok(measurement) => {
+                self.appended = self.appended.map(|sum| sum + measurement.appended);
+                eprintln!("{} {name}: {:.0} events/s", self.label, measurement.rate());
+            }
+            Err(error) => {
+                self.appended = None;
+                eprintln!("{} {name}: failed: {error:#}", self.label);
+            }
+        }
+        self.runs.push(WorkloadRun {
+            kind,
+            result: result.map_err(|error| format!("{error:#}")),
+            peak_memory,
+        });
+    }
+}

@@ -1,0 +1,373 @@
+//! The report: one Markdown table of every system and workload with evhost's ratio to each other
+//! system, the issue's targets checked against the figures, the machine, and what makes the
+//! systems differ beyond their code (durability, atomicity).
+
+use std::fmt::Write;
+
+use crate::workload::{Measurement, Settings};
+
+const MIB: f64 = 1024.0 * 1024.0;
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum SystemKind {
+    Evhost,
+    Postgres,
+    Nats,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum WorkloadKind {
+    Append,
+    Batch,
+    Race,
+    Read,
+}
+
+const WORKLOADS: [WorkloadKind; 4] = [
+    WorkloadKind::Append,
+    WorkloadKind::Batch,
+    WorkloadKind::Race,
+    WorkloadKind::Read,
+];
+
+pub(crate) struct WorkloadRun {
+    pub(crate) kind: WorkloadKind,
+    pub(crate) result: Result<Measurement, String>,
+    /// Peak resident memory of the server while the workload ran, in bytes.
+    pub(crate) peak_memory: Option<u64>,
+}
+
+/// evhost's memory with a large store: at rest after a restart, and under the append load.
+pub(crate) struct MemoryRun {
+    pub(crate) events: u64,
+    pub(crate) fill_rate: f64,
+    pub(crate) at_rest: Option<u64>,
+    pub(crate) under_load: Option<u64>,
+    pub(crate) load: Measurement,
+}
+
+pub(crate) struct SystemRun {
+    pub(crate) label: String,
+    pub(crate) kind: SystemKind,
+    /// How the system was set up, as far as it matters for comparing the figures.
+    pub(crate) note: String,
+    /// The workloads, or why the system could not be set up.
+    pub(crate) outcome: Result<Vec<WorkloadRun>, String>,
+    pub(crate) memory: Option<Result<MemoryRun, String>>,
+    /// The server's peak resident memory over the whole run (`VmHWM`), in bytes.
+    pub(crate) high_water: Option<u64>,
+}
+
+impl SystemRun {
+    pub(crate) fn failed(kind: SystemKind, label: &str, error: String) -> Self {
+        Self {
+            label: label.to_owned(),
+            kind,
+            note: String::new(),
+            outcome: Err(error),
+            memory: None,
+            high_water: None,
+        }
+    }
+
+    fn workload(&self, kind: WorkloadKind) -> Option<&WorkloadRun> {
+        self.outcome
+            .as_ref()
+            .ok()?
+            .iter()
+            .find(|run| run.kind == kind)
+    }
+
+    fn measured(&self, kind: WorkloadKind) -> Option<&Measurement> {
+        self.workload(kind)?.result.as_ref().ok()
+    }
+}
+
+pub(crate) fn render(runs: &[SystemRun], settings: &Settings, command: &str) -> String {
+    let mut out = String::new();
+    let evhost = runs.iter().find(|run| run.kind == SystemKind::Evhost);
+    let _ = writeln!(out, "# evhost benchmarks\n");
+    let _ = writeln!(out, "- Date: {}", date());
+    let _ = writeln!(out, "- Machine: {}", machine());
+    let _ = writeln!(out, "- Command: `{command}`");
+    let _ = writeln!(
+        out,
+        "- Load: {} s measured after {} s of warm-up per timed workload; {} single-event \
+         appenders, {} batch appenders of {} events, {} racers; events of about {} bytes of JSON; \
+         the load generator runs on the same cores, one thread, one keep-alive connection per \
+         client, each client waiting for its answer before the next request.",
+        settings.measure.as_secs_f64(),
+        settings.warmup.as_secs_f64(),
+        settings.clients,
+        settings.batch_clients,
+        settings.batch_size,
+        settings.racers,
+        settings.events[0].len(),
+    );
+    let _ = writeln!(out);
+    let _ = writeln!(
+        out,
+        "| Workload | System | Events/s | p50 ms | p99 ms | max ms | Conflicts | Peak memory MiB | evhost ÷ system |"
+    );
+    let _ = writeln!(out, "|---|---|--:|--:|--:|--:|--:|--:|--:|");
+    for kind in WORKLOADS {
+        for run in runs {
+            let _ = writeln!(out, "{}", row(run, kind, evhost, settings));
+        }
+    }
+    let _ = writeln!(out);
+    write_memory(&mut out, runs);
+    write_targets(&mut out, runs);
+    write_notes(&mut out, runs, settings);
+    out
+}
+
+fn row(
+    run: &SystemRun,
+    kind: WorkloadKind,
+    evhost: Option<&SystemRun>,
+    settings: &Settings,
+) -> String {
+    let (system, name) = (&run.label, workload_name(kind, settings));
+    let Some(workload) = run.workload(kind) else {
+        return format!("| {name} | {system} | failed | | | | | | |");
+    };
+    let measurement = match &workload.result {
+        Ok(measurement) => measurement,
+        Err(_) => return format!("| {name} | {system} | failed | | | | | | |"),
+    };
+    let ms = |pick: fn(&crate::workload::Latency) -> std::time::Duration| {
+        measurement
+            .latency
+            .map(|latency| format!("{:.2}", pick(&latency).as_secs_f64() * 1000.0))
+            .unwrap_or_default()
+    };
+    let conflicts = measurement
+        .conflicts
+        .map(|conflicts| conflicts.to_string())
+        .unwrap_or_default();
+    let ratio = match evhost.and_then(|evhost| evhost.measured(kind)) {
+        Some(ours) if run.kind != SystemKind::Evhost => {
+            format!("{:.2}×", ours.rate() / measurement.rate())
+        }
+        _ => String::new(),
+    };
+    format!(
+        "| {name} | {system} | {} | {} | {} | {} | {conflicts} | {} | {ratio} |",
+        thousands(measurement.rate()),
+        ms(|latency| latency.p50),
+        ms(|latency| latency.p99),
+        ms(|latency| latency.max),
+        mib(workload.peak_memory),
+    )
+}
+
+/// The workload's name, with its number of clients or events: `append-32`, `batch-100`.
+pub(crate) fn workload_name(kind: WorkloadKind, settings: &Settings) -> String {
+    match kind {
+        WorkloadKind::Append => format!("append-{}", settings.clients),
+        WorkloadKind::Batch => format!("batch-{}", settings.batch_size),
+        WorkloadKind::Race => format!("race-{}", settings.racers),
+        WorkloadKind::Read => "read-all".to_owned(),
+    }
+}
+
+fn write_memory(out: &mut String, runs: &[SystemRun]) {
+    for run in runs {
+        if let Some(peak) = run.high_water {
+            let _ = writeln!(
+                out,
+                "{}: peak resident memory over the whole run (VmHWM) {} MiB.\n",
+                run.label,
+                mib(Some(peak))
+            );
+        }
+        match &run.memory {
+            Some(Ok(memory)) => {
+                let _ = writeln!(
+                    out,
+                    "{} with {} events stored (written at {} events/s in batches of 1000, then \
+                     the server restarted): resident memory at rest {} MiB; peak under the \
+                     single-append load {} MiB, at {} events/s (p99 {:.2} ms).\n",
+                    run.label,
+                    thousands(memory.events as f64),
+                    thousands(memory.fill_rate),
+                    mib(memory.at_rest),
+                    mib(memory.under_load),
+                    thousands(memory.load.rate()),
+                    memory
+                        .load
+                        .latency
+                        .map_or(f64::NAN, |latency| latency.p99.as_secs_f64() * 1000.0),
+                );
+            }
+            Some(Err(error)) => {
+                let _ = writeln!(out, "{}: the memory workload failed: {error}\n", run.label);
+            }
+            None => {}
+        }
+    }
+}
+
+fn write_targets(out: &mut String, runs: &[SystemRun]) {
+    let evhost = runs.iter().find(|run| run.kind == SystemKind::Evhost);
+    // The first PostgreSQL run, gapless by default, as the issue's target means.
+    let postgres = runs.iter().find(|run| run.kind == SystemKind::Postgres);
+    let ours = |kind| evhost.and_then(|run| run.measured(kind));
+    let _ = writeln!(out, "## Targets\n");
+    let _ = writeln!(out, "| Target | Measured | Met |");
+    let _ = writeln!(out, "|---|---|---|");
+    // A figure, and whether it meets the target (`None`: it cannot tell).
+    let mut target = |what: &str, measured: Option<(String, Option<bool>)>| {
+        let (figure, met) = measured.unwrap_or_else(|| ("not measured".to_owned(), None));
+        let met = match met {
+            Some(true) => "yes",
+            Some(false) => "no",
+            None => "—",
+        };
+        let _ = writeln!(out, "| {what} | {figure} | {met} |");
+    };
+    let append = ours(WorkloadKind::Append);
+    let theirs = postgres.and_then(|run| run.measured(WorkloadKind::Append));
+    target(
+        "single-event appends ≥ 30 000 events/s and ≥ 2× PostgreSQL",
+        append.map(|ours| match theirs {
+            Some(theirs) => {
+                let ratio = ours.rate() / theirs.rate();
+                let label = postgres.map_or("", |run| run.label.as_str());
+                let figure = format!("{} events/s, {ratio:.2}× {label}", thousands(ours.rate()));
+                (figure, Some(ours.rate() >= 30_000.0 && ratio >= 2.0))
+            }
+            None => {
+                let figure = format!(
+                    "{} events/s, PostgreSQL not measured",
+                    thousands(ours.rate())
+                );
+                (figure, None)
+            }
+        }),
+    );
+    let at_least = |measured: Option<&Measurement>, floor: f64| {
+        measured.map(|m| {
+            (
+                format!("{} events/s", thousands(m.rate())),
+                Some(m.rate() >= floor),
+            )
+        })
+    };
+    target(
+        "batched appends ≥ 300 000 events/s",
+        at_least(ours(WorkloadKind::Batch), 300_000.0),
+    );
+    target(
+        "reading the global log ≥ 500 000 events/s",
+        at_least(ours(WorkloadKind::Read), 500_000.0),
+    );
+    target(
+        "p99 of a single append at 32 clients ≤ 5 ms",
+        append.and_then(|m| m.latency).map(|latency| {
+            let p99 = latency.p99.as_secs_f64() * 1000.0;
+            (format!("{p99:.2} ms"), Some(p99 <= 5.0))
+        }),
+    );
+    let memory = evhost.and_then(|run| run.memory.as_ref()?.as_ref().ok());
+    // Only a store of the target's size can meet it.
+    let below = |bytes: Option<u64>, limit: f64, events: u64| {
+        let bytes = bytes? as f64 / MIB;
+        let figure = format!("{bytes:.0} MiB with {} events", thousands(events as f64));
+        Some((figure, (events >= 10_000_000).then_some(bytes < limit)))
+    };
+    target(
+        "resident memory with 10 million events at rest < 150 MiB",
+        memory.and_then(|m| below(m.at_rest, 150.0, m.events)),
+    );
+    target(
+        "resident memory with 10 million events under the append load < 300 MiB",
+        memory.and_then(|m| below(m.under_load, 300.0, m.events)),
+    );
+    let _ = writeln!(out);
+}
+
+fn write_notes(out: &mut String, runs: &[SystemRun], settings: &Settings) {
+    let _ = writeln!(out, "## Notes\n");
+    let _ = writeln!(
+        out,
+        "- evhost ÷ system: evhost's events/s over the system's in the same workload and run; \
+         for race-8, successful appends only. Latency is per request: one append, one batch, or \
+         a race's read and append."
+    );
+    for run in runs.iter().filter(|run| run.outcome.is_ok()) {
+        let _ = writeln!(out, "- {}: {}", run.label, run.note);
+    }
+    for run in runs {
+        if let Err(error) = &run.outcome {
+            let _ = writeln!(out, "- {} failed to start: {error}", run.label);
+        }
+        for workload in run.outcome.iter().flatten() {
+            if let Err(error) = &workload.result {
+                let name = workload_name(workload.kind, settings);
+                let _ = writeln!(out, "- {} {name} failed: {error}", run.label);
+            }
+        }
+    }
+}
+
+fn date() -> String {
+    std::process::Command::new("date")
+        .args(["-u", "+%Y-%m-%d %H:%M UTC"])
+        .output()
+        .ok()
+        .and_then(|output| String::from_utf8(output.stdout).ok())
+        .map(|date| date.trim().to_owned())
+        .unwrap_or_else(|| "unknown".to_owned())
+}
+
+fn machine() -> String {
+    let cores = std::thread::available_parallelism().map_or(0, usize::from);
+    let read = |path: &str| std::fs::read_to_string(path).unwrap_or_default();
+    let cpuinfo = read("/proc/cpuinfo");
+    let cpu = cpuinfo
+        .lines()
+        .find_map(|line| line.strip_prefix("model name")?.split_once(':'))
+        .map_or("unknown CPU", |(_, model)| model.trim());
+    let meminfo = read("/proc/meminfo");
+    let memory = meminfo
+        .lines()
+        .find_map(|line| line.strip_prefix("MemTotal:"))
+        .and_then(|kib| kib.split_whitespace().next()?.parse::<f64>().ok())
+        .map_or_else(String::new, |kib| {
+            format!(", {:.0} GiB", kib / 1024.0 / 1024.0)
+        });
+    let kernel = read("/proc/sys/kernel/osrelease");
+    format!("{cores} cores, {cpu}{memory}, Linux {}", kernel.trim())
+}
+
+fn mib(bytes: Option<u64>) -> String {
+    bytes.map_or_else(String::new, |bytes| format!("{:.0}", bytes as f64 / MIB))
+}
+
+/// A rate rounded to a whole number, thousands separated by spaces.
+fn thousands(value: f64) -> String {
+    let digits = format!("{:.0}", value.max(0.0));
+    let mut out = String::new();
+    for (index, digit) in digits.chars().enumerate() {
+        if index > 0 && (digits.len() - index) % 3 == 0 {
+            out.push(' ');
+        }
+        out.push(digit);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn separates_thousands() {
+        assert_eq!(thousands(0.4), "0");
+        assert_eq!(thousands(999.0), "999");
+        assert_eq!(thousands(13_500.0), "13 500");
+        assert_eq!(thousands(1_234_567.0), "1 234 567");
+    }
+}
