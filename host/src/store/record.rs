@@ -22,11 +22,11 @@ pub(crate) fn render_record(
 ) {
     out.reserve(96 + stream_json.len() + event.id.len() + event.data.len() + event.metadata.len());
     out.extend_from_slice(b"{\"position\":");
-    out.extend_from_slice(itoa(position).as_bytes());
+    write_number(out, position);
     out.extend_from_slice(b",\"stream\":");
     out.extend_from_slice(stream_json.as_bytes());
     out.extend_from_slice(b",\"version\":");
-    out.extend_from_slice(itoa(version).as_bytes());
+    write_number(out, version);
     out.extend_from_slice(b",\"id\":");
     write_json_string(out, &event.id);
     // Event types are restricted to [A-Za-z0-9_.:-], which never needs escaping.
@@ -50,8 +50,9 @@ fn write_json_string(out: &mut Vec<u8>, value: &str) {
     serde_json::to_writer(out, value).expect("writing to a Vec cannot fail");
 }
 
-fn itoa(n: u64) -> String {
-    n.to_string()
+fn write_number(out: &mut Vec<u8>, n: u64) {
+    use std::io::Write;
+    write!(out, "{n}").expect("writing to a Vec cannot fail");
 }
 
 /// The fields of a stored record the host looks into, borrowed from its JSON.

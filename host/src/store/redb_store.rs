@@ -31,7 +31,7 @@ use super::record::{EventView, json_string, render_record};
 use super::stream_row::{STREAM_TAIL_MAX, StreamRow, decode_chunk, encode_chunk};
 use super::{
     AppendError, AppendFuture, AppendOutcome, AppendRequest, AppendResult, Direction, EventStore,
-    LogFilter, LogPage, RecordedEvent, StorageError, StoreStats, StreamPage,
+    LogFilter, LogPage, ProposedEvent, RecordedEvent, StorageError, StoreStats, StreamPage,
 };
 
 /// The log and its position indexes, in one ordered tree so that a commit touches one table root
@@ -703,11 +703,11 @@ impl Writer {
     /// Checks one request against the state the group has written so far and writes it if it
     /// passes. The outer error is a storage failure that dooms the group; the inner one refuses
     /// this request only, and then nothing of it has been written.
-    fn apply(
+    fn apply<'g>(
         &mut self,
         tables: &mut WriteTables<'_>,
-        writes: &mut GroupWrites,
-        request: &AppendRequest,
+        writes: &mut GroupWrites<'g>,
+        request: &'g AppendRequest,
         recorded_at: &str,
     ) -> Result<Result<AppendOutcome, AppendError>, StorageError> {
         if let Err(reason) = check_request(request) {
@@ -756,9 +756,8 @@ impl Writer {
         let first_position = self.state.head + 1;
         for (offset, event) in request.events.iter().enumerate() {
             let (position, version) = (first_position + offset as u64, actual + 1 + offset as u64);
-            let mut record = Vec::new();
             render_record(
-                &mut record,
+                &mut writes.records,
                 position,
                 &stream_json,
                 version,
@@ -771,15 +770,13 @@ impl Writer {
                 &mut self.state.next_type_id,
                 &event.event_type,
             )?;
-            writes.records.push(record);
+            writes.record_ends.push(writes.records.len());
             row.tail.push(position);
             writes
                 .index
                 .push(((CATEGORY | category_id, position), Some(type_id)));
             writes.index.push(((TYPE | type_id, position), None));
-            writes
-                .ids
-                .insert(event.id.clone(), (position, first_position, count as u32));
+            writes.add_id(event, (position, first_position, count as u32));
         }
         row.version += count;
         if row.tail.len() >= STREAM_TAIL_MAX {
@@ -807,43 +804,69 @@ impl Writer {
 /// have all been checked and then inserted in key order. Sorted runs go into the trees through
 /// cursors, which fill leaves completely; one insert at a time would rebuild a leaf per entry
 /// and leave half-empty leaves behind an appending key.
-struct GroupWrites {
-    /// The position of `records[0]`; the group's positions are contiguous.
+struct GroupWrites<'g> {
+    /// The position of the first record; the group's positions are contiguous.
     first_position: u64,
-    records: Vec<Vec<u8>>,
+    /// The records, one after another; `record_ends[i]` is where record `i` ends.
+    records: Vec<u8>,
+    record_ends: Vec<usize>,
     /// Index entries of the `log` table: key, and the value as a number or nothing.
     index: Vec<((u64, u64), Option<u64>)>,
     /// Stream chunks for the `log` table.
     chunks: Vec<((u64, u64), Vec<u8>)>,
-    /// New `event_ids` entries; later requests of the group look here before the table.
-    ids: HashMap<String, (u64, u64, u32)>,
+    /// New `event_ids` entries of ids clients chose; later requests of the group look here
+    /// before the table.
+    client_ids: HashMap<&'g str, (u64, u64, u32)>,
+    /// New `event_ids` entries of generated ids, which no request can name.
+    generated_ids: Vec<(&'g str, (u64, u64, u32))>,
 }
 
-impl GroupWrites {
+impl<'g> GroupWrites<'g> {
     fn new(first_position: u64) -> Self {
         GroupWrites {
             first_position,
             records: Vec::new(),
+            record_ends: Vec::new(),
             index: Vec::new(),
             chunks: Vec::new(),
-            ids: HashMap::new(),
+            client_ids: HashMap::new(),
+            generated_ids: Vec::new(),
         }
+    }
+
+    fn record_range(&self, index: usize) -> std::ops::Range<usize> {
+        let start = if index == 0 {
+            0
+        } else {
+            self.record_ends[index - 1]
+        };
+        start..self.record_ends[index]
     }
 
     /// The record at `position` if this group wrote it.
     fn record(&self, position: u64) -> Option<&[u8]> {
-        let offset = usize::try_from(position.checked_sub(self.first_position)?).ok()?;
-        self.records.get(offset).map(Vec::as_slice)
+        let index = usize::try_from(position.checked_sub(self.first_position)?).ok()?;
+        (index < self.record_ends.len()).then(|| &self.records[self.record_range(index)])
+    }
+
+    fn add_id(&mut self, event: &'g ProposedEvent, entry: (u64, u64, u32)) {
+        if event.client_id {
+            self.client_ids.insert(&event.id, entry);
+        } else {
+            self.generated_ids.push((&event.id, entry));
+        }
     }
 
     fn write(mut self, tables: &mut WriteTables<'_>) -> Result<(), StorageError> {
         let first = self.first_position;
         insert_runs(
             &mut tables.log,
-            self.records
-                .iter()
-                .zip(first..)
-                .map(|(record, position)| ((EVENTS, position), record.as_slice())),
+            (0..self.record_ends.len()).map(|i| {
+                (
+                    (EVENTS, first + i as u64),
+                    &self.records[self.record_range(i)],
+                )
+            }),
         )?;
         self.index.sort_unstable_by_key(|(key, _)| *key);
         let values: Vec<[u8; 8]> = self
@@ -864,12 +887,10 @@ impl GroupWrites {
                 .iter()
                 .map(|(key, positions)| (*key, positions.as_slice())),
         )?;
-        let mut ids: Vec<_> = self.ids.iter().collect();
+        let mut ids = self.generated_ids;
+        ids.extend(self.client_ids);
         ids.sort_unstable_by(|a, b| a.0.cmp(b.0));
-        insert_runs(
-            &mut tables.event_ids,
-            ids.into_iter().map(|(id, entry)| (id.as_str(), *entry)),
-        )
+        insert_runs(&mut tables.event_ids, ids)
     }
 }
 
@@ -916,11 +937,11 @@ fn check_request(request: &AppendRequest) -> Result<(), String> {
     if request.events.len() > u32::MAX as usize {
         return Err("too many events in one append".into());
     }
-    let mut ids = std::collections::HashSet::with_capacity(request.events.len());
+    let mut ids = std::collections::HashSet::new();
     for event in &request.events {
         validate_event_type(&event.event_type)?;
         validate_event_id(&event.id)?;
-        if !ids.insert(event.id.as_str()) {
+        if request.events.len() > 1 && !ids.insert(event.id.as_str()) {
             return Err(format!(
                 "event id {:?} appears twice in one append",
                 event.id
@@ -943,7 +964,7 @@ enum EarlierAppend {
 /// before the expected version is checked, so the retry of a successful append succeeds.
 fn find_earlier_append(
     tables: &WriteTables<'_>,
-    writes: &GroupWrites,
+    writes: &GroupWrites<'_>,
     request: &AppendRequest,
 ) -> Result<EarlierAppend, StorageError> {
     if !request.events.iter().any(|e| e.client_id) {
@@ -954,7 +975,7 @@ fn find_earlier_append(
     for event in &request.events {
         let found = if !event.client_id {
             None
-        } else if let Some(entry) = writes.ids.get(&event.id) {
+        } else if let Some(entry) = writes.client_ids.get(event.id.as_str()) {
             Some(*entry)
         } else {
             tables
