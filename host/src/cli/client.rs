@@ -51,12 +51,9 @@ pub(crate) struct ReadArgs {
     /// Read the stream from the end towards the start.
     #[arg(long)]
     backward: bool,
-    /// Only events of these categories (global log).
-    #[arg(long)]
-    category: Vec<String>,
-    /// Only events of these types (global log).
-    #[arg(long = "type")]
-    event_type: Vec<String>,
+    /// Filters of the global log (not of a stream).
+    #[command(flatten)]
+    filter: LogFilterArgs,
     /// Print the host's JSON answer.
     #[arg(long)]
     json: bool,
@@ -69,15 +66,34 @@ pub(crate) struct TailArgs {
     /// First position to show; by default only events appended from now on.
     #[arg(long)]
     from: Option<u64>,
-    /// Only events of these categories.
-    #[arg(long)]
-    category: Vec<String>,
-    /// Only events of these types.
-    #[arg(long = "type")]
-    event_type: Vec<String>,
+    #[command(flatten)]
+    filter: LogFilterArgs,
     /// Print each event as one line of JSON.
     #[arg(long)]
     json: bool,
+}
+
+/// Which events of the global log to show.
+#[derive(Args)]
+pub(crate) struct LogFilterArgs {
+    /// Only events of these categories (repeat the option for more).
+    #[arg(long)]
+    category: Vec<String>,
+    /// Only events of these types (repeat the option for more).
+    #[arg(long = "type")]
+    event_type: Vec<String>,
+}
+
+impl LogFilterArgs {
+    fn is_empty(&self) -> bool {
+        self.category.is_empty() && self.event_type.is_empty()
+    }
+
+    /// The filter as query parameters.
+    fn pairs(&self) -> impl Iterator<Item = (&'static str, String)> + '_ {
+        let categories = self.category.iter().map(|c| ("category", c.clone()));
+        categories.chain(self.event_type.iter().map(|t| ("type", t.clone())))
+    }
 }
 
 impl Connection {
@@ -190,14 +206,13 @@ pub(super) fn read(args: ReadArgs) -> anyhow::Result<()> {
             if args.backward {
                 pairs.push(("direction", "backward".into()));
             }
-            if !args.category.is_empty() || !args.event_type.is_empty() {
+            if !args.filter.is_empty() {
                 bail!("--category and --type filter the global log; leave out the stream name");
             }
             format!("/streams/{}{}", encode(stream), query(&pairs))
         }
         None => {
-            pairs.extend(args.category.iter().map(|c| ("category", c.clone())));
-            pairs.extend(args.event_type.iter().map(|t| ("type", t.clone())));
+            pairs.extend(args.filter.pairs());
             format!("/events{}", query(&pairs))
         }
     };
@@ -235,12 +250,7 @@ fn describe(event: &Value) -> String {
 
 pub(super) fn tail(args: TailArgs) -> anyhow::Result<()> {
     let client = args.connection.client(None)?;
-    let mut pairs: Vec<(&str, String)> = args
-        .category
-        .iter()
-        .map(|c| ("category", c.clone()))
-        .collect();
-    pairs.extend(args.event_type.iter().map(|t| ("type", t.clone())));
+    let pairs: Vec<(&str, String)> = args.filter.pairs().collect();
     let mut last_seen = match args.from {
         Some(from) => from.saturating_sub(1),
         None => {
