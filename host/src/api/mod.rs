@@ -25,7 +25,7 @@ use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -96,7 +96,10 @@ pub(crate) async fn serve(
     shutdown: impl Future<Output = ()>,
 ) {
     let graceful = GracefulShutdown::new();
-    let http = hyper::server::conn::http1::Builder::new();
+    let mut http = hyper::server::conn::http1::Builder::new();
+    // With a timer, hyper closes a connection whose request headers take longer than 30 s to
+    // arrive (and idle keep-alive connections after as long), so slow clients cannot pin sockets.
+    http.timer(TokioTimer::new());
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
