@@ -158,3 +158,65 @@ fn generated_ids_are_unique_uuids() {
         );
     }
 }
+
+/// Generated ids carry their event's place instead of an index entry; copied back by a client
+/// they behave like any stored id: the whole append again is a retry, anything else a duplicate,
+/// and the restart of the server changes none of it.
+#[test]
+fn generated_ids_read_back_are_stored_ids() {
+    let mut server = Server::start();
+    let api = server.api();
+    api.append_ok(
+        "gen-1",
+        json!([event("Opened", json!({"n": 1})), event("Noted", json!(2))]),
+    );
+    server.restart();
+    let api = server.api();
+    let stored = api.stream_events("gen-1");
+    let copy = |e: &Value| {
+        event_with_id(
+            e["id"].as_str().unwrap(),
+            e["type"].as_str().unwrap(),
+            e["data"].clone(),
+        )
+    };
+    let whole = json!({"expected_version": 0, "events": [copy(&stored[0]), copy(&stored[1])]});
+    let retry = api.append("gen-1", &whole).expect(200);
+    assert_eq!(
+        (
+            retry["first_position"].as_u64(),
+            retry["last_position"].as_u64()
+        ),
+        (Some(1), Some(2))
+    );
+    let one = json!({"events": [copy(&stored[1])]});
+    assert_refused(&api, "gen-1", &one, 409, "duplicate_event_id");
+    assert_refused(&api, "gen-2", &whole, 409, "duplicate_event_id");
+}
+
+/// An id of the form the store generates, naming an event the store did not write, is refused,
+/// so that no later generated id can collide with it.
+#[test]
+fn ids_of_the_generated_form_that_name_no_event_are_refused() {
+    let server = Server::start();
+    let api = server.api();
+    api.append_ok("gen-1", json!([event("Opened", json!(1))]));
+    let generated = api.stream_events("gen-1")[0]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    // The low bits of a generated id count the events of its append: the same id with a count
+    // of 3 names the same position as an append it was not part of.
+    assert!(generated.ends_with('1'), "{generated}");
+    let other = format!("{}3", &generated[..generated.len() - 1]);
+    let body = json!({"events": [event_with_id(&other, "Opened", json!(1))]});
+    let before = api.all_events();
+    let reply = api.append("gen-9", &body);
+    assert_eq!(api.all_events(), before);
+    assert!(
+        reply.status == 400 && reply.error_code() == "invalid_request",
+        "a made-up id of the generated form must be refused, got {} {}",
+        reply.status,
+        reply.body
+    );
+}

@@ -168,19 +168,19 @@ fn parse_append(
                 limits.max_event_bytes
             )));
         }
-        let (id, client_id) = match event.id {
+        let id = match event.id {
             Some(id) => {
                 validate_event_id(&id).map_err(at)?;
                 if !seen_ids.insert(id.clone()) {
                     return Err(at(format!("event id {id:?} appears twice in this append")));
                 }
-                (id.into_owned(), true)
+                Some(id.into_owned())
             }
-            None => (uuid::Uuid::now_v7().to_string(), false),
+            // The store generates the id, once it knows the event's position.
+            None => None,
         };
         events.push(ProposedEvent {
             id,
-            client_id,
             event_type: event.event_type.into_owned(),
             data: minify_json(event.data.get()).into_owned(),
             metadata: minify_json(metadata).into_owned(),
@@ -485,7 +485,7 @@ mod tests {
                 .unwrap();
         assert_eq!(request.events[0].data, r#"{"a":[1,2]}"#);
         assert_eq!(request.events[0].metadata, r#"{"k":"v w"}"#);
-        assert!(!request.events[0].client_id);
+        assert!(request.events[0].id.is_none());
         assert!(matches!(
             parse(r#"{"events":[{"type":"T","data":1,"metadata":[1]}]}"#),
             Err(ApiError::InvalidRequest(_))

@@ -17,10 +17,11 @@ pub(crate) fn render_record(
     position: u64,
     stream_json: &str,
     version: u64,
+    id: &str,
     event: &ProposedEvent,
     recorded_at: &str,
 ) {
-    out.reserve(96 + stream_json.len() + event.id.len() + event.data.len() + event.metadata.len());
+    out.reserve(96 + stream_json.len() + id.len() + event.data.len() + event.metadata.len());
     out.extend_from_slice(b"{\"position\":");
     write_number(out, position);
     out.extend_from_slice(b",\"stream\":");
@@ -28,7 +29,7 @@ pub(crate) fn render_record(
     out.extend_from_slice(b",\"version\":");
     write_number(out, version);
     out.extend_from_slice(b",\"id\":");
-    write_json_string(out, &event.id);
+    write_json_string(out, id);
     // Event types are restricted to [A-Za-z0-9_.:-], which never needs escaping.
     out.extend_from_slice(b",\"type\":\"");
     out.extend_from_slice(event.event_type.as_bytes());
@@ -58,6 +59,8 @@ fn write_number(out: &mut Vec<u8>, n: u64) {
 /// The fields of a stored record the host looks into, borrowed from its JSON.
 #[derive(Debug, Deserialize)]
 pub(crate) struct EventView<'a> {
+    #[serde(borrow)]
+    pub id: Cow<'a, str>,
     #[serde(borrow)]
     pub stream: Cow<'a, str>,
     pub version: u64,
@@ -125,8 +128,7 @@ mod tests {
     #[test]
     fn a_rendered_record_parses_back() {
         let event = ProposedEvent {
-            id: "id-\"1\"".into(),
-            client_id: true,
+            id: None,
             event_type: "Thing.Happened".into(),
             data: "{\"x\":[1,2]}".into(),
             metadata: "{}".into(),
@@ -137,10 +139,12 @@ mod tests {
             7,
             &json_string("s-\u{e9}"),
             3,
+            "id-\"1\"",
             &event,
             "2026-01-01T00:00:00.000000Z",
         );
         let view = EventView::parse(&out).unwrap();
+        assert_eq!(view.id, "id-\"1\"");
         assert_eq!(view.stream, "s-\u{e9}");
         assert_eq!(view.version, 3);
         assert_eq!(view.event_type, "Thing.Happened");

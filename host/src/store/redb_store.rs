@@ -10,6 +10,7 @@
 //!
 //! The tables, keys and encodings are described in `docs/storage.md`.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::ops::Bound;
 use std::path::Path;
@@ -26,12 +27,13 @@ use redb::{
 use tokio::sync::{oneshot, watch};
 
 use super::clock::now_rfc3339;
+use super::event_id::GeneratedId;
 use super::names::{category_of, validate_event_id, validate_event_type, validate_stream_name};
 use super::record::{EventView, json_string, render_record};
 use super::stream_row::{STREAM_TAIL_MAX, StreamRow, decode_chunk, encode_chunk};
 use super::{
     AppendError, AppendFuture, AppendOutcome, AppendRequest, AppendResult, Direction, EventStore,
-    LogFilter, LogPage, ProposedEvent, RecordedEvent, StorageError, StoreStats, StreamPage,
+    LogFilter, LogPage, RecordedEvent, StorageError, StoreStats, StreamPage,
 };
 
 /// The log and its position indexes, in one ordered tree so that a commit touches one table root
@@ -66,6 +68,8 @@ const META_FORMAT: &str = "format_version";
 const META_NEXT_STREAM_ID: &str = "next_stream_id";
 const META_NEXT_CATEGORY_ID: &str = "next_category_id";
 const META_NEXT_TYPE_ID: &str = "next_type_id";
+/// The tag in the ids this store generates (see [`GeneratedId`]), chosen when the file is made.
+const META_ID_TAG: &str = "id_tag";
 
 /// The on-disk format this build writes and reads.
 const FORMAT_VERSION: u64 = 1;
@@ -463,6 +467,7 @@ fn decode_u64(bytes: &[u8], position: u64) -> Result<u64, StorageError> {
 
 /// What the writer knows between transactions.
 struct WriterState {
+    id_tag: u32,
     head: u64,
     next_stream_id: u64,
     next_category_id: u64,
@@ -510,6 +515,15 @@ impl WriterState {
                     )));
                 }
             }
+            let stored_tag = meta.get(META_ID_TAG).map_err(engine)?.map(|g| g.value());
+            let id_tag = match stored_tag {
+                Some(tag) => tag as u32,
+                None => {
+                    let tag = u64::from(uuid::Uuid::new_v4().as_u128() as u32);
+                    meta.insert(META_ID_TAG, tag).map_err(engine)?;
+                    tag as u32
+                }
+            };
             let counter = |name: &str| -> Result<u64, StorageError> {
                 Ok(meta.get(name).map_err(engine)?.map_or(1, |g| g.value()))
             };
@@ -525,6 +539,7 @@ impl WriterState {
             txn.open_table(CATEGORIES).map_err(engine)?;
             txn.open_table(EVENT_TYPES).map_err(engine)?;
             WriterState {
+                id_tag,
                 head,
                 next_stream_id,
                 next_category_id,
@@ -713,8 +728,14 @@ impl Writer {
         if let Err(reason) = check_request(request) {
             return Ok(Err(AppendError::Invalid(reason)));
         }
-        match find_earlier_append(tables, writes, request)? {
+        match find_earlier_append(tables, writes, request, self.state.id_tag, self.state.head)? {
             EarlierAppend::None => {}
+            EarlierAppend::Reserved(id) => {
+                return Ok(Err(AppendError::Invalid(format!(
+                    "event id {id:?} has the form of the ids this store generates, but no such \
+                     event is stored; choose another id or leave it out"
+                ))));
+            }
             EarlierAppend::Same(result) => return Ok(Ok(AppendOutcome::AlreadyWritten(result))),
             EarlierAppend::Conflict { id, why } => {
                 return Ok(Err(AppendError::DuplicateEventId { id, why }));
@@ -756,11 +777,35 @@ impl Writer {
         let first_position = self.state.head + 1;
         for (offset, event) in request.events.iter().enumerate() {
             let (position, version) = (first_position + offset as u64, actual + 1 + offset as u64);
+            let entry = (position, first_position, count as u32);
+            let id: Cow<'_, str> = match &event.id {
+                Some(id) => {
+                    writes.index_id(Cow::Borrowed(id), entry);
+                    Cow::Borrowed(id)
+                }
+                None => {
+                    let at = GeneratedId {
+                        position,
+                        offset: offset as u32,
+                        count: count as u32,
+                    };
+                    match at.encode(self.state.id_tag) {
+                        Some(generated) => Cow::Owned(generated),
+                        // An id that cannot encode its position goes into the index instead.
+                        None => {
+                            let random = uuid::Uuid::new_v4().to_string();
+                            writes.index_id(Cow::Owned(random.clone()), entry);
+                            Cow::Owned(random)
+                        }
+                    }
+                }
+            };
             render_record(
                 &mut writes.records,
                 position,
                 &stream_json,
                 version,
+                &id,
                 event,
                 recorded_at,
             );
@@ -776,7 +821,6 @@ impl Writer {
                 .index
                 .push(((CATEGORY | category_id, position), Some(type_id)));
             writes.index.push(((TYPE | type_id, position), None));
-            writes.add_id(event, (position, first_position, count as u32));
         }
         row.version += count;
         if row.tail.len() >= STREAM_TAIL_MAX {
@@ -814,11 +858,9 @@ struct GroupWrites<'g> {
     index: Vec<((u64, u64), Option<u64>)>,
     /// Stream chunks for the `log` table.
     chunks: Vec<((u64, u64), Vec<u8>)>,
-    /// New `event_ids` entries of ids clients chose; later requests of the group look here
-    /// before the table.
-    client_ids: HashMap<&'g str, (u64, u64, u32)>,
-    /// New `event_ids` entries of generated ids, which no request can name.
-    generated_ids: Vec<(&'g str, (u64, u64, u32))>,
+    /// New `event_ids` entries (ids clients chose, and the rare generated id that cannot
+    /// encode its position); later requests of the group look here before the table.
+    ids: HashMap<Cow<'g, str>, (u64, u64, u32)>,
 }
 
 impl<'g> GroupWrites<'g> {
@@ -829,8 +871,7 @@ impl<'g> GroupWrites<'g> {
             record_ends: Vec::new(),
             index: Vec::new(),
             chunks: Vec::new(),
-            client_ids: HashMap::new(),
-            generated_ids: Vec::new(),
+            ids: HashMap::new(),
         }
     }
 
@@ -849,12 +890,8 @@ impl<'g> GroupWrites<'g> {
         (index < self.record_ends.len()).then(|| &self.records[self.record_range(index)])
     }
 
-    fn add_id(&mut self, event: &'g ProposedEvent, entry: (u64, u64, u32)) {
-        if event.client_id {
-            self.client_ids.insert(&event.id, entry);
-        } else {
-            self.generated_ids.push((&event.id, entry));
-        }
+    fn index_id(&mut self, id: Cow<'g, str>, entry: (u64, u64, u32)) {
+        self.ids.insert(id, entry);
     }
 
     fn write(mut self, tables: &mut WriteTables<'_>) -> Result<(), StorageError> {
@@ -887,10 +924,12 @@ impl<'g> GroupWrites<'g> {
                 .iter()
                 .map(|(key, positions)| (*key, positions.as_slice())),
         )?;
-        let mut ids = self.generated_ids;
-        ids.extend(self.client_ids);
+        let mut ids: Vec<_> = self.ids.iter().collect();
         ids.sort_unstable_by(|a, b| a.0.cmp(b.0));
-        insert_runs(&mut tables.event_ids, ids)
+        insert_runs(
+            &mut tables.event_ids,
+            ids.into_iter().map(|(id, entry)| (id.as_ref(), *entry)),
+        )
     }
 }
 
@@ -940,12 +979,10 @@ fn check_request(request: &AppendRequest) -> Result<(), String> {
     let mut ids = std::collections::HashSet::new();
     for event in &request.events {
         validate_event_type(&event.event_type)?;
-        validate_event_id(&event.id)?;
-        if request.events.len() > 1 && !ids.insert(event.id.as_str()) {
-            return Err(format!(
-                "event id {:?} appears twice in one append",
-                event.id
-            ));
+        let Some(id) = &event.id else { continue };
+        validate_event_id(id)?;
+        if request.events.len() > 1 && !ids.insert(id.as_str()) {
+            return Err(format!("event id {id:?} appears twice in one append"));
         }
     }
     Ok(())
@@ -958,31 +995,97 @@ enum EarlierAppend {
     Same(AppendResult),
     /// Some id is stored, but the request is not a repeat of the append that stored it.
     Conflict { id: String, why: &'static str },
+    /// A client chose an id of the form this store generates that it has not generated.
+    Reserved(String),
 }
 
-/// Decides whether a request is a retry of an append already stored, using the id index; done
-/// before the expected version is checked, so the retry of a successful append succeeds.
+/// What the store knows of one client-chosen event id.
+enum IdLookup {
+    /// Stored: (position, first position of its append, events in that append).
+    Stored((u64, u64, u32)),
+    Absent,
+    /// Has the form of a generated id of this store, but names no stored event.
+    Reserved,
+}
+
+/// Looks an id up in the group's new entries, the index, and, for ids of the generated form,
+/// at the position it names.
+fn find_id(
+    tables: &WriteTables<'_>,
+    writes: &GroupWrites<'_>,
+    id: &str,
+    id_tag: u32,
+    head: u64,
+) -> Result<IdLookup, StorageError> {
+    if let Some(entry) = writes.ids.get(id) {
+        return Ok(IdLookup::Stored(*entry));
+    }
+    if let Some(entry) = tables.event_ids.get(id).map_err(engine)? {
+        return Ok(IdLookup::Stored(entry.value()));
+    }
+    let Some(generated) = GeneratedId::decode(id, id_tag) else {
+        return Ok(IdLookup::Absent);
+    };
+    if generated.position <= head {
+        let record = record_at(tables, writes, generated.position)?;
+        let view = EventView::parse(&record).map_err(|e| StorageError::Corrupt {
+            position: generated.position,
+            reason: e.to_string(),
+        })?;
+        if view.id == id {
+            let entry = (
+                generated.position,
+                generated.first_position(),
+                generated.count,
+            );
+            return Ok(IdLookup::Stored(entry));
+        }
+    }
+    Ok(IdLookup::Reserved)
+}
+
+/// The record at `position`, written by this group or stored before it.
+fn record_at(
+    tables: &WriteTables<'_>,
+    writes: &GroupWrites<'_>,
+    position: u64,
+) -> Result<Vec<u8>, StorageError> {
+    if let Some(record) = writes.record(position) {
+        return Ok(record.to_vec());
+    }
+    let record = tables
+        .log
+        .get((EVENTS, position))
+        .map_err(engine)?
+        .ok_or_else(|| StorageError::Corrupt {
+            position,
+            reason: "an id points at a missing event".into(),
+        })?;
+    Ok(record.value().to_vec())
+}
+
+/// Decides whether a request is a retry of an append already stored; done before the expected
+/// version is checked, so the retry of a successful append succeeds.
 fn find_earlier_append(
     tables: &WriteTables<'_>,
     writes: &GroupWrites<'_>,
     request: &AppendRequest,
+    id_tag: u32,
+    head: u64,
 ) -> Result<EarlierAppend, StorageError> {
-    if !request.events.iter().any(|e| e.client_id) {
-        // Generated ids are fresh UUIDs: no lookup can find them.
+    if request.events.iter().all(|e| e.id.is_none()) {
+        // Ids the store is about to generate are new by construction.
         return Ok(EarlierAppend::None);
     }
     let mut stored = Vec::with_capacity(request.events.len());
     for event in &request.events {
-        let found = if !event.client_id {
-            None
-        } else if let Some(entry) = writes.client_ids.get(event.id.as_str()) {
-            Some(*entry)
-        } else {
-            tables
-                .event_ids
-                .get(event.id.as_str())
-                .map_err(engine)?
-                .map(|g| g.value())
+        let found = match &event.id {
+            None => None,
+            Some(id) => match find_id(tables, writes, id, id_tag, head)? {
+                IdLookup::Stored(entry) => Some(entry),
+                IdLookup::Absent => None,
+                IdLookup::Reserved => return Ok(EarlierAppend::Reserved(id.clone())),
+            },
         };
         stored.push(found);
     }
@@ -996,7 +1099,7 @@ fn find_earlier_append(
     };
     let conflict = |why| {
         Ok(EarlierAppend::Conflict {
-            id: first_found.0.id.clone(),
+            id: first_found.0.id.clone().unwrap_or_default(),
             why,
         })
     };
@@ -1015,19 +1118,7 @@ fn find_earlier_append(
     let mut versions = (0, 0);
     for (i, event) in request.events.iter().enumerate() {
         let position = first_position + i as u64;
-        let record = match writes.record(position) {
-            Some(record) => record.to_vec(),
-            None => tables
-                .log
-                .get((EVENTS, position))
-                .map_err(engine)?
-                .ok_or_else(|| StorageError::Corrupt {
-                    position,
-                    reason: "the id index points at a missing event".into(),
-                })?
-                .value()
-                .to_vec(),
-        };
+        let record = record_at(tables, writes, position)?;
         let view = EventView::parse(&record).map_err(|e| StorageError::Corrupt {
             position,
             reason: e.to_string(),
@@ -1090,8 +1181,7 @@ mod tests {
 
     fn event(n: usize) -> ProposedEvent {
         ProposedEvent {
-            id: uuid::Uuid::now_v7().to_string(),
-            client_id: false,
+            id: None,
             event_type: "T".into(),
             data: n.to_string(),
             metadata: "{}".into(),
