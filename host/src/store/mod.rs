@@ -14,7 +14,7 @@ mod event_id;
 mod names;
 mod record;
 mod redb_store;
-mod stream_row;
+mod rows;
 
 use std::future::Future;
 use std::pin::Pin;

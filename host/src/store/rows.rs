@@ -1,9 +1,9 @@
-//! A stream's row in the `streams` table: its id, its version, and the positions of its latest
-//! versions that are not yet in a `STREAM` chunk of the log.
+//! Rows of the `rows` table: one per stream, category and event type, each holding its id and
+//! its newest index entries that are not yet in a chunk of the log.
 //!
-//! Keeping a stream's newest positions in its row, and moving them into the log only in chunks,
-//! means that a commit touching many streams rewrites the few pages of `streams` (where the rows
-//! sit side by side) rather than one index page per stream.
+//! Keeping the newest entries in the rows, and moving them into the log only in chunks, means
+//! that a commit rewrites the few pages of `rows` (where the rows sit side by side) rather than
+//! one index page of the log for every stream, category and type it touched.
 
 use super::StorageError;
 
@@ -72,6 +72,63 @@ impl StreamRow {
         }
         Ok(StreamRow { id, version, tail })
     }
+}
+
+/// Once a category's or a type's tail holds this many entries, they move into a chunk in the log.
+pub(crate) const SECTION_TAIL_MAX: usize = 256;
+
+/// The row of a category or an event type: its id and its newest (position, value) entries:
+/// for a category the value is the event's type id, for a type it is 0.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct SectionRow {
+    pub id: u64,
+    pub tail: Vec<(u64, u64)>,
+}
+
+impl SectionRow {
+    /// `id` as 8 bytes little-endian, then the tail as [`encode_entries`] writes it.
+    pub(crate) fn encode(&self) -> Vec<u8> {
+        let mut out = self.id.to_le_bytes().to_vec();
+        out.extend(encode_entries(&self.tail));
+        out
+    }
+
+    pub(crate) fn decode(bytes: &[u8]) -> Result<Self, StorageError> {
+        let (id, rest) = bytes
+            .split_at_checked(8)
+            .ok_or_else(|| StorageError::Engine("a section row is corrupt: too short".into()))?;
+        Ok(SectionRow {
+            id: u64::from_le_bytes(id.try_into().expect("8 bytes")),
+            tail: decode_entries(rest)?,
+        })
+    }
+}
+
+/// (position, value) entries in position order, as LEB128 varints: the position's difference
+/// from the one before (the first from 0), then the value. The form of a section's chunks.
+pub(crate) fn encode_entries(entries: &[(u64, u64)]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(3 * entries.len());
+    let mut previous = 0;
+    for &(position, value) in entries {
+        write_varint(&mut out, position - previous);
+        write_varint(&mut out, value);
+        previous = position;
+    }
+    out
+}
+
+pub(crate) fn decode_entries(mut bytes: &[u8]) -> Result<Vec<(u64, u64)>, StorageError> {
+    let corrupt = || StorageError::Engine("a section's entries are corrupt".into());
+    let mut entries = Vec::new();
+    let mut previous = 0u64;
+    while !bytes.is_empty() {
+        let (delta, used) = read_varint(bytes).ok_or_else(corrupt)?;
+        let (value, used_value) = read_varint(&bytes[used..]).ok_or_else(corrupt)?;
+        previous = previous.checked_add(delta).ok_or_else(corrupt)?;
+        entries.push((previous, value));
+        bytes = &bytes[used + used_value..];
+    }
+    Ok(entries)
 }
 
 /// A chunk of a stream's positions, as stored in the log: 8 bytes little-endian each.
@@ -151,6 +208,25 @@ mod tests {
         }
         .encode();
         assert!(StreamRow::decode(&too_long).is_err());
+    }
+
+    #[test]
+    fn section_rows_round_trip() {
+        for row in [
+            SectionRow {
+                id: 3,
+                tail: vec![],
+            },
+            SectionRow {
+                id: 1 << 55,
+                tail: vec![(1, 0), (2, 7), (1 << 40, u64::MAX)],
+            },
+        ] {
+            assert_eq!(SectionRow::decode(&row.encode()).unwrap(), row);
+        }
+        assert!(SectionRow::decode(&[1, 2]).is_err());
+        assert!(decode_entries(&[0x80]).is_err());
+        assert!(decode_entries(&[5]).is_err());
     }
 
     #[test]
