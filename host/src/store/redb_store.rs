@@ -693,7 +693,7 @@ impl Writer {
                     "append group of {} requests failed, nothing written: {error}",
                     group.len()
                 );
-                // The interned names of the failed transaction were never stored.
+                // The ids the failed transaction assigned were never stored: hand them out again.
                 self.state.restore_counters(counters_before);
                 for job in group {
                     let _ = job
