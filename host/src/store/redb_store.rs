@@ -21,8 +21,8 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use redb::{
-    CursorError, Database, Key, ReadableDatabase, ReadableTable, Table, TableDefinition, Value,
-    WriteTransaction,
+    AccessGuard, CursorError, Database, Key, ReadableDatabase, ReadableTable, Table,
+    TableDefinition, Value, WriteTransaction,
 };
 use tokio::sync::{oneshot, watch};
 
@@ -407,19 +407,9 @@ fn section_positions(
     limit: usize,
     wanted: impl Fn(&(u64, u64)) -> bool,
 ) -> Result<Vec<u64>, StorageError> {
-    let section = kind.log_section(row.id);
-    let first_chunk = log
-        .range((section, 0)..=(section, from))
-        .map_err(engine)?
-        .next_back()
-        .transpose()
-        .map_err(engine)?;
-    let later_chunks = log
-        .range((section, from.saturating_add(1))..=(section, u64::MAX))
-        .map_err(engine)?;
     let mut positions = Vec::new();
-    for chunk in first_chunk.into_iter().map(Ok).chain(later_chunks) {
-        let (_, entries) = chunk.map_err(engine)?;
+    for chunk in chunks_from(log, kind.log_section(row.id), from, u64::MAX)? {
+        let (_, entries) = chunk?;
         for entry in decode_entries(entries.value())?
             .iter()
             .filter(|e| wanted(e))
@@ -439,6 +429,33 @@ fn section_positions(
     Ok(positions)
 }
 
+/// The chunks of a log section that hold keys from `start` to `end`: the one that starts at or
+/// before `start` (chunks are keyed by their first key), then those that start after it, up to
+/// `end`; each with the key it starts at.
+fn chunks_from<'t>(
+    log: &'t impl ReadableTable<(u64, u64), &'static [u8]>,
+    section: u64,
+    start: u64,
+    end: u64,
+) -> Result<
+    impl Iterator<Item = Result<(u64, AccessGuard<'t, &'static [u8]>), StorageError>> + 't,
+    StorageError,
+> {
+    let first = log
+        .range((section, 0)..=(section, start))
+        .map_err(engine)?
+        .next_back()
+        .transpose()
+        .map_err(engine)?;
+    let later = log
+        .range((section, start.saturating_add(1))..=(section, end))
+        .map_err(engine)?;
+    Ok(first.into_iter().map(Ok).chain(later).map(|entry| {
+        let (key, value) = entry.map_err(engine)?;
+        Ok((key.value().1, value))
+    }))
+}
+
 /// The positions of versions `low..=high` of a stream (all of which exist), in version order:
 /// from the chunks in the log up to the row's chunked version, then from the row's tail.
 fn stream_positions(
@@ -452,20 +469,8 @@ fn stream_positions(
     let mut positions = Vec::with_capacity((high - low + 1) as usize);
     if low <= chunked {
         let last = high.min(chunked);
-        // The chunk holding `low` starts at or before it; the ones after it start inside the
-        // window.
-        let first_chunk = log
-            .range((section, 0)..=(section, low))
-            .map_err(engine)?
-            .next_back()
-            .transpose()
-            .map_err(engine)?;
-        let later_chunks = log
-            .range((section, low + 1)..=(section, last))
-            .map_err(engine)?;
-        for entry in first_chunk.into_iter().map(Ok).chain(later_chunks) {
-            let (key, value) = entry.map_err(engine)?;
-            let first_version = key.value().1;
+        for chunk in chunks_from(log, section, low, last)? {
+            let (first_version, value) = chunk?;
             for (version, position) in (first_version..).zip(decode_chunk(value.value())?) {
                 if version > last {
                     break;
