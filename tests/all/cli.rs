@@ -27,30 +27,22 @@ fn append_then_read_from_the_command_line() {
     assert_success(&run_evhost(&[
         "append", "--url", url, "cli-1", "--type", "Opened", "--data", data, "--json",
     ]));
-    assert_success(&run_evhost(&[
-        "append",
-        "--url",
-        url,
-        "cli-1",
-        "--type",
-        "Renamed",
-        "--data",
-        r#"{"to":"x"}"#,
-        "--expected-version",
-        "1",
-    ]));
-    let refused = run_evhost(&[
-        "append",
-        "--url",
-        url,
-        "cli-1",
-        "--type",
-        "Renamed",
-        "--data",
-        "{}",
-        "--expected-version",
-        "7",
-    ]);
+    let rename = |data: &str, expected_version: &str| {
+        run_evhost(&[
+            "append",
+            "--url",
+            url,
+            "cli-1",
+            "--type",
+            "Renamed",
+            "--data",
+            data,
+            "--expected-version",
+            expected_version,
+        ])
+    };
+    assert_success(&rename(r#"{"to":"x"}"#, "1"));
+    let refused = rename("{}", "7");
     assert!(
         !refused.status.success(),
         "a wrong expected version must fail the command"
