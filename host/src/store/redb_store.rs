@@ -1090,10 +1090,7 @@ fn find_id(
     };
     if generated.position <= head {
         let record = record_at(tables, writes, generated.position)?;
-        let view = EventView::parse(&record).map_err(|e| StorageError::Corrupt {
-            position: generated.position,
-            reason: e.to_string(),
-        })?;
+        let view = parse_record(&record, generated.position)?;
         if view.id == id {
             let entry = (
                 generated.position,
@@ -1124,6 +1121,13 @@ fn record_at(
             reason: "an id points at a missing event".into(),
         })?;
     Ok(record.value().to_vec())
+}
+
+fn parse_record(record: &[u8], position: u64) -> Result<EventView<'_>, StorageError> {
+    EventView::parse(record).map_err(|e| StorageError::Corrupt {
+        position,
+        reason: e.to_string(),
+    })
 }
 
 /// Decides whether a request is a retry of an append already stored; done before the expected
@@ -1181,10 +1185,7 @@ fn find_earlier_append(
     for (i, event) in request.events.iter().enumerate() {
         let position = first_position + i as u64;
         let record = record_at(tables, writes, position)?;
-        let view = EventView::parse(&record).map_err(|e| StorageError::Corrupt {
-            position,
-            reason: e.to_string(),
-        })?;
+        let view = parse_record(&record, position)?;
         if view.stream != request.stream {
             return conflict("in another stream");
         }
