@@ -134,6 +134,27 @@ impl Server {
     }
 
     /// Base URL, e.g. `http://127.0.0.1:41234`, without a trailing slash.
+    /// The server's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("the server is running").id()
+    }
+
+    /// How many times the server's threads have been switched out so far (voluntary and not):
+    /// a count of its wake-ups, which a sleeping process does not add to.
+    pub fn context_switches(&self) -> u64 {
+        let tasks = std::fs::read_dir(format!("/proc/{}/task", self.pid())).expect("list tasks");
+        tasks
+            .filter_map(|task| std::fs::read_to_string(task.ok()?.path().join("status")).ok())
+            .flat_map(|status| {
+                status
+                    .lines()
+                    .filter(|line| line.contains("ctxt_switches:"))
+                    .filter_map(|line| line.split_whitespace().nth(1)?.parse::<u64>().ok())
+                    .collect::<Vec<_>>()
+            })
+            .sum()
+    }
+
     pub fn url(&self) -> &str {
         &self.url
     }

@@ -215,3 +215,24 @@ fn sigterm_ends_open_followers_and_exits() {
     server.restart();
     assert_eq!(server.api().head(), 2);
 }
+
+/// An idle follower costs nothing: while nothing is appended the server sleeps (it is woken by
+/// commits, it does not poll), and an append then reaches the follower at once.
+#[test]
+fn an_idle_follower_sleeps_until_an_append() {
+    let server = Server::start();
+    let api = server.api();
+    append_numbered(&api, "acct-1", "Opened", 0..1);
+    let mut follower = Follower::open(&server, "from=1", None);
+    assert_eq!(follower.next_event().id, 1);
+    thread::sleep(Duration::from_millis(300));
+    let before = server.context_switches();
+    thread::sleep(Duration::from_secs(3));
+    let woken = server.context_switches() - before;
+    assert!(
+        woken < 30,
+        "an idle server with one follower was switched out {woken} times in 3 s"
+    );
+    append_numbered(&api, "acct-1", "Renamed", 1..2);
+    assert_eq!(follower.next_event().id, 2);
+}
