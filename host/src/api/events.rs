@@ -215,15 +215,15 @@ pub(super) fn read_stream(
             )));
         }
     };
-    let page = app
-        .store
-        .read_stream(&stream, from, limit, direction)?
-        .ok_or_else(|| {
-            ApiError::not_found(
-                "stream_not_found",
-                format!("stream {stream:?} does not exist"),
-            )
-        })?;
+    let page = read_sized(limit, || {
+        app.store.read_stream(&stream, from, limit, direction)
+    })?
+    .ok_or_else(|| {
+        ApiError::not_found(
+            "stream_not_found",
+            format!("stream {stream:?} does not exist"),
+        )
+    })?;
     let mut out =
         Vec::with_capacity(64 + page.events.iter().map(|e| e.json.len() + 1).sum::<usize>());
     out.extend_from_slice(b"{\"stream\":");
@@ -270,7 +270,7 @@ pub(super) fn read_log(app: &App, request: &Request<Incoming>) -> Result<Respons
         limit,
         filter,
     } = log_query(request)?;
-    let page = app.store.read_log(from, limit, &filter)?;
+    let page = read_sized(limit, || app.store.read_log(from, limit, &filter))?;
     let mut out =
         Vec::with_capacity(64 + page.events.iter().map(|e| e.json.len() + 1).sum::<usize>());
     out.extend_from_slice(b"{\"events\":");
@@ -284,6 +284,20 @@ pub(super) fn read_log(app: &App, request: &Request<Incoming>) -> Result<Respons
         .as_bytes(),
     );
     Ok(raw_json_response(StatusCode::OK, out))
+}
+
+/// Pages above this many events are read off the request's worker thread.
+const LARGE_READ: usize = 1_000;
+
+/// Runs a store read of up to `limit` events. A large page takes milliseconds, so it is read
+/// with the worker thread handed over to the other requests meanwhile; a small one takes less
+/// than that hand-over costs.
+fn read_sized<T>(limit: usize, read: impl FnOnce() -> T) -> T {
+    if limit > LARGE_READ {
+        tokio::task::block_in_place(read)
+    } else {
+        read()
+    }
 }
 
 fn write_event_array(out: &mut Vec<u8>, events: &[RecordedEvent]) {
