@@ -1350,4 +1350,27 @@ mod tests {
             }
         }
     }
+
+    /// A file written by a later format is refused with a message that says so, and left as
+    /// it was.
+    #[test]
+    fn a_newer_format_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        RedbStore::open(dir.path(), &StoreOptions::default())
+            .unwrap()
+            .close();
+        {
+            let db = Database::create(dir.path().join(DATABASE_FILE)).unwrap();
+            let txn = db.begin_write().unwrap();
+            txn.open_table(META)
+                .unwrap()
+                .insert(META_FORMAT, FORMAT_VERSION + 1)
+                .unwrap();
+            txn.commit().unwrap();
+        }
+        let error = RedbStore::open(dir.path(), &StoreOptions::default())
+            .err()
+            .unwrap();
+        assert!(error.to_string().contains("format version 2"), "{error}");
+    }
 }
