@@ -370,6 +370,11 @@ async fn feed_follower(
     let _counted = app.metrics.follower();
     let mut heads = app.store.watch_head();
     let mut stopping = app.stopping.clone();
+    // A follower that arrives while the host is stopping would otherwise wait for a change that
+    // already happened.
+    if *stopping.borrow() {
+        return;
+    }
     if sender
         .send(Bytes::from_static(b": following\n\n"))
         .await
