@@ -429,6 +429,9 @@ fn section_positions(
     Ok(positions)
 }
 
+/// A chunk of a log section: the key it starts at, and its encoded entries.
+type Chunk<'t> = (u64, AccessGuard<'t, &'static [u8]>);
+
 /// The chunks of a log section that hold keys from `start` to `end`: the one that starts at or
 /// before `start` (chunks are keyed by their first key), then those that start after it, up to
 /// `end`; each with the key it starts at.
@@ -437,10 +440,7 @@ fn chunks_from<'t>(
     section: u64,
     start: u64,
     end: u64,
-) -> Result<
-    impl Iterator<Item = Result<(u64, AccessGuard<'t, &'static [u8]>), StorageError>> + 't,
-    StorageError,
-> {
+) -> Result<impl Iterator<Item = Result<Chunk<'t>, StorageError>> + 't, StorageError> {
     let first = log
         .range((section, 0)..=(section, start))
         .map_err(engine)?

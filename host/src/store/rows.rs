@@ -137,7 +137,7 @@ pub(crate) fn encode_chunk(positions: &[u64]) -> Vec<u8> {
 }
 
 pub(crate) fn decode_chunk(bytes: &[u8]) -> Result<impl Iterator<Item = u64> + '_, StorageError> {
-    if bytes.is_empty() || bytes.len() % 8 != 0 {
+    if bytes.is_empty() || !bytes.len().is_multiple_of(8) {
         return Err(StorageError::Engine(format!(
             "a stream chunk holds {} bytes, expected a positive multiple of 8",
             bytes.len()
