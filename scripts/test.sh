@@ -8,4 +8,5 @@ cd "$(dirname "$0")/.."
 cargo --version
 
 cargo fmt --all -- --check
+cargo clippy --workspace --all-targets --locked -- -D warnings
 cargo test --workspace --locked
