@@ -226,10 +226,19 @@ async fn dispatch(
     }
 }
 
+/// `GET /health`: 200 while the host can serve reads and make appends durable; 503, with the
+/// same fields, once its store takes no writes (closed, or its writer failed), so that probes
+/// and load balancers take it out of service.
 fn health(app: &App) -> Response<Body> {
+    let writable = app.store.accepts_writes();
+    let (status, word) = if writable {
+        (StatusCode::OK, "ok")
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "unavailable")
+    };
     json_response(
-        StatusCode::OK,
-        &serde_json::json!({"status": "ok", "version": env!("CARGO_PKG_VERSION"), "head": app.store.head()}),
+        status,
+        &serde_json::json!({"status": word, "version": env!("CARGO_PKG_VERSION"), "head": app.store.head()}),
     )
 }
 

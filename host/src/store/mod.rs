@@ -230,6 +230,10 @@ pub(crate) trait EventStore: Send + Sync + 'static {
     /// Work counters for metrics.
     fn stats(&self) -> StoreStats;
 
+    /// Whether appends can still be made durable: false once the store has been closed or its
+    /// writer has failed.
+    fn accepts_writes(&self) -> bool;
+
     /// Stops taking writes, finishes the ones in flight and closes the files cleanly.
     fn close(&self);
 }

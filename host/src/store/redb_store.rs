@@ -137,6 +137,9 @@ struct Job {
 enum WriterMessage {
     Append(Job),
     Close,
+    /// Makes the writer fail as a bug would, for tests of what the store does then.
+    #[cfg(test)]
+    Fail,
 }
 
 #[derive(Default)]
@@ -330,6 +333,11 @@ impl EventStore for RedbStore {
             committed_appends: self.counters.committed_appends.load(Ordering::Relaxed),
             commit_seconds: self.counters.commit_nanos.load(Ordering::Relaxed) as f64 / 1e9,
         }
+    }
+
+    fn accepts_writes(&self) -> bool {
+        let writer = self.writer.lock().unwrap_or_else(|p| p.into_inner());
+        writer.as_ref().is_some_and(|handle| !handle.is_finished())
     }
 
     fn close(&self) {
@@ -629,6 +637,8 @@ impl Writer {
             while let Some(next) = message.take() {
                 match next {
                     WriterMessage::Close => closing = true,
+                    #[cfg(test)]
+                    WriterMessage::Fail => panic!("the writer failed on purpose"),
                     WriterMessage::Append(job) => {
                         events += job.request.events.len();
                         bytes += job
@@ -1372,5 +1382,33 @@ mod tests {
             .err()
             .unwrap();
         assert!(error.to_string().contains("format version 2"), "{error}");
+    }
+
+    /// A writer that fails (a bug, a panic in the engine) leaves a store that says so and
+    /// refuses appends, instead of one that accepts them and never answers.
+    #[test]
+    fn a_failed_writer_is_reported_and_refuses_appends() {
+        let dir = tempfile::tempdir().unwrap();
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let store = RedbStore::open(dir.path(), &StoreOptions::default()).unwrap();
+        assert!(store.accepts_writes());
+        store.jobs.send(WriterMessage::Fail).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while store.accepts_writes() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert!(!store.accepts_writes());
+        let request = AppendRequest {
+            stream: "s-1".into(),
+            expected_version: ExpectedVersion::Any,
+            events: vec![event(0)],
+        };
+        let refused = runtime.block_on(store.append(request));
+        assert!(
+            matches!(refused, Err(AppendError::Storage(StorageError::Closed))),
+            "{refused:?}"
+        );
     }
 }
