@@ -35,10 +35,15 @@ use crate::workload::{Measurement, Settings, System};
 #[derive(Parser)]
 #[command(version)]
 struct Args {
-    /// Measure each timed workload for 3 s instead of 10 s.
+    /// One round, 3 s per timed workload.
     #[arg(long)]
     quick: bool,
-    /// Seconds each timed workload is measured (default 10, or 3 with --quick).
+    /// Rounds of every workload on every system; the report quotes each figure's median round
+    /// (default 3, or 1 with --quick). A round runs all systems in turn, so a slow spell of a
+    /// shared machine falls on one round rather than on one system.
+    #[arg(long)]
+    rounds: Option<usize>,
+    /// Seconds each timed workload is measured (default 5, or 3 with --quick).
     #[arg(long)]
     seconds: Option<f64>,
     /// Seconds of unmeasured load before each timed workload.
@@ -141,7 +146,8 @@ fn main() -> ExitCode {
 }
 
 async fn run(args: Args) -> Result<()> {
-    let measure = args.seconds.unwrap_or(if args.quick { 3.0 } else { 10.0 });
+    let measure = args.seconds.unwrap_or(if args.quick { 3.0 } else { 5.0 });
+    let rounds = args.rounds.unwrap_or(if args.quick { 1 } else { 3 }).max(1);
     let settings = Settings {
         warmup: Duration::from_secs_f64(args.warmup),
         measure: Duration::from_secs_f64(measure),
@@ -160,18 +166,25 @@ async fn run(args: Args) -> Result<()> {
         ),
     };
     std::fs::create_dir_all(&work).with_context(|| format!("creating {}", work.display()))?;
-    let mut runs = Vec::new();
-    for kind in &args.systems {
-        match kind {
-            Kind::Evhost => runs.push(bench_evhost(&args, &settings, &work).await),
-            Kind::Postgres => {
-                for &position in &args.postgres_positions {
-                    runs.push(bench_postgres(&args, &settings, position).await);
+    let mut all_rounds = Vec::new();
+    for round in 0..rounds {
+        eprintln!("round {} of {rounds}", round + 1);
+        let mut runs = Vec::new();
+        for kind in &args.systems {
+            match kind {
+                // The memory workload fills a large store: once is enough.
+                Kind::Evhost => runs.push(bench_evhost(&args, &settings, &work, round == 0).await),
+                Kind::Postgres => {
+                    for &position in &args.postgres_positions {
+                        runs.push(bench_postgres(&args, &settings, position).await);
+                    }
                 }
+                Kind::Nats => runs.push(bench_nats(&args, &settings).await),
             }
-            Kind::Nats => runs.push(bench_nats(&args, &settings).await),
         }
+        all_rounds.push(runs);
     }
+    let runs = report::median_rounds(all_rounds);
     if temporary {
         let _ = std::fs::remove_dir_all(&work);
     }
@@ -191,14 +204,19 @@ fn failed(kind: SystemKind, name: &str, error: &anyhow::Error) -> SystemRun {
     SystemRun::failed(kind, name, format!("{error:#}"))
 }
 
-async fn bench_evhost(args: &Args, settings: &Settings, work: &Path) -> SystemRun {
-    match evhost_runs(args, settings, work).await {
+async fn bench_evhost(args: &Args, settings: &Settings, work: &Path, memory: bool) -> SystemRun {
+    match evhost_runs(args, settings, work, memory).await {
         Ok(run) => run,
         Err(error) => failed(SystemKind::Evhost, "evhost", &error),
     }
 }
 
-async fn evhost_runs(args: &Args, settings: &Settings, work: &Path) -> Result<SystemRun> {
+async fn evhost_runs(
+    args: &Args,
+    settings: &Settings,
+    work: &Path,
+    with_memory: bool,
+) -> Result<SystemRun> {
     if let Some(error) = &args.evhost_error {
         anyhow::bail!("{error}");
     }
@@ -224,6 +242,7 @@ async fn evhost_runs(args: &Args, settings: &Settings, work: &Path) -> Result<Sy
     let _ = std::fs::remove_dir_all(&data);
     let memory = match args.memory_events {
         0 => None,
+        _ if !with_memory => None,
         events => Some(
             memory_run(&binary, work, settings, events, timeout)
                 .await
@@ -414,10 +433,13 @@ impl Bench<'_> {
                 eprintln!("{} {name}: failed: {error:#}", self.label);
             }
         }
+        let result = result.map_err(|error| format!("{error:#}"));
+        let rates = result.iter().map(Measurement::rate).collect();
         self.runs.push(WorkloadRun {
             kind,
-            result: result.map_err(|error| format!("{error:#}")),
+            result,
             peak_memory,
+            rates,
         });
     }
 }

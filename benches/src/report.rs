@@ -35,6 +35,72 @@ pub(crate) struct WorkloadRun {
     pub(crate) result: Result<Measurement, String>,
     /// Peak resident memory of the server while the workload ran, in bytes.
     pub(crate) peak_memory: Option<u64>,
+    /// Events/s of every round that measured this workload, in round order.
+    pub(crate) rates: Vec<f64>,
+}
+
+/// One report from several rounds of the same systems: per system and workload, the round with
+/// the median events/s (its latency and memory with it), and every round's rate beside it.
+/// Memory of a large store comes from the round that measured it; the peak over the run is the
+/// highest of all rounds.
+pub(crate) fn median_rounds(rounds: Vec<Vec<SystemRun>>) -> Vec<SystemRun> {
+    let mut rounds = rounds.into_iter();
+    let Some(mut combined) = rounds.next() else {
+        return Vec::new();
+    };
+    // Per system, per workload: that workload's run in every round that ran it.
+    let mut pools: Vec<Vec<Vec<WorkloadRun>>> = combined
+        .iter_mut()
+        .map(|system| match &mut system.outcome {
+            Ok(workloads) => std::mem::take(workloads)
+                .into_iter()
+                .map(|run| vec![run])
+                .collect(),
+            Err(_) => Vec::new(),
+        })
+        .collect();
+    for round in rounds {
+        for ((system, pool), run) in combined.iter_mut().zip(&mut pools).zip(round) {
+            system.high_water = system.high_water.max(run.high_water);
+            if system.memory.is_none() {
+                system.memory = run.memory;
+            }
+            let Ok(workloads) = run.outcome else { continue };
+            if pool.is_empty() {
+                *pool = workloads.into_iter().map(|run| vec![run]).collect();
+                system.outcome = Ok(Vec::new());
+            } else {
+                for (runs, workload) in pool.iter_mut().zip(workloads) {
+                    runs.push(workload);
+                }
+            }
+        }
+    }
+    for (system, pool) in combined.iter_mut().zip(pools) {
+        if !pool.is_empty() {
+            system.outcome = Ok(pool.into_iter().map(median_run).collect());
+        }
+    }
+    combined
+}
+
+/// The run with the median events/s among those that measured, with every round's rate.
+fn median_run(mut runs: Vec<WorkloadRun>) -> WorkloadRun {
+    let rates: Vec<f64> = runs.iter().flat_map(|run| run.rates.clone()).collect();
+    runs.sort_by(|a, b| {
+        let rate = |run: &WorkloadRun| {
+            run.result
+                .as_ref()
+                .map_or(f64::NEG_INFINITY, Measurement::rate)
+        };
+        rate(a).total_cmp(&rate(b))
+    });
+    let measured = runs.iter().filter(|run| run.result.is_ok()).count();
+    // Failed runs sort first; the median is taken among the measured ones.
+    let index = (runs.len() - measured) + measured / 2;
+    let mut median = runs.swap_remove(index.min(runs.len() - 1));
+    median.rates = rates;
+    median
 }
 
 /// evhost's memory with a large store: at rest after a restart, and under the append load.
@@ -92,12 +158,14 @@ pub(crate) fn render(runs: &[SystemRun], settings: &Settings, command: &str) -> 
     let _ = writeln!(out, "- Command: `{command}`");
     let _ = writeln!(
         out,
-        "- Load: {} s measured after {} s of warm-up per timed workload; {} single-event \
+        "- Load: {} s measured after {} s of warm-up per timed workload, in {} rounds (each \
+         figure is from the median round; every round's rate is in the last column); {} single-event \
          appenders, {} batch appenders of {} events, {} racers; events of about {} bytes of JSON; \
          the load generator runs on the same cores, one thread, one keep-alive connection per \
          client, each client waiting for its answer before the next request.",
         settings.measure.as_secs_f64(),
         settings.warmup.as_secs_f64(),
+        rounds_of(runs),
         settings.clients,
         settings.batch_clients,
         settings.batch_size,
@@ -107,9 +175,9 @@ pub(crate) fn render(runs: &[SystemRun], settings: &Settings, command: &str) -> 
     let _ = writeln!(out);
     let _ = writeln!(
         out,
-        "| Workload | System | Events/s | p50 ms | p99 ms | max ms | Conflicts | Peak memory MiB | evhost ÷ system |"
+        "| Workload | System | Events/s | p50 ms | p99 ms | max ms | Conflicts | Peak memory MiB | evhost ÷ system | Rounds, events/s |"
     );
-    let _ = writeln!(out, "|---|---|--:|--:|--:|--:|--:|--:|--:|");
+    let _ = writeln!(out, "|---|---|--:|--:|--:|--:|--:|--:|--:|---|");
     for kind in WORKLOADS {
         for run in runs {
             let _ = writeln!(out, "{}", row(run, kind, evhost, settings));
@@ -130,11 +198,11 @@ fn row(
 ) -> String {
     let (system, name) = (&run.label, workload_name(kind, settings));
     let Some(workload) = run.workload(kind) else {
-        return format!("| {name} | {system} | failed | | | | | | |");
+        return format!("| {name} | {system} | failed | | | | | | | |");
     };
     let measurement = match &workload.result {
         Ok(measurement) => measurement,
-        Err(_) => return format!("| {name} | {system} | failed | | | | | | |"),
+        Err(_) => return format!("| {name} | {system} | failed | | | | | | | |"),
     };
     let ms = |pick: fn(&crate::workload::Latency) -> std::time::Duration| {
         measurement
@@ -152,14 +220,26 @@ fn row(
         }
         _ => String::new(),
     };
+    let rounds: Vec<String> = workload.rates.iter().map(|&rate| thousands(rate)).collect();
     format!(
-        "| {name} | {system} | {} | {} | {} | {} | {conflicts} | {} | {ratio} |",
+        "| {name} | {system} | {} | {} | {} | {} | {conflicts} | {} | {ratio} | {} |",
         thousands(measurement.rate()),
         ms(|latency| latency.p50),
         ms(|latency| latency.p99),
         ms(|latency| latency.max),
         mib(workload.peak_memory),
+        rounds.join(" · "),
     )
+}
+
+/// How many rounds the report combines: the most rates any workload has.
+fn rounds_of(runs: &[SystemRun]) -> usize {
+    runs.iter()
+        .filter_map(|run| run.outcome.as_ref().ok())
+        .flatten()
+        .map(|workload| workload.rates.len())
+        .max()
+        .unwrap_or(1)
 }
 
 /// The workload's name, with its number of clients or events: `append-32`, `batch-100`.
@@ -362,6 +442,36 @@ fn thousands(value: f64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn run(rate: Option<u64>) -> WorkloadRun {
+        let result = match rate {
+            Some(events) => Ok(Measurement {
+                events,
+                elapsed: std::time::Duration::from_secs(1),
+                latency: None,
+                conflicts: None,
+                appended: events,
+            }),
+            None => Err("failed".to_owned()),
+        };
+        let rates = result.iter().map(Measurement::rate).collect();
+        WorkloadRun {
+            kind: WorkloadKind::Append,
+            result,
+            peak_memory: None,
+            rates,
+        }
+    }
+
+    #[test]
+    fn the_median_round_is_quoted_with_every_rate() {
+        let median = median_run(vec![run(Some(20)), run(Some(10)), run(Some(5))]);
+        assert_eq!(median.result.unwrap().events, 10);
+        assert_eq!(median.rates, [20.0, 10.0, 5.0]);
+        let median = median_run(vec![run(None), run(Some(7)), run(Some(9))]);
+        assert_eq!(median.result.unwrap().events, 9);
+        assert!(median_run(vec![run(None)]).result.is_err());
+    }
 
     #[test]
     fn separates_thousands() {
