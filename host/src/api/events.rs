@@ -224,14 +224,14 @@ pub(super) fn read_stream(
             format!("stream {stream:?} does not exist"),
         )
     })?;
-    let mut out =
-        Vec::with_capacity(64 + page.events.iter().map(|e| e.json.len() + 1).sum::<usize>());
-    out.extend_from_slice(b"{\"stream\":");
-    serde_json::to_writer(&mut out, &stream).expect("writing to a Vec cannot fail");
-    out.extend_from_slice(format!(",\"version\":{},\"events\":", page.version).as_bytes());
-    write_event_array(&mut out, &page.events);
-    out.extend_from_slice(format!(",\"next\":{}}}", json_option(page.next)).as_bytes());
-    Ok(raw_json_response(StatusCode::OK, out))
+    let mut opening = b"{\"stream\":".to_vec();
+    serde_json::to_writer(&mut opening, &stream).expect("writing to a Vec cannot fail");
+    opening.extend_from_slice(format!(",\"version\":{},\"events\":", page.version).as_bytes());
+    let closing = format!(",\"next\":{}}}", json_option(page.next));
+    Ok(raw_json_response(
+        StatusCode::OK,
+        page_body(&opening, &page.events, &closing),
+    ))
 }
 
 /// The filter and start of a global log read, from its query and headers.
@@ -271,19 +271,15 @@ pub(super) fn read_log(app: &App, request: &Request<Incoming>) -> Result<Respons
         filter,
     } = log_query(request)?;
     let page = read_sized(limit, || app.store.read_log(from, limit, &filter))?;
-    let mut out =
-        Vec::with_capacity(64 + page.events.iter().map(|e| e.json.len() + 1).sum::<usize>());
-    out.extend_from_slice(b"{\"events\":");
-    write_event_array(&mut out, &page.events);
-    out.extend_from_slice(
-        format!(
-            ",\"next\":{},\"head\":{}}}",
-            json_option(page.next),
-            page.head
-        )
-        .as_bytes(),
+    let closing = format!(
+        ",\"next\":{},\"head\":{}}}",
+        json_option(page.next),
+        page.head
     );
-    Ok(raw_json_response(StatusCode::OK, out))
+    Ok(raw_json_response(
+        StatusCode::OK,
+        page_body(b"{\"events\":", &page.events, &closing),
+    ))
 }
 
 /// Pages above this many events are read off the request's worker thread.
@@ -300,7 +296,12 @@ fn read_sized<T>(limit: usize, read: impl FnOnce() -> T) -> T {
     }
 }
 
-fn write_event_array(out: &mut Vec<u8>, events: &[RecordedEvent]) {
+/// A page as JSON: `opening` (ending in `"events":`), the records as stored in an array, then
+/// `closing` (the remaining fields and the closing brace), in one buffer sized up front.
+fn page_body(opening: &[u8], events: &[RecordedEvent], closing: &str) -> Vec<u8> {
+    let records: usize = events.iter().map(|e| e.json.len() + 1).sum();
+    let mut out = Vec::with_capacity(opening.len() + records + 1 + closing.len());
+    out.extend_from_slice(opening);
     out.push(b'[');
     for (i, event) in events.iter().enumerate() {
         if i > 0 {
@@ -309,6 +310,8 @@ fn write_event_array(out: &mut Vec<u8>, events: &[RecordedEvent]) {
         out.extend_from_slice(&event.json);
     }
     out.push(b']');
+    out.extend_from_slice(closing.as_bytes());
+    out
 }
 
 fn json_option(value: Option<u64>) -> String {
