@@ -4,7 +4,10 @@
 
 mod api;
 mod cli;
+mod commands;
 mod log;
+mod plugins;
+mod runtime;
 mod store;
 
 /// The writer thread and the request handlers allocate many small buffers; mimalloc serves

@@ -27,6 +27,16 @@ pub(crate) enum ApiError {
     DuplicateEventId { id: String, message: String },
     /// 413: a body, an event or a count above its limit.
     PayloadTooLarge(String),
+    /// 400 `invalid_plugin`: the upload is not a plugin this host can run.
+    InvalidPlugin(String),
+    /// 422 `command_rejected`: the handler refused the command, for this reason.
+    CommandRejected { command_id: String, reason: String },
+    /// 500 `plugin_failed`: the plugin trapped, ran out of time or memory, or answered nonsense.
+    PluginFailed(String),
+    /// 409 `concurrency_retries_exhausted`: the stream kept changing under the command.
+    RetriesExhausted(String),
+    /// 409 `command_id_reused`: the id is recorded for a different command.
+    CommandIdReused(String),
     /// 500: a failure of the host; the details go to the log only.
     Internal(String),
     /// 503: the host is shutting down.
@@ -45,10 +55,14 @@ impl ApiError {
             ApiError::Forbidden { .. } => StatusCode::FORBIDDEN,
             ApiError::NotFound { .. } => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
-            ApiError::WrongExpectedVersion { .. } | ApiError::DuplicateEventId { .. } => {
-                StatusCode::CONFLICT
-            }
+            ApiError::WrongExpectedVersion { .. }
+            | ApiError::DuplicateEventId { .. }
+            | ApiError::RetriesExhausted(_)
+            | ApiError::CommandIdReused(_) => StatusCode::CONFLICT,
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::InvalidPlugin(_) => StatusCode::BAD_REQUEST,
+            ApiError::CommandRejected { .. } => StatusCode::UNPROCESSABLE_ENTITY,
+            ApiError::PluginFailed(_) => StatusCode::INTERNAL_SERVER_ERROR,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
             ApiError::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
         }
@@ -64,6 +78,11 @@ impl ApiError {
             ApiError::WrongExpectedVersion { .. } => "wrong_expected_version",
             ApiError::DuplicateEventId { .. } => "duplicate_event_id",
             ApiError::PayloadTooLarge(_) => "payload_too_large",
+            ApiError::InvalidPlugin(_) => "invalid_plugin",
+            ApiError::CommandRejected { .. } => "command_rejected",
+            ApiError::PluginFailed(_) => "plugin_failed",
+            ApiError::RetriesExhausted(_) => "concurrency_retries_exhausted",
+            ApiError::CommandIdReused(_) => "command_id_reused",
             ApiError::Internal(_) => "internal_error",
             ApiError::Unavailable => "unavailable",
         }
@@ -74,7 +93,20 @@ impl ApiError {
         let mut error = Map::new();
         error.insert("code".into(), self.code().into());
         let message = match self {
-            ApiError::InvalidRequest(m) | ApiError::PayloadTooLarge(m) => m.clone(),
+            ApiError::InvalidRequest(m)
+            | ApiError::PayloadTooLarge(m)
+            | ApiError::PluginFailed(m)
+            | ApiError::RetriesExhausted(m)
+            | ApiError::CommandIdReused(m) => m.clone(),
+            ApiError::InvalidPlugin(reason) => {
+                error.insert("reason".into(), reason.clone().into());
+                format!("the upload is not a valid plugin: {reason}")
+            }
+            ApiError::CommandRejected { command_id, reason } => {
+                error.insert("reason".into(), reason.clone().into());
+                error.insert("command_id".into(), command_id.clone().into());
+                format!("the handler rejected the command: {reason}")
+            }
             ApiError::Unauthorized => "a valid bearer token is required".into(),
             ApiError::Forbidden { needed } => format!("this request needs the {needed} role"),
             ApiError::NotFound { message, .. } => message.clone(),
@@ -126,6 +158,8 @@ impl From<AppendError> for ApiError {
                 message: error.to_string(),
             },
             AppendError::Invalid(message) => ApiError::InvalidRequest(message),
+            // Only command appends carry a command id, and they answer this case themselves.
+            AppendError::CommandRecorded(_) => ApiError::Internal(error.to_string()),
             AppendError::Storage(storage) => storage.into(),
         }
     }

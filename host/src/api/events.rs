@@ -193,6 +193,7 @@ fn parse_append(
         stream,
         expected_version,
         events,
+        command: None,
     })
 }
 
@@ -298,7 +299,7 @@ fn read_sized<T>(limit: usize, read: impl FnOnce() -> T) -> T {
 
 /// A page as JSON: `opening` (ending in `"events":`), the records as stored in an array, then
 /// `closing` (the remaining fields and the closing brace), in one buffer sized up front.
-fn page_body(opening: &[u8], events: &[RecordedEvent], closing: &str) -> Vec<u8> {
+pub(super) fn page_body(opening: &[u8], events: &[RecordedEvent], closing: &str) -> Vec<u8> {
     let records: usize = events.iter().map(|e| e.json.len() + 1).sum();
     let mut out = Vec::with_capacity(opening.len() + records + 1 + closing.len());
     out.extend_from_slice(opening);

@@ -5,6 +5,8 @@ use std::fmt::Write;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 
+use crate::commands::CommandCounters;
+use crate::plugins::LoadCounters;
 use crate::store::StoreStats;
 
 /// What the API counts; the store counts its own work in [`StoreStats`].
@@ -147,6 +149,50 @@ impl Metrics {
         }
         out
     }
+}
+
+/// Appends the counters of plugin loading and of commands.
+pub(crate) fn render_plugins(out: &mut String, loads: &LoadCounters, commands: &CommandCounters) {
+    let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
+    let mut family = |name: &str, help: &str, values: &[(&str, u64)]| {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
+        for (labels, value) in values {
+            let _ = writeln!(out, "{name}{labels} {value}");
+        }
+    };
+    family(
+        "evhost_plugin_compilations_total",
+        "Plugin components compiled (deploys, and loads whose cached artifact did not fit).",
+        &[("", load(&loads.compilations))],
+    );
+    family(
+        "evhost_plugin_cache_loads_total",
+        "Plugin components loaded from their cached compiled artifact.",
+        &[("", load(&loads.cache_loads))],
+    );
+    family(
+        "evhost_commands_total",
+        "Commands answered, by outcome (replayed: a repeated id answered from its record).",
+        &[
+            ("{outcome=\"applied\"}", load(&commands.applied)),
+            ("{outcome=\"rejected\"}", load(&commands.rejected)),
+            ("{outcome=\"failed\"}", load(&commands.failed)),
+            ("{outcome=\"replayed\"}", load(&commands.replayed)),
+        ],
+    );
+    family(
+        "evhost_command_conflicts_total",
+        "Command appends that met a concurrent write and were decided again.",
+        &[("", load(&commands.conflicts))],
+    );
+    family(
+        "evhost_plugin_calls_total",
+        "Calls into handler plugins, by export.",
+        &[
+            ("{export=\"evolve\"}", load(&commands.evolve_calls)),
+            ("{export=\"decide\"}", load(&commands.decide_calls)),
+        ],
+    );
 }
 
 pub(crate) struct FollowerGuard<'a>(&'a Metrics);

@@ -8,9 +8,11 @@
 //! [`EventStore`] trait and nothing else of the store.
 
 mod auth;
+mod commands;
 mod error;
 mod events;
 mod metrics;
+mod plugins;
 mod query;
 
 use std::convert::Infallible;
@@ -34,6 +36,8 @@ pub(crate) use auth::{Role, Tokens};
 use error::ApiError;
 use metrics::Metrics;
 
+use crate::commands::Commands;
+use crate::plugins::Plugins;
 use crate::store::EventStore;
 
 /// The body of every response.
@@ -48,6 +52,8 @@ pub(crate) struct Limits {
     pub max_request_bytes: usize,
     /// Most events in one append.
     pub max_events_per_append: usize,
+    /// Largest plugin upload, in bytes.
+    pub max_plugin_bytes: usize,
 }
 
 impl Default for Limits {
@@ -56,6 +62,7 @@ impl Default for Limits {
             max_event_bytes: 1 << 20,
             max_request_bytes: 16 << 20,
             max_events_per_append: 10_000,
+            max_plugin_bytes: 128 << 20,
         }
     }
 }
@@ -63,6 +70,8 @@ impl Default for Limits {
 /// Everything a request handler can reach.
 pub(crate) struct App {
     store: Arc<dyn EventStore>,
+    plugins: Arc<Plugins>,
+    commands: Commands,
     tokens: Tokens,
     limits: Limits,
     metrics: Metrics,
@@ -72,10 +81,17 @@ pub(crate) struct App {
 }
 
 impl App {
-    pub(crate) fn new(store: Arc<dyn EventStore>, tokens: Tokens, limits: Limits) -> Arc<Self> {
+    pub(crate) fn new(
+        store: Arc<dyn EventStore>,
+        plugins: Arc<Plugins>,
+        tokens: Tokens,
+        limits: Limits,
+    ) -> Arc<Self> {
         let (stop, stopping) = watch::channel(false);
         Arc::new(App {
+            commands: Commands::new(store.clone(), plugins.clone()),
             store,
+            plugins,
             tokens,
             limits,
             metrics: Metrics::default(),
@@ -146,6 +162,10 @@ enum Route<'a> {
     Metrics,
     Stream(&'a str),
     Events,
+    Plugins,
+    Plugin(&'a str),
+    HandlerCommands(&'a str),
+    Command(&'a str),
     Unknown,
 }
 
@@ -157,6 +177,9 @@ impl<'a> Route<'a> {
             Route::Metrics => "metrics",
             Route::Stream(_) => "streams",
             Route::Events => "events",
+            Route::Plugins | Route::Plugin(_) => "plugins",
+            Route::HandlerCommands(_) => "handler_commands",
+            Route::Command(_) => "commands",
             Route::Unknown => "unknown",
         }
     }
@@ -166,9 +189,26 @@ impl<'a> Route<'a> {
             "/health" => Route::Health,
             "/metrics" => Route::Metrics,
             "/events" => Route::Events,
-            _ => path
-                .strip_prefix("/streams/")
-                .map_or(Route::Unknown, Route::Stream),
+            "/plugins" => Route::Plugins,
+            _ => {
+                if let Some(name) = path.strip_prefix("/streams/") {
+                    Route::Stream(name)
+                } else if let Some(name) = path.strip_prefix("/plugins/") {
+                    // Deeper paths (promote, parked, ...) are not routes yet.
+                    if name.is_empty() || name.contains('/') {
+                        Route::Unknown
+                    } else {
+                        Route::Plugin(name)
+                    }
+                } else if let Some(id) = path.strip_prefix("/commands/") {
+                    Route::Command(id)
+                } else {
+                    path.strip_prefix("/handlers/")
+                        .and_then(|rest| rest.strip_suffix("/commands"))
+                        .filter(|name| !name.is_empty() && !name.contains('/'))
+                        .map_or(Route::Unknown, Route::HandlerCommands)
+                }
+            }
         }
     }
 }
@@ -199,7 +239,7 @@ fn required_role(method: &Method, route: Route<'_>) -> Option<Role> {
     match (route, method) {
         (Route::Health, _) => None,
         (_, &Method::GET | &Method::HEAD) => Some(Role::Read),
-        (Route::Stream(_), &Method::POST) => Some(Role::Write),
+        (Route::Stream(_) | Route::HandlerCommands(_), &Method::POST) => Some(Role::Write),
         _ => Some(Role::Admin),
     }
 }
@@ -218,6 +258,13 @@ async fn dispatch(
             events::follow(app, &request)
         }
         (Route::Events, &Method::GET) => events::read_log(app, &request),
+        (Route::Plugins, &Method::POST) => plugins::deploy(app, request).await,
+        (Route::Plugins, &Method::GET) => plugins::list(app, &request),
+        (Route::Plugin(name), &Method::GET) => plugins::show(app, name, &request),
+        (Route::HandlerCommands(name), &Method::POST) => {
+            commands::send(app, name, request).await
+        }
+        (Route::Command(id), &Method::GET) => commands::show(app, id, &request),
         (Route::Unknown, _) => Err(ApiError::not_found(
             "not_found",
             format!("no route for {}", request.uri().path()),
@@ -243,7 +290,8 @@ fn health(app: &App) -> Response<Body> {
 }
 
 fn metrics(app: &App) -> Response<Body> {
-    let text = app.metrics.render(app.store.stats(), app.store.head());
+    let mut text = app.metrics.render(app.store.stats(), app.store.head());
+    metrics::render_plugins(&mut text, &app.plugins.counters, &app.commands.counters);
     Response::builder()
         .status(StatusCode::OK)
         .header(CONTENT_TYPE, "text/plain; version=0.0.4")

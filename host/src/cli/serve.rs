@@ -9,6 +9,8 @@ use anyhow::{Context, bail};
 
 use super::ServeArgs;
 use crate::api::{self, App, Limits, Tokens};
+use crate::plugins::Plugins;
+use crate::runtime::Runtime;
 use crate::store::{EventStore, RedbStore, StoreOptions};
 
 pub(super) fn run(args: ServeArgs) -> anyhow::Result<()> {
@@ -31,6 +33,9 @@ pub(super) fn run(args: ServeArgs) -> anyhow::Result<()> {
             group_wait: std::time::Duration::from_micros(args.group_commit_wait_us),
         };
         let store = Arc::new(RedbStore::open(&args.data, &options).context("opening the store")?);
+        let runtime = Runtime::new().map_err(anyhow::Error::msg)?;
+        let plugins = tokio::task::block_in_place(|| Plugins::open(runtime, store.clone()))
+            .context("loading the deployed plugins")?;
         let listener = tokio::net::TcpListener::bind(address)
             .await
             .with_context(|| format!("binding {address}"))?;
@@ -43,7 +48,7 @@ pub(super) fn run(args: ServeArgs) -> anyhow::Result<()> {
         // The one line scripts wait for: the host accepts connections from now on.
         println!("evhost listening on http://{local}");
         std::io::stdout().flush()?;
-        let app = App::new(store.clone(), tokens, Limits::default());
+        let app = App::new(store.clone(), Arc::new(plugins), tokens, Limits::default());
         api::serve(listener, app, shutdown_signal()).await;
         store.close();
         crate::log::info!("stopped cleanly at head {}", store.head());

@@ -25,6 +25,7 @@ use tokio::sync::watch;
 pub(crate) use clock::now_rfc3339;
 pub(crate) use names::{validate_event_id, validate_event_type, validate_stream_name};
 pub(crate) use record::{EventView, minify_json};
+pub(crate) use names::category_of;
 pub(crate) use redb_store::{RedbStore, StoreOptions};
 
 /// The version a writer expects a stream to be at; checked in the same transaction as the write.
@@ -79,7 +80,38 @@ pub(crate) struct ProposedEvent {
 pub(crate) struct AppendRequest {
     pub stream: String,
     pub expected_version: ExpectedVersion,
+    /// At least one event, unless the request only records a command.
     pub events: Vec<ProposedEvent>,
+    /// The command whose outcome these events are, recorded in the same transaction: either
+    /// both are stored or neither. A command id is recorded once; a request whose command id is
+    /// already recorded writes nothing and is answered with [`AppendError::CommandRecorded`].
+    pub command: Option<CommandEntry>,
+}
+
+/// The record of a command that an append carries; the store keeps it opaque.
+#[derive(Debug, Clone)]
+pub(crate) struct CommandEntry {
+    pub id: String,
+    /// JSON object text describing the command and its outcome.
+    pub record: Vec<u8>,
+}
+
+/// A recorded command, with where the events it produced landed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct StoredCommand {
+    /// The record as the append carried it.
+    pub record: Vec<u8>,
+    /// The last position the command's append wrote, or the head when it wrote no event.
+    pub position: u64,
+    /// How many events the command's append wrote, ending at `position`.
+    pub event_count: u64,
+}
+
+impl StoredCommand {
+    /// The positions of the events the command produced, in order.
+    pub(crate) fn positions(&self) -> std::ops::RangeInclusive<u64> {
+        (self.position + 1 - self.event_count)..=self.position
+    }
 }
 
 /// Where an acknowledged append landed.
@@ -116,6 +148,9 @@ pub(crate) enum AppendError {
     /// The request broke a rule the store keeps (callers validate first; this is the last line).
     #[error("invalid append: {0}")]
     Invalid(String),
+    /// The request's command id is already recorded: this is its record, and nothing was written.
+    #[error("command {} is already recorded", .0.position)]
+    CommandRecorded(StoredCommand),
     /// The store could not write; nothing of the request is stored.
     #[error(transparent)]
     Storage(#[from] StorageError),
@@ -233,6 +268,27 @@ pub(crate) trait EventStore: Send + Sync + 'static {
     /// Whether appends can still be made durable: false once the store has been closed or its
     /// writer has failed.
     fn accepts_writes(&self) -> bool;
+
+    /// The record of a command, if its id is recorded.
+    fn read_command(&self, id: &str) -> Result<Option<StoredCommand>, StorageError>;
+
+    /// The records of every plugin, by name. The store keeps them opaque.
+    fn plugin_records(&self) -> Result<Vec<(String, Vec<u8>)>, StorageError>;
+
+    /// Durably stores a plugin's record together with new blobs (its uploaded file, say), in
+    /// one transaction. Blocks on I/O; call it off the async threads.
+    fn save_plugin(
+        &self,
+        name: &str,
+        record: &[u8],
+        blobs: &[(&str, &[u8])],
+    ) -> Result<(), StorageError>;
+
+    /// A blob by key. Blocks on I/O.
+    fn blob(&self, key: &str) -> Result<Option<Vec<u8>>, StorageError>;
+
+    /// Durably stores a blob under `key`, replacing what was there. Blocks on I/O.
+    fn save_blob(&self, key: &str, bytes: &[u8]) -> Result<(), StorageError>;
 
     /// Stops taking writes, finishes the ones in flight and closes the files cleanly.
     fn close(&self);

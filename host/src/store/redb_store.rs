@@ -36,7 +36,7 @@ use super::rows::{
 };
 use super::{
     AppendError, AppendFuture, AppendOutcome, AppendRequest, AppendResult, Direction, EventStore,
-    LogFilter, LogPage, RecordedEvent, StorageError, StoreStats, StreamPage,
+    LogFilter, LogPage, RecordedEvent, StorageError, StoreStats, StoredCommand, StreamPage,
 };
 
 /// The log and its position indexes, in one ordered tree so that a commit touches one table root
@@ -65,6 +65,13 @@ const ROWS: TableDefinition<&str, &[u8]> = TableDefinition::new("rows");
 const EVENT_IDS: TableDefinition<&str, (u64, u64, u32)> = TableDefinition::new("event_ids");
 /// Counters and the format version, by name.
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+/// Recorded commands by id: the last position their append wrote (or the head when it wrote
+/// nothing), how many events it wrote, and the record the append carried.
+const COMMANDS: TableDefinition<&str, (u64, u64, &[u8])> = TableDefinition::new("commands");
+/// Plugin records by plugin name, opaque to the store.
+const PLUGINS: TableDefinition<&str, &[u8]> = TableDefinition::new("plugins");
+/// Blobs by key (uploaded files, compiled artifacts), opaque to the store.
+const BLOBS: TableDefinition<&str, &[u8]> = TableDefinition::new("blobs");
 
 const META_FORMAT: &str = "format_version";
 const META_NEXT_STREAM_ID: &str = "next_stream_id";
@@ -321,6 +328,67 @@ impl EventStore for RedbStore {
 
     fn head(&self) -> u64 {
         *self.head.borrow()
+    }
+
+    fn read_command(&self, id: &str) -> Result<Option<StoredCommand>, StorageError> {
+        let txn = self.db.begin_read().map_err(engine)?;
+        let commands = txn.open_table(COMMANDS).map_err(engine)?;
+        let stored = commands.get(id).map_err(engine)?;
+        Ok(stored.map(|entry| {
+            let (position, event_count, record) = entry.value();
+            StoredCommand {
+                record: record.to_vec(),
+                position,
+                event_count,
+            }
+        }))
+    }
+
+    fn plugin_records(&self) -> Result<Vec<(String, Vec<u8>)>, StorageError> {
+        let txn = self.db.begin_read().map_err(engine)?;
+        let plugins = txn.open_table(PLUGINS).map_err(engine)?;
+        plugins
+            .iter()
+            .map_err(engine)?
+            .map(|entry| {
+                let (name, record) = entry.map_err(engine)?;
+                Ok((name.value().to_owned(), record.value().to_vec()))
+            })
+            .collect()
+    }
+
+    fn save_plugin(
+        &self,
+        name: &str,
+        record: &[u8],
+        blobs: &[(&str, &[u8])],
+    ) -> Result<(), StorageError> {
+        let txn = self.db.begin_write().map_err(engine)?;
+        {
+            let mut plugins = txn.open_table(PLUGINS).map_err(engine)?;
+            plugins.insert(name, record).map_err(engine)?;
+            let mut stored = txn.open_table(BLOBS).map_err(engine)?;
+            for (key, bytes) in blobs {
+                stored.insert(*key, *bytes).map_err(engine)?;
+            }
+        }
+        txn.commit().map_err(engine)
+    }
+
+    fn blob(&self, key: &str) -> Result<Option<Vec<u8>>, StorageError> {
+        let txn = self.db.begin_read().map_err(engine)?;
+        let blobs = txn.open_table(BLOBS).map_err(engine)?;
+        let blob = blobs.get(key).map_err(engine)?;
+        Ok(blob.map(|bytes| bytes.value().to_vec()))
+    }
+
+    fn save_blob(&self, key: &str, bytes: &[u8]) -> Result<(), StorageError> {
+        let txn = self.db.begin_write().map_err(engine)?;
+        txn.open_table(BLOBS)
+            .map_err(engine)?
+            .insert(key, bytes)
+            .map_err(engine)?;
+        txn.commit().map_err(engine)
     }
 
     fn watch_head(&self) -> watch::Receiver<u64> {
@@ -581,6 +649,9 @@ impl WriterState {
             // Create the remaining tables so readers never meet a missing one.
             txn.open_table(ROWS).map_err(engine)?;
             txn.open_table(EVENT_IDS).map_err(engine)?;
+            txn.open_table(COMMANDS).map_err(engine)?;
+            txn.open_table(PLUGINS).map_err(engine)?;
+            txn.open_table(BLOBS).map_err(engine)?;
             WriterState {
                 id_tag,
                 head,
@@ -600,6 +671,7 @@ struct WriteTables<'txn> {
     rows: Table<'txn, &'static str, &'static [u8]>,
     event_ids: Table<'txn, &'static str, (u64, u64, u32)>,
     meta: Table<'txn, &'static str, u64>,
+    commands: Table<'txn, &'static str, (u64, u64, &'static [u8])>,
 }
 
 impl<'txn> WriteTables<'txn> {
@@ -609,6 +681,7 @@ impl<'txn> WriteTables<'txn> {
             rows: txn.open_table(ROWS).map_err(engine)?,
             event_ids: txn.open_table(EVENT_IDS).map_err(engine)?,
             meta: txn.open_table(META).map_err(engine)?,
+            commands: txn.open_table(COMMANDS).map_err(engine)?,
         })
     }
 }
@@ -804,6 +877,29 @@ impl Writer {
         if let Err(reason) = check_request(request) {
             return Ok(Err(AppendError::Invalid(reason)));
         }
+        if let Some(command) = &request.command {
+            if let Some(stored) = tables.commands.get(command.id.as_str()).map_err(engine)? {
+                let (position, event_count, record) = stored.value();
+                return Ok(Err(AppendError::CommandRecorded(StoredCommand {
+                    record: record.to_vec(),
+                    position,
+                    event_count,
+                })));
+            }
+            if request.events.is_empty() {
+                let head = self.state.head;
+                tables
+                    .commands
+                    .insert(command.id.as_str(), (head, 0, command.record.as_slice()))
+                    .map_err(engine)?;
+                return Ok(Ok(AppendOutcome::Written(AppendResult {
+                    first_version: 0,
+                    last_version: 0,
+                    first_position: head + 1,
+                    last_position: head,
+                })));
+            }
+        }
         match find_earlier_append(tables, writes, request, self.state.id_tag, self.state.head)? {
             EarlierAppend::None => {}
             EarlierAppend::Reserved(id) => {
@@ -897,6 +993,15 @@ impl Writer {
             .insert(request.stream.as_str(), row.encode().as_slice())
             .map_err(engine)?;
         self.state.head += count;
+        if let Some(command) = &request.command {
+            tables
+                .commands
+                .insert(
+                    command.id.as_str(),
+                    (self.state.head, count, command.record.as_slice()),
+                )
+                .map_err(engine)?;
+        }
         Ok(Ok(AppendOutcome::Written(AppendResult {
             first_version: actual + 1,
             last_version: actual + count,
@@ -1042,7 +1147,7 @@ fn insert_runs<'e, K: Key + 'static, V: Value + 'static>(
 /// The last line of defence: the API validates first, but nothing breaks the store's rules.
 fn check_request(request: &AppendRequest) -> Result<(), String> {
     validate_stream_name(&request.stream)?;
-    if request.events.is_empty() {
+    if request.events.is_empty() && request.command.is_none() {
         return Err("an append needs at least one event".into());
     }
     if request.events.len() > u32::MAX as usize {
@@ -1254,6 +1359,7 @@ mod tests {
                     stream: stream.into(),
                     expected_version: ExpectedVersion::Any,
                     events: (0..size).map(event).collect(),
+                    command: None,
                 };
                 runtime
                     .block_on(store.append(append("other-1", round % 3 + 1)))
@@ -1315,6 +1421,7 @@ mod tests {
                     events: (0..size)
                         .map(|n| typed_event(n, types[(round + n) % 3]))
                         .collect(),
+                    command: None,
                 };
                 runtime.block_on(store.append(request.clone())).unwrap();
                 for event in &request.events {
@@ -1404,6 +1511,7 @@ mod tests {
             stream: "s-1".into(),
             expected_version: ExpectedVersion::Any,
             events: vec![event(0)],
+            command: None,
         };
         let refused = runtime.block_on(store.append(request));
         assert!(

@@ -1,0 +1,447 @@
+//! The plugins deployed in this host: their records, kept in the store with the uploaded bytes
+//! and the compiled artifacts, and the loaded active version of each handler.
+//!
+//! A deploy compiles and validates the upload, stores everything in one transaction, and only
+//! then makes the version active, so a restart finds exactly what was acknowledged. Commands
+//! take the active version when they start and finish on it, so a deploy never disturbs a
+//! command in flight.
+//!
+//! Architecture Invariant: this module knows nothing of HTTP. It reaches wasmtime only through
+//! the runtime and the store only through [`EventStore`].
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+
+use serde::{Deserialize, Serialize};
+
+use crate::runtime::{
+    HandlerPlugin, InvalidPlugin, Loaded, PluginKind, PluginLimits, Runtime, content_hash,
+};
+use crate::store::{EventStore, StorageError, now_rfc3339};
+
+/// What an operator can set at deploy time; unset values keep their defaults (or, for bytes
+/// deployed before, what was set then).
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct LimitOverrides {
+    pub memory_mib: Option<u64>,
+    pub timeout_ms: Option<u64>,
+}
+
+/// Why a deploy was refused.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum DeployError {
+    /// The upload is not a plugin this host can run, or it conflicts with what is deployed.
+    #[error(transparent)]
+    Invalid(#[from] InvalidPlugin),
+    /// The store could not keep the plugin.
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+}
+
+/// What a deploy did.
+#[derive(Debug, Clone, Serialize)]
+pub(crate) struct Deployed {
+    pub name: String,
+    pub kind: PluginKind,
+    pub version: String,
+    pub status: &'static str,
+    /// False when this version was uploaded before (the answer is then 200, not 201).
+    #[serde(skip)]
+    pub created: bool,
+}
+
+/// The stored record of one plugin.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct PluginRecord {
+    name: String,
+    kind: PluginKind,
+    category: Option<String>,
+    categories: Vec<String>,
+    event_types: Vec<String>,
+    description: String,
+    active_version: Option<String>,
+    versions: Vec<VersionRecord>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct VersionRecord {
+    version: String,
+    uploaded_at: String,
+    size_bytes: u64,
+    limits: PluginLimits,
+}
+
+/// How the active version of a plugin came to be loaded in this process.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub(crate) enum LoadedFrom {
+    /// Compiled from the uploaded bytes.
+    Compiled,
+    /// Taken from the compiled artifact cached in the store.
+    Cache,
+}
+
+/// The active version of a handler, shared by the commands running on it.
+pub(crate) struct ActiveHandler {
+    pub name: String,
+    pub version: String,
+    pub category: String,
+    pub plugin: HandlerPlugin,
+    loaded_from: LoadedFrom,
+}
+
+struct Entry {
+    record: PluginRecord,
+    active: Option<Arc<ActiveHandler>>,
+    /// Why the active version could not be loaded, if it could not.
+    error: Option<String>,
+}
+
+/// Why a handler cannot take a command.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum HandlerLookupError {
+    #[error("no plugin named {0:?} is deployed")]
+    NotFound(String),
+    #[error("plugin {name:?} is a {kind}, not a handler")]
+    NotAHandler { name: String, kind: PluginKind },
+    #[error("handler {name:?} could not be loaded: {error}")]
+    Failed { name: String, error: String },
+}
+
+/// Counters of plugin loading, for metrics and for proving that a restart did not compile.
+#[derive(Debug, Default)]
+pub(crate) struct LoadCounters {
+    pub compilations: AtomicU64,
+    pub cache_loads: AtomicU64,
+}
+
+/// The registry of deployed plugins.
+pub(crate) struct Plugins {
+    runtime: Runtime,
+    store: Arc<dyn EventStore>,
+    entries: RwLock<BTreeMap<String, Entry>>,
+    /// Deploys run one at a time, so that two uploads of one name cannot interleave.
+    deploying: tokio::sync::Mutex<()>,
+    pub counters: LoadCounters,
+}
+
+impl Plugins {
+    /// Loads every deployed plugin's active version, from its cached artifact when that fits
+    /// this engine. A plugin that cannot be loaded is kept with its error; it does not stop the
+    /// host.
+    pub(crate) fn open(runtime: Runtime, store: Arc<dyn EventStore>) -> Result<Self, StorageError> {
+        let plugins = Plugins {
+            runtime,
+            store,
+            entries: RwLock::new(BTreeMap::new()),
+            deploying: tokio::sync::Mutex::new(()),
+            counters: LoadCounters::default(),
+        };
+        for (name, bytes) in plugins.store.plugin_records()? {
+            let record: PluginRecord = serde_json::from_slice(&bytes).map_err(|e| {
+                StorageError::Engine(format!("the record of plugin {name:?} is corrupt: {e}"))
+            })?;
+            let (active, error) = match plugins.load_active(&record) {
+                Ok(active) => (active.map(Arc::new), None),
+                Err(error) => {
+                    crate::log::error!("plugin {name} could not be loaded: {error}");
+                    (None, Some(error.to_string()))
+                }
+            };
+            let entry = Entry {
+                record,
+                active,
+                error,
+            };
+            plugins.write_entries().insert(name, entry);
+        }
+        Ok(plugins)
+    }
+
+    fn load_active(&self, record: &PluginRecord) -> Result<Option<ActiveHandler>, DeployError> {
+        let Some(version) = &record.active_version else {
+            return Ok(None);
+        };
+        let limits = record
+            .versions
+            .iter()
+            .find(|v| &v.version == version)
+            .map(|v| v.limits)
+            .unwrap_or_default();
+        let label = label(&record.name, version);
+        let cached = self.store.blob(&artifact_key(version, self.runtime.compatibility_key()))?;
+        let from_cache = cached.and_then(|artifact| self.runtime.load_compiled(&artifact, &label, limits));
+        let (loaded, loaded_from) = match from_cache {
+            Some(loaded) => {
+                self.counters.cache_loads.fetch_add(1, Ordering::Relaxed);
+                (loaded?, LoadedFrom::Cache)
+            }
+            None => {
+                let wasm = self.store.blob(&wasm_key(version))?.ok_or_else(|| {
+                    StorageError::Engine(format!("the upload of {label} is missing from the store"))
+                })?;
+                let loaded = self.runtime.compile(&wasm, &label, limits)?;
+                self.counters.compilations.fetch_add(1, Ordering::Relaxed);
+                if let Some(artifact) = &loaded.artifact {
+                    self.store.save_blob(
+                        &artifact_key(version, self.runtime.compatibility_key()),
+                        artifact,
+                    )?;
+                }
+                (loaded, LoadedFrom::Compiled)
+            }
+        };
+        Ok(Some(active_handler(loaded, version, loaded_from)))
+    }
+
+    /// Deploys uploaded bytes: validates and compiles them, stores them with their compiled
+    /// artifact, and makes them the active version of the plugin they describe. Blocks on
+    /// compilation and I/O for a while; the caller runs it off the async threads.
+    pub(crate) async fn deploy(
+        &self,
+        wasm: &[u8],
+        overrides: LimitOverrides,
+    ) -> Result<Deployed, DeployError> {
+        let _deploying = self.deploying.lock().await;
+        let version = content_hash(wasm);
+        let label = label("upload", &version);
+        let previous_limits = {
+            let entries = self.read_entries();
+            entries.values().find_map(|entry| {
+                entry
+                    .record
+                    .versions
+                    .iter()
+                    .find(|v| v.version == version)
+                    .map(|v| v.limits)
+            })
+        };
+        let base = previous_limits.unwrap_or_default();
+        let limits = PluginLimits {
+            memory_mib: overrides.memory_mib.unwrap_or(base.memory_mib),
+            timeout_ms: overrides.timeout_ms.unwrap_or(base.timeout_ms),
+        };
+        limits.check().map_err(InvalidPlugin)?;
+        let loaded = tokio::task::block_in_place(|| self.runtime.compile(wasm, &label, limits))?;
+        self.counters.compilations.fetch_add(1, Ordering::Relaxed);
+        let info = loaded.info.clone();
+        let mut record = {
+            let entries = self.read_entries();
+            self.check_fits(&entries, &info)?;
+            match entries.get(&info.name) {
+                Some(entry) => entry.record.clone(),
+                None => PluginRecord {
+                    name: info.name.clone(),
+                    kind: info.kind,
+                    category: None,
+                    categories: Vec::new(),
+                    event_types: Vec::new(),
+                    description: String::new(),
+                    active_version: None,
+                    versions: Vec::new(),
+                },
+            }
+        };
+        record.category = info.category.clone();
+        record.categories = info.categories.clone();
+        record.event_types = info.event_types.clone();
+        record.description = info.description.clone();
+        record.active_version = Some(version.clone());
+        let created = match record.versions.iter_mut().find(|v| v.version == version) {
+            Some(known) => {
+                known.limits = limits;
+                false
+            }
+            None => {
+                record.versions.push(VersionRecord {
+                    version: version.clone(),
+                    uploaded_at: now_rfc3339(),
+                    size_bytes: wasm.len() as u64,
+                    limits,
+                });
+                true
+            }
+        };
+        let encoded = serde_json::to_vec(&record).expect("a plugin record serializes");
+        let artifact = loaded.artifact.clone().unwrap_or_default();
+        let (wasm_key, artifact_key) = (
+            wasm_key(&version),
+            artifact_key(&version, self.runtime.compatibility_key()),
+        );
+        tokio::task::block_in_place(|| {
+            self.store.save_plugin(
+                &info.name,
+                &encoded,
+                &[(&wasm_key, wasm), (&artifact_key, &artifact)],
+            )
+        })?;
+        let active = active_handler(loaded, &version, LoadedFrom::Compiled);
+        crate::log::info!(
+            "deployed {} {} version {version} ({} bytes)",
+            info.kind,
+            info.name,
+            wasm.len()
+        );
+        self.write_entries().insert(
+            info.name.clone(),
+            Entry {
+                record,
+                active: Some(Arc::new(active)),
+                error: None,
+            },
+        );
+        Ok(Deployed {
+            name: info.name,
+            kind: info.kind,
+            version,
+            status: "running",
+            created,
+        })
+    }
+
+    /// Refuses a plugin whose name is taken by another kind, or whose category another handler
+    /// owns.
+    fn check_fits(
+        &self,
+        entries: &BTreeMap<String, Entry>,
+        info: &crate::runtime::PluginInfo,
+    ) -> Result<(), InvalidPlugin> {
+        if let Some(existing) = entries.get(&info.name)
+            && existing.record.kind != info.kind
+        {
+            return Err(InvalidPlugin(format!(
+                "plugin {} is deployed as a {}; this component is a {}",
+                info.name, existing.record.kind, info.kind
+            )));
+        }
+        if info.kind == PluginKind::Handler {
+            let owner = entries.values().find(|entry| {
+                entry.record.kind == PluginKind::Handler
+                    && entry.record.name != info.name
+                    && entry.record.category == info.category
+            });
+            if let Some(owner) = owner {
+                return Err(InvalidPlugin(format!(
+                    "category {} is owned by handler {}; a category has one handler",
+                    info.category.as_deref().unwrap_or_default(),
+                    owner.record.name
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// The active version of a handler.
+    pub(crate) fn handler(&self, name: &str) -> Result<Arc<ActiveHandler>, HandlerLookupError> {
+        let entries = self.read_entries();
+        let entry = entries
+            .get(name)
+            .ok_or_else(|| HandlerLookupError::NotFound(name.to_owned()))?;
+        if entry.record.kind != PluginKind::Handler {
+            return Err(HandlerLookupError::NotAHandler {
+                name: name.to_owned(),
+                kind: entry.record.kind,
+            });
+        }
+        entry.active.clone().ok_or_else(|| HandlerLookupError::Failed {
+            name: name.to_owned(),
+            error: entry
+                .error
+                .clone()
+                .unwrap_or_else(|| "no version is active".into()),
+        })
+    }
+
+    /// Every plugin, as `GET /plugins` lists them, by name.
+    pub(crate) fn list(&self) -> Vec<serde_json::Value> {
+        self.read_entries().values().map(summary).collect()
+    }
+
+    /// One plugin with its versions, as `GET /plugins/{name}` shows it.
+    pub(crate) fn details(&self, name: &str) -> Option<serde_json::Value> {
+        let entries = self.read_entries();
+        let entry = entries.get(name)?;
+        let mut value = summary(entry);
+        let record = &entry.record;
+        let versions: Vec<serde_json::Value> = record
+            .versions
+            .iter()
+            .map(|v| {
+                let active = record.active_version.as_deref() == Some(v.version.as_str());
+                let mut version = serde_json::json!({
+                    "version": v.version,
+                    "uploaded_at": v.uploaded_at,
+                    "size_bytes": v.size_bytes,
+                    "state": if active { "active" } else { "inactive" },
+                    "limits": v.limits,
+                });
+                if let Some(handler) = entry.active.as_ref().filter(|_| active) {
+                    version["loaded_from"] = serde_json::json!(handler.loaded_from);
+                }
+                version
+            })
+            .collect();
+        let object = value.as_object_mut().expect("a summary is an object");
+        object.insert("description".into(), record.description.clone().into());
+        object.insert("category".into(), serde_json::json!(record.category));
+        object.insert(
+            "subscriptions".into(),
+            serde_json::json!({"categories": record.categories, "event_types": record.event_types}),
+        );
+        let limits = entry.active.as_ref().map(|handler| handler.plugin.limits());
+        object.insert("limits".into(), serde_json::json!(limits));
+        object.insert("parked".into(), 0.into());
+        object.insert("versions".into(), versions.into());
+        Some(value)
+    }
+
+    fn read_entries(&self) -> std::sync::RwLockReadGuard<'_, BTreeMap<String, Entry>> {
+        self.entries.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn write_entries(&self) -> std::sync::RwLockWriteGuard<'_, BTreeMap<String, Entry>> {
+        self.entries.write().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// The fields every listing shows. A handler has no subscription, hence no position or lag.
+fn summary(entry: &Entry) -> serde_json::Value {
+    let record = &entry.record;
+    let status = if entry.error.is_some() { "failed" } else { "running" };
+    serde_json::json!({
+        "name": record.name,
+        "kind": record.kind,
+        "active_version": record.active_version,
+        "candidate_version": null,
+        "status": status,
+        "position": null,
+        "lag": null,
+        "error": entry.error,
+    })
+}
+
+fn active_handler(loaded: Loaded, version: &str, loaded_from: LoadedFrom) -> ActiveHandler {
+    let name = loaded.info.name.clone();
+    ActiveHandler {
+        plugin: loaded.handler.relabel(&label(&name, version)),
+        category: loaded.info.category.unwrap_or_default(),
+        name,
+        version: version.to_owned(),
+        loaded_from,
+    }
+}
+
+/// `name@version`, with the version cut to 12 hex digits: enough to tell versions apart in a
+/// log line.
+fn label(name: &str, version: &str) -> String {
+    format!("{name}@{}", &version[..version.len().min(12)])
+}
+
+fn wasm_key(version: &str) -> String {
+    format!("plugin-wasm/{version}")
+}
+
+fn artifact_key(version: &str, compatibility: &str) -> String {
+    format!("plugin-compiled/{version}/{compatibility}")
+}

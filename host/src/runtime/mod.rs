@@ -1,0 +1,307 @@
+//! The plugin runtime: wasmtime with the component model, running the components plugin authors
+//! upload, each call inside a sandbox with a time budget and a memory cap.
+//!
+//! [`Runtime`] owns the engine (pooling allocator, epoch interruption driven by a ticker thread)
+//! and the linker (WASI with an empty context, and the host interfaces of `evhost:plugin`).
+//! [`Runtime::inspect`] turns uploaded bytes into a validated, compiled [`Inspected`] plugin;
+//! [`Runtime::load`] brings back one compiled earlier from its cached artifact. A
+//! [`HandlerPlugin`] keeps instances of one handler version and calls `evolve` and `decide` on
+//! them, reusing an instance until a call on it fails.
+//!
+//! Architecture Invariant: only this module names wasmtime types. It knows nothing of HTTP or of
+//! how events are stored: what crosses its boundary is bytes, strings and plain records.
+
+mod bindings;
+mod handler;
+mod sandbox;
+mod validate;
+
+use std::fmt;
+use std::hash::{Hash, Hasher};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use sha2::{Digest, Sha256};
+use wasmtime::component::{Component, HasSelf, Linker};
+use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
+
+pub(crate) use handler::{CommandInput, EventInput, HandlerPlugin, NewEvent};
+use sandbox::PluginState;
+
+/// How often the epoch advances: the granularity of call deadlines.
+const EPOCH_TICK: Duration = Duration::from_millis(2);
+/// The largest memory cap a deploy may ask for: the size of a memory slot in the pool.
+pub(crate) const MAX_MEMORY_MIB: u64 = 1024;
+/// The longest time budget a deploy may ask for.
+pub(crate) const MAX_TIMEOUT_MS: u64 = 60_000;
+/// Component instances the pool holds at once, across all plugins.
+const POOL_INSTANCES: u32 = 1000;
+
+/// The limits of every call into one plugin version.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub(crate) struct PluginLimits {
+    /// Linear memory a plugin instance may grow to, in MiB.
+    pub memory_mib: u64,
+    /// Time one call may run, in milliseconds.
+    pub timeout_ms: u64,
+}
+
+impl Default for PluginLimits {
+    fn default() -> Self {
+        PluginLimits {
+            memory_mib: 128,
+            timeout_ms: 1_000,
+        }
+    }
+}
+
+impl PluginLimits {
+    /// Checks the limits against what the runtime can enforce.
+    pub(crate) fn check(&self) -> Result<(), String> {
+        if !(1..=MAX_MEMORY_MIB).contains(&self.memory_mib) {
+            return Err(format!(
+                "memory_mib must be between 1 and {MAX_MEMORY_MIB}, got {}",
+                self.memory_mib
+            ));
+        }
+        if !(1..=MAX_TIMEOUT_MS).contains(&self.timeout_ms) {
+            return Err(format!(
+                "timeout_ms must be between 1 and {MAX_TIMEOUT_MS}, got {}",
+                self.timeout_ms
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// The three kinds of plugin, as a component describes itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub(crate) enum PluginKind {
+    Handler,
+    Projection,
+    Policy,
+}
+
+impl fmt::Display for PluginKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            PluginKind::Handler => "handler",
+            PluginKind::Projection => "projection",
+            PluginKind::Policy => "policy",
+        })
+    }
+}
+
+/// What a plugin says about itself through `meta.describe`.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub(crate) struct PluginInfo {
+    pub name: String,
+    pub kind: PluginKind,
+    /// The category a handler owns.
+    pub category: Option<String>,
+    pub categories: Vec<String>,
+    pub event_types: Vec<String>,
+    pub description: String,
+}
+
+/// Why uploaded bytes are not a plugin this host can run; the message is for the person who
+/// uploaded them.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub(crate) struct InvalidPlugin(pub String);
+
+/// Why a call into a plugin failed. The plugin's instance is thrown away after any of these.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum PluginFailure {
+    /// The call ran past its time budget.
+    #[error("the plugin ran past its time budget of {timeout_ms} ms")]
+    Timeout { timeout_ms: u64 },
+    /// The plugin tried to grow its memory past its cap.
+    #[error("the plugin tried to grow its memory past its cap of {memory_mib} MiB")]
+    MemoryCap { memory_mib: u64 },
+    /// The plugin trapped (a panic, an unreachable, an out-of-bounds access, ...).
+    #[error("the plugin trapped: {0}")]
+    Trap(String),
+    /// The plugin returned an error or an answer the host cannot use.
+    #[error("{0}")]
+    Returned(String),
+    /// The runtime could not provide an instance (the pool is exhausted, say).
+    #[error("no plugin instance could be created: {0}")]
+    Instantiate(String),
+}
+
+/// A plugin that passed validation, ready for calls.
+pub(crate) struct Loaded {
+    pub info: PluginInfo,
+    pub handler: HandlerPlugin,
+    /// The compiled form, to cache, when this load compiled the component:
+    /// [`Runtime::load_compiled`] takes it back without compiling.
+    pub artifact: Option<Vec<u8>>,
+}
+
+/// The engine, the linker and the ticker that drives deadlines.
+pub(crate) struct Runtime {
+    engine: Engine,
+    linker: Linker<PluginState>,
+    compatibility: String,
+    ticker: Option<JoinHandle<()>>,
+    stopping: Arc<AtomicBool>,
+}
+
+impl Runtime {
+    pub(crate) fn new() -> Result<Self, String> {
+        let mut pool = PoolingAllocationConfig::new();
+        pool.total_component_instances(POOL_INSTANCES)
+            .total_memories(POOL_INSTANCES)
+            // A component built by wit-component holds a few small core instances and tables
+            // (shims, fix-ups) beside its main module.
+            .total_core_instances(POOL_INSTANCES * 4)
+            .total_tables(POOL_INSTANCES * 4)
+            .max_memory_size((MAX_MEMORY_MIB << 20) as usize);
+        let mut config = Config::new();
+        config
+            .wasm_component_model(true)
+            .epoch_interruption(true)
+            .allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+        let engine = Engine::new(&config).map_err(|e| format!("cannot start wasmtime: {e}"))?;
+        let mut linker = Linker::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_sync(&mut linker)
+            .map_err(|e| format!("cannot link WASI: {e}"))?;
+        bindings::Handler::add_to_linker::<_, HasSelf<_>>(&mut linker, |state| state)
+            .map_err(|e| format!("cannot link the host interfaces: {e}"))?;
+        let compatibility = compatibility_key(&engine);
+        let stopping = Arc::new(AtomicBool::new(false));
+        let ticker = {
+            let (engine, stopping) = (engine.clone(), stopping.clone());
+            std::thread::Builder::new()
+                .name("evhost-epoch".into())
+                .spawn(move || {
+                    while !stopping.load(Ordering::Relaxed) {
+                        std::thread::sleep(EPOCH_TICK);
+                        engine.increment_epoch();
+                    }
+                })
+                .map_err(|e| format!("cannot start the epoch ticker: {e}"))?
+        };
+        Ok(Runtime {
+            engine,
+            linker,
+            compatibility,
+            ticker: Some(ticker),
+            stopping,
+        })
+    }
+
+    /// Names what a compiled artifact depends on (wasmtime's version, its settings and this
+    /// machine's CPU features): an artifact cached under another key must be compiled again.
+    pub(crate) fn compatibility_key(&self) -> &str {
+        &self.compatibility
+    }
+
+    /// Validates and compiles uploaded bytes: a component, of a world this host knows, that
+    /// imports nothing beyond what plugins are granted, and whose `describe` works and names the
+    /// kind of its world. `label` tags the plugin's log lines.
+    pub(crate) fn compile(
+        &self,
+        wasm: &[u8],
+        label: &str,
+        limits: PluginLimits,
+    ) -> Result<Loaded, InvalidPlugin> {
+        validate::check_header(wasm)?;
+        let component = Component::new(&self.engine, wasm)
+            .map_err(|e| InvalidPlugin(format!("the component does not compile: {e:#}")))?;
+        let mut loaded = self.prepare(&component, label, limits)?;
+        let artifact = component
+            .serialize()
+            .map_err(|e| InvalidPlugin(format!("the compiled component cannot be saved: {e}")))?;
+        loaded.artifact = Some(artifact);
+        Ok(loaded)
+    }
+
+    /// Loads a plugin from an artifact that [`Runtime::compile`] produced under the same
+    /// compatibility key, checking it as a deploy does. `None` when the artifact does not fit
+    /// this engine: compile the uploaded bytes again.
+    pub(crate) fn load_compiled(
+        &self,
+        artifact: &[u8],
+        label: &str,
+        limits: PluginLimits,
+    ) -> Option<Result<Loaded, InvalidPlugin>> {
+        // SAFETY: artifacts are only ever stored by this host from `Component::serialize`, under
+        // a key naming the engine's compatibility hash; wasmtime still checks its own header and
+        // version and refuses what does not match.
+        let loaded = unsafe { Component::deserialize(&self.engine, artifact) };
+        match loaded {
+            Ok(component) => Some(self.prepare(&component, label, limits)),
+            Err(error) => {
+                crate::log::warning!(
+                    "a cached artifact of plugin {label} does not load ({error}); compiling again"
+                );
+                None
+            }
+        }
+    }
+
+    fn prepare(
+        &self,
+        component: &Component,
+        label: &str,
+        limits: PluginLimits,
+    ) -> Result<Loaded, InvalidPlugin> {
+        validate::check_imports(&self.engine, component)?;
+        let kind = validate::world_of(&self.engine, component)?;
+        if kind != PluginKind::Handler {
+            return Err(InvalidPlugin(format!(
+                "the component implements world {kind}; this host runs handlers so far, \
+                 projections and policies come with their runners"
+            )));
+        }
+        let handler = HandlerPlugin::new(self, component, label, limits)?;
+        let info = handler
+            .describe()
+            .map_err(|e| InvalidPlugin(format!("describe failed: {e}")))?;
+        validate::check_info(&info, kind)?;
+        Ok(Loaded {
+            info,
+            handler,
+            artifact: None,
+        })
+    }
+}
+
+impl Drop for Runtime {
+    fn drop(&mut self) {
+        self.stopping.store(true, Ordering::Relaxed);
+        if let Some(ticker) = self.ticker.take() {
+            let _ = ticker.join();
+        }
+    }
+}
+
+/// The hex SHA-256 of the engine's compatibility hash input.
+fn compatibility_key(engine: &Engine) -> String {
+    struct Sha(Sha256);
+    impl Hasher for Sha {
+        fn finish(&self) -> u64 {
+            unreachable!("only the digest is read")
+        }
+        fn write(&mut self, bytes: &[u8]) {
+            self.0.update(bytes);
+        }
+    }
+    let mut hasher = Sha(Sha256::new());
+    engine.precompile_compatibility_hash().hash(&mut hasher);
+    hex(&hasher.0.finalize()[..16])
+}
+
+/// The hex SHA-256 of uploaded bytes: the version of a plugin.
+pub(crate) fn content_hash(bytes: &[u8]) -> String {
+    hex(&Sha256::digest(bytes))
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}

@@ -1,0 +1,250 @@
+//! What a plugin instance sees of the world: an empty WASI context (no files, sockets,
+//! environment or arguments; a clock frozen at the epoch and randomness from a fixed seed, so
+//! that a plugin's answers depend on its inputs only), its output streams and log lines going to
+//! the host's log under the plugin's label, and a cap on its linear memory.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use rand::SeedableRng;
+use rand::rngs::StdRng;
+use wasmtime::ResourceLimiter;
+use wasmtime::component::ResourceTable;
+use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
+use wasmtime_wasi::clocks::{HostMonotonicClock, HostWallClock};
+use wasmtime_wasi::p2::{OutputStream, Pollable, StreamResult};
+use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+
+use super::bindings::{self, Level};
+
+/// Most bytes of guest output kept for one log line; a longer line is cut.
+const MAX_LINE_BYTES: usize = 8 << 10;
+/// Table elements an instance may grow its tables to.
+const MAX_TABLE_ELEMENTS: usize = 1 << 20;
+
+/// The data of one plugin instance's store.
+pub(crate) struct PluginState {
+    wasi: WasiCtx,
+    table: ResourceTable,
+    /// `name@version`, tagging everything the plugin writes to the log.
+    label: Arc<str>,
+    memory_cap: usize,
+    /// Set when the plugin tried to grow its memory past the cap, so that the trap that follows
+    /// is reported as what it is.
+    pub memory_cap_hit: bool,
+}
+
+impl PluginState {
+    pub(crate) fn new(label: Arc<str>, memory_cap: usize) -> Self {
+        let mut wasi = WasiCtx::builder();
+        wasi.stdout(LogStream::new(label.clone(), "stdout"))
+            .stderr(LogStream::new(label.clone(), "stderr"))
+            .wall_clock(FrozenClock)
+            .monotonic_clock(FrozenClock)
+            .secure_random(StdRng::seed_from_u64(0x6576_686f_7374))
+            .insecure_random(StdRng::seed_from_u64(0x7365_6564))
+            .insecure_random_seed(0)
+            .allow_tcp(false)
+            .allow_udp(false)
+            .allow_ip_name_lookup(false);
+        PluginState {
+            wasi: wasi.build(),
+            table: ResourceTable::new(),
+            label,
+            memory_cap,
+            memory_cap_hit: false,
+        }
+    }
+}
+
+impl WasiView for PluginState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+impl ResourceLimiter for PluginState {
+    fn memory_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        if desired > self.memory_cap {
+            self.memory_cap_hit = true;
+            return Err(wasmtime::Error::msg(format!(
+                "memory would grow to {desired} bytes, past the cap of {} bytes",
+                self.memory_cap
+            )));
+        }
+        Ok(true)
+    }
+
+    fn table_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        Ok(desired <= MAX_TABLE_ELEMENTS)
+    }
+}
+
+impl bindings::evhost::plugin::types::Host for PluginState {}
+
+impl bindings::evhost::plugin::log::Host for PluginState {
+    fn write(&mut self, level: Level, message: String) {
+        let label = &self.label;
+        let message = cut(&message);
+        match level {
+            Level::Error => crate::log::error!("plugin {label}: {message}"),
+            Level::Warn => crate::log::warning!("plugin {label}: {message}"),
+            Level::Info => crate::log::info!("plugin {label}: {message}"),
+            Level::Debug | Level::Trace => crate::log::debug!("plugin {label}: {message}"),
+        }
+    }
+}
+
+/// A prefix of `text` of at most [`MAX_LINE_BYTES`], cut at a character boundary.
+fn cut(text: &str) -> &str {
+    if text.len() <= MAX_LINE_BYTES {
+        return text;
+    }
+    let mut end = MAX_LINE_BYTES;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    &text[..end]
+}
+
+/// A clock that always reads zero: plugins decide from their inputs, not from the time.
+struct FrozenClock;
+
+impl HostWallClock for FrozenClock {
+    fn resolution(&self) -> Duration {
+        Duration::from_secs(1)
+    }
+    fn now(&self) -> Duration {
+        Duration::ZERO
+    }
+}
+
+impl HostMonotonicClock for FrozenClock {
+    fn resolution(&self) -> u64 {
+        1_000_000_000
+    }
+    fn now(&self) -> u64 {
+        0
+    }
+}
+
+/// A guest's stdout or stderr: each line becomes a line of the host's log.
+#[derive(Clone)]
+struct LogStream {
+    label: Arc<str>,
+    name: &'static str,
+    pending: Vec<u8>,
+}
+
+impl LogStream {
+    fn new(label: Arc<str>, name: &'static str) -> Self {
+        LogStream {
+            label,
+            name,
+            pending: Vec::new(),
+        }
+    }
+
+    fn emit(&self, line: &[u8]) {
+        let text = String::from_utf8_lossy(line);
+        let text = cut(text.trim_end_matches('\r'));
+        crate::log::info!("plugin {} {}: {text}", self.label, self.name);
+    }
+}
+
+impl IsTerminal for LogStream {
+    fn is_terminal(&self) -> bool {
+        false
+    }
+}
+
+impl StdoutStream for LogStream {
+    fn p2_stream(&self) -> Box<dyn OutputStream> {
+        Box::new(self.clone())
+    }
+
+    fn async_stream(&self) -> Box<dyn tokio::io::AsyncWrite + Send + Sync> {
+        Box::new(self.clone())
+    }
+}
+
+impl LogStream {
+    fn push(&mut self, bytes: &[u8]) {
+        for &byte in bytes {
+            if byte == b'\n' {
+                let line = std::mem::take(&mut self.pending);
+                self.emit(&line);
+            } else if self.pending.len() < MAX_LINE_BYTES {
+                self.pending.push(byte);
+            }
+        }
+    }
+}
+
+impl OutputStream for LogStream {
+    fn write(&mut self, bytes: Bytes) -> StreamResult<()> {
+        self.push(&bytes);
+        Ok(())
+    }
+
+    fn flush(&mut self) -> StreamResult<()> {
+        Ok(())
+    }
+
+    fn check_write(&mut self) -> StreamResult<usize> {
+        Ok(64 << 10)
+    }
+}
+
+#[wasmtime_wasi::async_trait]
+impl Pollable for LogStream {
+    async fn ready(&mut self) {}
+}
+
+impl tokio::io::AsyncWrite for LogStream {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        self.push(buf);
+        std::task::Poll::Ready(Ok(buf.len()))
+    }
+
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+}
+
+impl Drop for LogStream {
+    fn drop(&mut self) {
+        if !self.pending.is_empty() {
+            let line = std::mem::take(&mut self.pending);
+            self.emit(&line);
+        }
+    }
+}
