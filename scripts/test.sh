@@ -4,8 +4,11 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# The toolchain is pinned by rust-toolchain.toml; rustup installs it on first use.
+# The toolchain is pinned by rust-toolchain.toml; rustup installs it on first use. Plugins and
+# the tests' guest fixtures are built for wasm32-wasip2, whose standard library rustup adds once
+# (rust-toolchain.toml's `targets` does not install it into a toolchain that is already there).
 cargo --version
+rustup target add wasm32-wasip2 --toolchain "$(sed -n 's/^channel *= *"\(.*\)"/\1/p' rust-toolchain.toml)"
 
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings

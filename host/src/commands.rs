@@ -12,10 +12,12 @@
 //! store through [`EventStore`] and plugins through [`Plugins`] and the runtime's plain types.
 
 mod snapshots;
+mod stream_locks;
 
 use std::borrow::Cow;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
 use serde::Deserialize;
 use serde_json::value::RawValue;
@@ -28,6 +30,7 @@ use crate::store::{
     category_of, minify_json, now_rfc3339, validate_event_type,
 };
 use snapshots::{Snapshot, SnapshotCache};
+use stream_locks::StreamLocks;
 
 /// How many times a command is decided before a run of conflicts makes it give up.
 const MAX_ATTEMPTS: u32 = 8;
@@ -84,9 +87,7 @@ pub(crate) enum CommandError {
         failure: PluginFailure,
     },
     /// Other writers kept changing the stream between load and append.
-    #[error(
-        "the stream changed under the command {attempts} times in a row; nothing was appended"
-    )]
+    #[error("the stream changed under the command {attempts} times in a row; nothing was appended")]
     RetriesExhausted { attempts: u32 },
     #[error(transparent)]
     Storage(#[from] StorageError),
@@ -109,6 +110,7 @@ pub(crate) struct Commands {
     store: Arc<dyn EventStore>,
     plugins: Arc<Plugins>,
     snapshots: SnapshotCache,
+    streams: StreamLocks,
     pub counters: CommandCounters,
 }
 
@@ -142,6 +144,7 @@ impl Commands {
             store,
             plugins,
             snapshots: SnapshotCache::default(),
+            streams: StreamLocks::default(),
             counters: CommandCounters::default(),
         }
     }
@@ -164,6 +167,7 @@ impl Commands {
             .id
             .clone()
             .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+        let _turn = self.streams.turn(&request.stream).await;
         if request.id.is_some()
             && let Some(stored) = self.store.read_command(&command_id)?
         {
@@ -253,6 +257,7 @@ impl Commands {
                 }
                 Err(AppendError::WrongExpectedVersion { .. }) => {
                     self.counters.conflicts.fetch_add(1, Ordering::Relaxed);
+                    tokio::time::sleep(backoff(attempt)).await;
                     continue;
                 }
                 // Another request with the same id was decided first.
@@ -293,13 +298,16 @@ impl Commands {
         handler_name: &str,
         request: &CommandRequest,
     ) -> Result<CommandOutcome, CommandError> {
-        let record: CommandRecord<'_> = serde_json::from_slice(&stored.record).map_err(|e| {
-            StorageError::Engine(format!("a recorded command is corrupt: {e}"))
-        })?;
+        let record: CommandRecord<'_> = serde_json::from_slice(&stored.record)
+            .map_err(|e| StorageError::Engine(format!("a recorded command is corrupt: {e}")))?;
         let differences = [
             ("handler", record.handler.as_ref(), handler_name),
             ("stream", record.stream.as_ref(), request.stream.as_str()),
-            ("type", record.command_type.as_ref(), request.command_type.as_str()),
+            (
+                "type",
+                record.command_type.as_ref(),
+                request.command_type.as_str(),
+            ),
             ("data", record.data.get(), request.data.as_str()),
         ];
         if let Some((field, was, now)) = differences.iter().find(|(_, was, now)| was != now) {
@@ -379,7 +387,8 @@ impl Commands {
             }
         }
         if snapshot.version != before {
-            self.snapshots.put(&handler.version, stream, snapshot.clone());
+            self.snapshots
+                .put(&handler.version, stream, snapshot.clone());
         }
         Ok(snapshot)
     }
@@ -392,18 +401,22 @@ impl Commands {
         command_id: &str,
         command_metadata: &str,
     ) -> Result<Vec<ProposedEvent>, PluginFailure> {
-        let correlation_id = serde_json::from_str::<serde_json::Map<String, serde_json::Value>>(
-            command_metadata,
-        )
-        .ok()
-        .and_then(|m| m.get("correlation_id").and_then(|v| v.as_str().map(str::to_owned)))
-        .unwrap_or_else(|| command_id.to_owned());
+        let correlation_id =
+            serde_json::from_str::<serde_json::Map<String, serde_json::Value>>(command_metadata)
+                .ok()
+                .and_then(|m| {
+                    m.get("correlation_id")
+                        .and_then(|v| v.as_str().map(str::to_owned))
+                })
+                .unwrap_or_else(|| command_id.to_owned());
         events
             .into_iter()
             .enumerate()
             .map(|(index, event)| {
                 let bad = |why: String| {
-                    PluginFailure::Returned(format!("decide returned an invalid event #{index}: {why}"))
+                    PluginFailure::Returned(format!(
+                        "decide returned an invalid event #{index}: {why}"
+                    ))
                 };
                 validate_event_type(&event.event_type).map_err(bad)?;
                 serde_json::from_str::<&RawValue>(&event.data)
@@ -490,6 +503,15 @@ fn batches<'a, 'e>(events: &'a [StoredEvent<'e>]) -> impl Iterator<Item = &'a [S
         rest = after;
         Some(batch)
     })
+}
+
+/// How long to wait before deciding again after the `attempt`-th conflict: a random time up to
+/// a bound that doubles each attempt (from 250 µs), so that a command stops meeting the writer
+/// it lost to at the same moment of every commit.
+fn backoff(attempt: u32) -> Duration {
+    let bound_micros = 250u64 << attempt.min(10);
+    let random = uuid::Uuid::new_v4().as_u128() as u64;
+    Duration::from_micros(random % bound_micros)
 }
 
 /// JSON text known to be valid, as a raw value.

@@ -170,8 +170,11 @@ impl Plugins {
             .map(|v| v.limits)
             .unwrap_or_default();
         let label = label(&record.name, version);
-        let cached = self.store.blob(&artifact_key(version, self.runtime.compatibility_key()))?;
-        let from_cache = cached.and_then(|artifact| self.runtime.load_compiled(&artifact, &label, limits));
+        let cached = self
+            .store
+            .blob(&artifact_key(version, self.runtime.compatibility_key()))?;
+        let from_cache =
+            cached.and_then(|artifact| self.runtime.load_compiled(&artifact, &label, limits));
         let (loaded, loaded_from) = match from_cache {
             Some(loaded) => {
                 self.counters.cache_loads.fetch_add(1, Ordering::Relaxed);
@@ -344,13 +347,16 @@ impl Plugins {
                 kind: entry.record.kind,
             });
         }
-        entry.active.clone().ok_or_else(|| HandlerLookupError::Failed {
-            name: name.to_owned(),
-            error: entry
-                .error
-                .clone()
-                .unwrap_or_else(|| "no version is active".into()),
-        })
+        entry
+            .active
+            .clone()
+            .ok_or_else(|| HandlerLookupError::Failed {
+                name: name.to_owned(),
+                error: entry
+                    .error
+                    .clone()
+                    .unwrap_or_else(|| "no version is active".into()),
+            })
     }
 
     /// Every plugin, as `GET /plugins` lists them, by name.
@@ -408,7 +414,11 @@ impl Plugins {
 /// The fields every listing shows. A handler has no subscription, hence no position or lag.
 fn summary(entry: &Entry) -> serde_json::Value {
     let record = &entry.record;
-    let status = if entry.error.is_some() { "failed" } else { "running" };
+    let status = if entry.error.is_some() {
+        "failed"
+    } else {
+        "running"
+    };
     serde_json::json!({
         "name": record.name,
         "kind": record.kind,

@@ -221,6 +221,25 @@ impl Server {
     pub fn stderr(&self) -> String {
         self.log.lock().unwrap().clone()
     }
+
+    /// Waits until the server's log holds a line containing `needle` and returns that line.
+    /// A thread copies the log, so a line may arrive a moment after the answer that caused it;
+    /// panics with the log if it has not arrived within `timeout`.
+    #[track_caller]
+    pub fn wait_for_log_line(&self, needle: &str, timeout: Duration) -> String {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let log = self.stderr();
+            if let Some(line) = log.lines().find(|line| line.contains(needle)) {
+                return line.to_string();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no line containing {needle:?} in the server's log within {timeout:?}:\n{log}"
+            );
+            thread::sleep(Duration::from_millis(10));
+        }
+    }
 }
 
 impl Drop for Server {
@@ -907,5 +926,119 @@ impl Drop for SeedReport {
                 var = self.var
             );
         }
+    }
+}
+
+/// The guest packages the tests deploy: the example plugins and the fixtures in tests/fixtures.
+/// They are built together, once per test run.
+const GUEST_PACKAGES: &[&str] = &[
+    "visit",
+    "fixture-counter",
+    "fixture-counter-v2",
+    "fixture-hostile",
+    "fixture-describe-trap",
+    "fixture-other-world",
+    "fixture-imports-filesystem",
+    "fixture-imports-sockets",
+    "fixture-kind-mismatch",
+];
+
+/// Where guests are built: a target directory of their own, so that the build does not wait
+/// for the lock of the one running these tests.
+fn guest_target_dir() -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../target/plugins")
+        .to_path_buf()
+}
+
+/// The component of guest package `package` (one of [`GUEST_PACKAGES`]), built from source for
+/// wasm32-wasip2 the first time any test asks for a guest.
+pub fn guest_wasm(package: &str) -> Vec<u8> {
+    static BUILT: std::sync::OnceLock<Result<(), String>> = std::sync::OnceLock::new();
+    assert!(
+        GUEST_PACKAGES.contains(&package),
+        "{package} is not a guest package"
+    );
+    let built = BUILT.get_or_init(|| {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        let mut command = Command::new(option_env!("CARGO").unwrap_or("cargo"));
+        command
+            .current_dir(&root)
+            .args([
+                "build",
+                "--release",
+                "--target",
+                "wasm32-wasip2",
+                "--target-dir",
+            ])
+            .arg(guest_target_dir());
+        for package in GUEST_PACKAGES {
+            command.args(["-p", package]);
+        }
+        let output = command
+            .output()
+            .map_err(|e| format!("cannot run cargo: {e}"))?;
+        if output.status.success() {
+            Ok(())
+        } else {
+            Err(format!(
+                "building the guests failed ({}):\n{}",
+                output.status,
+                String::from_utf8_lossy(&output.stderr)
+            ))
+        }
+    });
+    if let Err(failure) = built {
+        panic!("{failure}");
+    }
+    let file = guest_target_dir()
+        .join("wasm32-wasip2/release")
+        .join(format!("{}.wasm", package.replace('-', "_")));
+    std::fs::read(&file).unwrap_or_else(|e| panic!("cannot read {}: {e}", file.display()))
+}
+
+impl Api {
+    /// `POST /plugins?{query}` with a component.
+    pub fn deploy(&self, wasm: &[u8], query: &str) -> Reply {
+        let path = if query.is_empty() {
+            "/plugins".to_string()
+        } else {
+            format!("/plugins?{query}")
+        };
+        self.send(
+            "POST",
+            &path,
+            &[("content-type", "application/wasm")],
+            Some(wasm.to_vec()),
+        )
+    }
+
+    /// Deploys a guest package and returns its version, checking the answer.
+    pub fn deploy_guest(&self, package: &str) -> String {
+        let reply = self.deploy(&guest_wasm(package), "");
+        assert!(
+            reply.status == 201 || reply.status == 200,
+            "deploying {package}: {} {}",
+            reply.status,
+            reply.body
+        );
+        reply.json()["version"]
+            .as_str()
+            .expect("a version")
+            .to_string()
+    }
+
+    /// `POST /handlers/{handler}/commands`.
+    pub fn command(&self, handler: &str, body: &Value) -> Reply {
+        self.post(&format!("/handlers/{handler}/commands"), body)
+    }
+
+    /// A counter of `/metrics` (the first line starting with `line_prefix`), as a number.
+    pub fn metric(&self, line_prefix: &str) -> f64 {
+        let text = self.get("/metrics").body;
+        text.lines()
+            .find_map(|line| line.strip_prefix(line_prefix))
+            .and_then(|rest| rest.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no metric {line_prefix:?} in:\n{text}"))
     }
 }

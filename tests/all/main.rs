@@ -7,10 +7,13 @@
 mod auth;
 mod bad_input;
 mod cli;
+mod commands;
 mod durability;
 mod harness;
+mod hostile;
 mod idempotency;
 mod model;
+mod plugins;
 mod race;
 mod reads;
 mod sse;

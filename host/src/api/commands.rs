@@ -75,8 +75,12 @@ pub(super) fn show(
 ) -> Result<Response<Body>, ApiError> {
     Query::parse(request.uri().query(), &[])?;
     let id = percent_decode(raw_id, false, "the command id")?;
-    let not_found =
-        || ApiError::not_found("command_not_found", format!("no command {id:?} is recorded"));
+    let not_found = || {
+        ApiError::not_found(
+            "command_not_found",
+            format!("no command {id:?} is recorded"),
+        )
+    };
     let (stored, events) = app.commands.recorded(&id)?.ok_or_else(not_found)?;
     // The record is a JSON object: open it up and append the events and the position.
     let record = std::str::from_utf8(&stored.record)

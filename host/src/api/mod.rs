@@ -261,9 +261,7 @@ async fn dispatch(
         (Route::Plugins, &Method::POST) => plugins::deploy(app, request).await,
         (Route::Plugins, &Method::GET) => plugins::list(app, &request),
         (Route::Plugin(name), &Method::GET) => plugins::show(app, name, &request),
-        (Route::HandlerCommands(name), &Method::POST) => {
-            commands::send(app, name, request).await
-        }
+        (Route::HandlerCommands(name), &Method::POST) => commands::send(app, name, request).await,
         (Route::Command(id), &Method::GET) => commands::show(app, id, &request),
         (Route::Unknown, _) => Err(ApiError::not_found(
             "not_found",

@@ -84,7 +84,10 @@ pub(super) fn show(
     Query::parse(request.uri().query(), &[])?;
     let name = percent_decode(raw_name, false, "the plugin name")?;
     let details = app.plugins.details(&name).ok_or_else(|| {
-        ApiError::not_found("plugin_not_found", format!("no plugin named {name:?} is deployed"))
+        ApiError::not_found(
+            "plugin_not_found",
+            format!("no plugin named {name:?} is deployed"),
+        )
     })?;
     Ok(json_response(StatusCode::OK, &details))
 }

@@ -97,14 +97,17 @@ impl LogFilterArgs {
 }
 
 impl Connection {
-    fn client(&self, timeout: Option<Duration>) -> anyhow::Result<reqwest::blocking::Client> {
+    pub(super) fn client(
+        &self,
+        timeout: Option<Duration>,
+    ) -> anyhow::Result<reqwest::blocking::Client> {
         reqwest::blocking::Client::builder()
             .timeout(timeout)
             .build()
             .context("building the HTTP client")
     }
 
-    fn request(
+    pub(super) fn request(
         &self,
         client: &reqwest::blocking::Client,
         method: reqwest::Method,
@@ -119,7 +122,7 @@ impl Connection {
 }
 
 /// Sends a request and returns its JSON answer, or the host's error message.
-fn send(request: reqwest::blocking::RequestBuilder) -> anyhow::Result<(u16, Value)> {
+pub(super) fn send(request: reqwest::blocking::RequestBuilder) -> anyhow::Result<(u16, Value)> {
     let response = request.send().context("cannot reach the host")?;
     let status = response.status().as_u16();
     let body: Value = response.json().context("the host's answer is not JSON")?;
@@ -131,7 +134,7 @@ fn send(request: reqwest::blocking::RequestBuilder) -> anyhow::Result<(u16, Valu
     Ok((status, body))
 }
 
-fn encode(segment: &str) -> String {
+pub(super) fn encode(segment: &str) -> String {
     let mut out = String::with_capacity(segment.len());
     for byte in segment.bytes() {
         if byte.is_ascii_alphanumeric() || matches!(byte, b'-' | b'_' | b'.' | b'~') {
@@ -237,7 +240,7 @@ pub(super) fn read(args: ReadArgs) -> anyhow::Result<()> {
 }
 
 /// One event on one line: position, stream@version, type, data.
-fn describe(event: &Value) -> String {
+pub(super) fn describe(event: &Value) -> String {
     format!(
         "{:>8}  {}@{}  {}  {}",
         event["position"].as_u64().unwrap_or(0),

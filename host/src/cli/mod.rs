@@ -1,9 +1,11 @@
-//! The command line: `serve` runs the host; `append`, `read` and `tail` talk to a running one.
+//! The command line: `serve` runs the host; `append`, `read`, `tail`, `deploy`, `plugins` and
+//! `command` talk to a running one.
 //!
 //! Architecture Invariant: this is the edge. It parses arguments and environment, wires the store
 //! to the API, and turns errors into messages and exit codes (`anyhow` lives here only).
 
 mod client;
+mod plugins;
 mod serve;
 
 use std::path::PathBuf;
@@ -32,6 +34,12 @@ enum Command {
     Read(client::ReadArgs),
     /// Follow the global log live (server-sent events), from a position on.
     Tail(client::TailArgs),
+    /// Deploy a plugin component (a .wasm file); a handler takes over new commands at once.
+    Deploy(plugins::DeployArgs),
+    /// List the deployed plugins, or show one.
+    Plugins(plugins::PluginsArgs),
+    /// Send a command to a handler.
+    Command(plugins::CommandArgs),
 }
 
 #[derive(Args)]
@@ -80,6 +88,9 @@ pub(crate) fn main() -> ExitCode {
         Command::Append(args) => client::append(args),
         Command::Read(args) => client::read(args),
         Command::Tail(args) => client::tail(args),
+        Command::Deploy(args) => plugins::deploy(args),
+        Command::Plugins(args) => plugins::list(args),
+        Command::Command(args) => plugins::command(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -12,7 +12,9 @@ use wasmtime::{Engine, Store, Trap};
 
 use super::bindings::{self, Handler, HandlerPre};
 use super::sandbox::PluginState;
-use super::{EPOCH_TICK, InvalidPlugin, PluginFailure, PluginInfo, PluginKind, PluginLimits, Runtime};
+use super::{
+    EPOCH_TICK, InvalidPlugin, PluginFailure, PluginInfo, PluginKind, PluginLimits, Runtime,
+};
 
 /// Idle instances kept per handler version; more are made when calls overlap, and dropped after.
 const MAX_IDLE_INSTANCES: usize = 32;
@@ -173,7 +175,11 @@ impl HandlerPlugin {
         &self,
         f: impl FnOnce(&Handler, &mut Store<PluginState>) -> wasmtime::Result<R>,
     ) -> Result<R, PluginFailure> {
-        let idle = self.idle.lock().expect("the idle list is never poisoned").pop();
+        let idle = self
+            .idle
+            .lock()
+            .expect("the idle list is never poisoned")
+            .pop();
         let mut instance = match idle {
             Some(instance) => instance,
             None => self.instantiate()?,
@@ -193,7 +199,10 @@ impl HandlerPlugin {
 
     fn instantiate(&self) -> Result<Instance, PluginFailure> {
         let memory_cap = (self.limits.memory_mib << 20) as usize;
-        let mut store = Store::new(&self.engine, PluginState::new(self.label.clone(), memory_cap));
+        let mut store = Store::new(
+            &self.engine,
+            PluginState::new(self.label.clone(), memory_cap),
+        );
         store.limiter(|state| state);
         // Instantiation runs guest code too (start functions), under the same budget as a call.
         store.set_epoch_deadline(self.deadline_ticks());
@@ -234,7 +243,10 @@ impl HandlerPlugin {
 fn trap_message(error: &wasmtime::Error) -> String {
     let message = error.to_string();
     let first = message.lines().next().unwrap_or("unknown trap").to_owned();
-    if matches!(error.downcast_ref::<Trap>(), Some(Trap::UnreachableCodeReached)) {
+    if matches!(
+        error.downcast_ref::<Trap>(),
+        Some(Trap::UnreachableCodeReached)
+    ) {
         format!("{first} (a panic or abort; the plugin's stderr is in the host log)")
     } else {
         first

@@ -104,7 +104,10 @@ fn is_granted(import: &str) -> bool {
 }
 
 /// Which world the component's exports are those of.
-pub(super) fn world_of(engine: &Engine, component: &Component) -> Result<PluginKind, InvalidPlugin> {
+pub(super) fn world_of(
+    engine: &Engine,
+    component: &Component,
+) -> Result<PluginKind, InvalidPlugin> {
     let component_type = component.component_type();
     let exports: Vec<&str> = component_type
         .exports(engine)

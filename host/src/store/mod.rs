@@ -23,9 +23,9 @@ use serde::Serialize;
 use tokio::sync::watch;
 
 pub(crate) use clock::now_rfc3339;
+pub(crate) use names::category_of;
 pub(crate) use names::{validate_event_id, validate_event_type, validate_stream_name};
 pub(crate) use record::{EventView, minify_json};
-pub(crate) use names::category_of;
 pub(crate) use redb_store::{RedbStore, StoreOptions};
 
 /// The version a writer expects a stream to be at; checked in the same transaction as the write.
