@@ -226,8 +226,30 @@ impl Plugins {
             timeout_ms: overrides.timeout_ms.unwrap_or(base.timeout_ms),
         };
         limits.check().map_err(InvalidPlugin)?;
-        let loaded = tokio::task::block_in_place(|| self.runtime.compile(wasm, &label, limits))?;
-        self.counters.compilations.fetch_add(1, Ordering::Relaxed);
+        let known = previous_limits.is_some();
+        let artifact_key = artifact_key(&version, self.runtime.compatibility_key());
+        // Bytes deployed before have their compiled artifact in the store already.
+        let cached = tokio::task::block_in_place(|| -> Result<_, DeployError> {
+            if !known {
+                return Ok(None);
+            }
+            let Some(artifact) = self.store.blob(&artifact_key)? else {
+                return Ok(None);
+            };
+            Ok(self.runtime.load_compiled(&artifact, &label, limits))
+        })?;
+        let (loaded, loaded_from) = match cached {
+            Some(loaded) => {
+                self.counters.cache_loads.fetch_add(1, Ordering::Relaxed);
+                (loaded?, LoadedFrom::Cache)
+            }
+            None => {
+                let loaded =
+                    tokio::task::block_in_place(|| self.runtime.compile(wasm, &label, limits))?;
+                self.counters.compilations.fetch_add(1, Ordering::Relaxed);
+                (loaded, LoadedFrom::Compiled)
+            }
+        };
         let info = loaded.info.clone();
         let mut record = {
             let entries = self.read_entries();
@@ -267,19 +289,16 @@ impl Plugins {
             }
         };
         let encoded = serde_json::to_vec(&record).expect("a plugin record serializes");
-        let artifact = loaded.artifact.clone().unwrap_or_default();
-        let (wasm_key, artifact_key) = (
-            wasm_key(&version),
-            artifact_key(&version, self.runtime.compatibility_key()),
-        );
-        tokio::task::block_in_place(|| {
-            self.store.save_plugin(
-                &info.name,
-                &encoded,
-                &[(&wasm_key, wasm), (&artifact_key, &artifact)],
-            )
-        })?;
-        let active = active_handler(loaded, &version, LoadedFrom::Compiled);
+        let wasm_key = wasm_key(&version);
+        let mut blobs: Vec<(&str, &[u8])> = Vec::new();
+        if !known {
+            blobs.push((&wasm_key, wasm));
+        }
+        if let Some(artifact) = &loaded.artifact {
+            blobs.push((&artifact_key, artifact));
+        }
+        tokio::task::block_in_place(|| self.store.save_plugin(&info.name, &encoded, &blobs))?;
+        let active = active_handler(loaded, &version, loaded_from);
         crate::log::info!(
             "deployed {} {} version {version} ({} bytes)",
             info.kind,

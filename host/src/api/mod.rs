@@ -219,13 +219,17 @@ pub(crate) async fn handle(app: &Arc<App>, request: Request<Incoming>) -> Respon
     let route = Route::of(&path);
     // The token is checked before the route is matched, so a caller without one learns nothing
     // about which routes exist.
-    let result = match required_role(request.method(), route) {
+    let authorized = match required_role(request.method(), route) {
         Some(role) => app.tokens.authorize(request.headers(), role),
         None => Ok(()),
     };
-    let result = match result {
+    let result = match authorized {
         Ok(()) => dispatch(app, route, request).await,
-        Err(error) => Err(error),
+        Err(error) => {
+            // Most clients read the answer only once they have sent their whole request.
+            drain(&mut request.into_body()).await;
+            Err(error)
+        }
     };
     let response = result.unwrap_or_else(|error| error_response(app, error));
     app.metrics

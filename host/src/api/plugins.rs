@@ -18,10 +18,12 @@ pub(super) async fn deploy(
     app: &App,
     request: Request<Incoming>,
 ) -> Result<Response<Body>, ApiError> {
-    let query = Query::parse(
-        request.uri().query(),
-        &["memory_mib", "timeout_ms", "promote"],
-    )?;
+    // The body is read before anything is checked: a client sending a large component sees the
+    // answer only once it has sent the whole of it.
+    let uri = request.uri().clone();
+    let content_type = request.headers().get(CONTENT_TYPE).cloned();
+    let wasm = read_body(request, app.limits.max_plugin_bytes).await?;
+    let query = Query::parse(uri.query(), &["memory_mib", "timeout_ms", "promote"])?;
     let overrides = LimitOverrides {
         memory_mib: positive(&query, "memory_mib", MAX_MEMORY_MIB)?,
         timeout_ms: positive(&query, "timeout_ms", MAX_TIMEOUT_MS)?,
@@ -34,7 +36,7 @@ pub(super) async fn deploy(
             "query parameter promote must be auto or manual, found {promote:?}"
         )));
     }
-    if let Some(content_type) = request.headers().get(CONTENT_TYPE) {
+    if let Some(content_type) = content_type {
         let essence = content_type
             .to_str()
             .unwrap_or_default()
@@ -49,7 +51,6 @@ pub(super) async fn deploy(
             )));
         }
     }
-    let wasm = read_body(request, app.limits.max_plugin_bytes).await?;
     let deployed = app
         .plugins
         .deploy(&wasm, overrides)

@@ -21,11 +21,11 @@ use clap::{Args, Parser, Subcommand};
 )]
 struct Cli {
     #[command(subcommand)]
-    command: Command,
+    action: Action,
 }
 
 #[derive(Subcommand)]
-enum Command {
+enum Action {
     /// Run the host: the event store and its HTTP API.
     Serve(ServeArgs),
     /// Append one event to a stream.
@@ -83,14 +83,14 @@ pub(crate) struct Connection {
 
 pub(crate) fn main() -> ExitCode {
     let cli = Cli::parse();
-    let result = match cli.command {
-        Command::Serve(args) => serve::run(args),
-        Command::Append(args) => client::append(args),
-        Command::Read(args) => client::read(args),
-        Command::Tail(args) => client::tail(args),
-        Command::Deploy(args) => plugins::deploy(args),
-        Command::Plugins(args) => plugins::list(args),
-        Command::Command(args) => plugins::command(args),
+    let result = match cli.action {
+        Action::Serve(args) => serve::run(args),
+        Action::Append(args) => client::append(args),
+        Action::Read(args) => client::read(args),
+        Action::Tail(args) => client::tail(args),
+        Action::Deploy(args) => plugins::deploy(args),
+        Action::Plugins(args) => plugins::list(args),
+        Action::Command(args) => plugins::command(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

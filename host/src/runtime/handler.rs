@@ -13,7 +13,8 @@ use wasmtime::{Engine, Store, Trap};
 use super::bindings::{self, Handler, HandlerPre};
 use super::sandbox::PluginState;
 use super::{
-    EPOCH_TICK, InvalidPlugin, PluginFailure, PluginInfo, PluginKind, PluginLimits, Runtime,
+    EPOCH_TICK, EpochTicker, InvalidPlugin, PluginFailure, PluginInfo, PluginKind, PluginLimits,
+    Runtime,
 };
 
 /// Idle instances kept per handler version; more are made when calls overlap, and dropped after.
@@ -58,6 +59,7 @@ struct Instance {
 /// A handler version with its instances.
 pub(crate) struct HandlerPlugin {
     engine: Engine,
+    ticker: Arc<EpochTicker>,
     pre: HandlerPre<PluginState>,
     /// `name@version`, for the log.
     label: Arc<str>,
@@ -83,6 +85,7 @@ impl HandlerPlugin {
         })?;
         Ok(HandlerPlugin {
             engine: runtime.engine.clone(),
+            ticker: runtime.ticker.clone(),
             pre,
             label: label.into(),
             limits,
@@ -175,6 +178,8 @@ impl HandlerPlugin {
         &self,
         f: impl FnOnce(&Handler, &mut Store<PluginState>) -> wasmtime::Result<R>,
     ) -> Result<R, PluginFailure> {
+        // The epoch advances only while some call is in flight.
+        let _ticking = self.ticker.call_started();
         let idle = self
             .idle
             .lock()

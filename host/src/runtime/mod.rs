@@ -19,7 +19,7 @@ mod validate;
 use std::fmt;
 use std::hash::{Hash, Hasher};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -147,8 +147,49 @@ pub(crate) struct Runtime {
     engine: Engine,
     linker: Linker<PluginState>,
     compatibility: String,
-    ticker: Option<JoinHandle<()>>,
-    stopping: Arc<AtomicBool>,
+    ticker: Arc<EpochTicker>,
+    ticker_thread: Option<JoinHandle<()>>,
+}
+
+/// Advances the engine's epoch while plugin calls run, and sleeps (parked) while none does, so
+/// that an idle host does not wake every tick.
+pub(crate) struct EpochTicker {
+    calls: AtomicUsize,
+    stopping: AtomicBool,
+    thread: std::sync::OnceLock<std::thread::Thread>,
+}
+
+/// Counts one call in flight until dropped.
+pub(crate) struct Ticking<'a>(&'a EpochTicker);
+
+impl EpochTicker {
+    pub(crate) fn call_started(&self) -> Ticking<'_> {
+        if self.calls.fetch_add(1, Ordering::SeqCst) == 0
+            && let Some(thread) = self.thread.get()
+        {
+            thread.unpark();
+        }
+        Ticking(self)
+    }
+
+    fn run(&self, engine: &Engine) {
+        while !self.stopping.load(Ordering::SeqCst) {
+            if self.calls.load(Ordering::SeqCst) == 0 {
+                // A call starting after this check unparks the thread, and an unpark that comes
+                // before the park makes the park return at once: no tick is lost.
+                std::thread::park();
+                continue;
+            }
+            std::thread::sleep(EPOCH_TICK);
+            engine.increment_epoch();
+        }
+    }
+}
+
+impl Drop for Ticking<'_> {
+    fn drop(&mut self) {
+        self.0.calls.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 impl Runtime {
@@ -173,25 +214,25 @@ impl Runtime {
         bindings::Handler::add_to_linker::<_, HasSelf<_>>(&mut linker, |state| state)
             .map_err(|e| format!("cannot link the host interfaces: {e}"))?;
         let compatibility = compatibility_key(&engine);
-        let stopping = Arc::new(AtomicBool::new(false));
-        let ticker = {
-            let (engine, stopping) = (engine.clone(), stopping.clone());
+        let ticker = Arc::new(EpochTicker {
+            calls: AtomicUsize::new(0),
+            stopping: AtomicBool::new(false),
+            thread: std::sync::OnceLock::new(),
+        });
+        let ticker_thread = {
+            let (engine, ticker) = (engine.clone(), ticker.clone());
             std::thread::Builder::new()
                 .name("evhost-epoch".into())
-                .spawn(move || {
-                    while !stopping.load(Ordering::Relaxed) {
-                        std::thread::sleep(EPOCH_TICK);
-                        engine.increment_epoch();
-                    }
-                })
+                .spawn(move || ticker.run(&engine))
                 .map_err(|e| format!("cannot start the epoch ticker: {e}"))?
         };
+        let _ = ticker.thread.set(ticker_thread.thread().clone());
         Ok(Runtime {
             engine,
             linker,
             compatibility,
-            ticker: Some(ticker),
-            stopping,
+            ticker,
+            ticker_thread: Some(ticker_thread),
         })
     }
 
@@ -274,9 +315,10 @@ impl Runtime {
 
 impl Drop for Runtime {
     fn drop(&mut self) {
-        self.stopping.store(true, Ordering::Relaxed);
-        if let Some(ticker) = self.ticker.take() {
-            let _ = ticker.join();
+        self.ticker.stopping.store(true, Ordering::SeqCst);
+        if let Some(thread) = self.ticker_thread.take() {
+            thread.thread().unpark();
+            let _ = thread.join();
         }
     }
 }
