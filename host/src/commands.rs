@@ -449,36 +449,23 @@ impl Commands {
     }
 }
 
-/// A stored event record, borrowed, as `evolve` needs it.
+/// What `evolve` needs of a stored event record, borrowed from it; the other fields are skipped
+/// without being decoded.
 #[derive(Deserialize)]
 struct StoredEvent<'a> {
-    position: u64,
-    #[serde(borrow)]
-    stream: Cow<'a, str>,
     version: u64,
-    #[serde(borrow)]
-    id: Cow<'a, str>,
     #[serde(rename = "type", borrow)]
     event_type: Cow<'a, str>,
     #[serde(borrow)]
     data: &'a RawValue,
-    #[serde(borrow)]
-    metadata: &'a RawValue,
-    #[serde(borrow)]
-    recorded_at: Cow<'a, str>,
 }
 
 impl StoredEvent<'_> {
     fn input(&self) -> EventInput<'_> {
         EventInput {
-            position: self.position,
-            stream: &self.stream,
             version: self.version,
-            id: &self.id,
             event_type: &self.event_type,
             data: self.data.get(),
-            metadata: self.metadata.get(),
-            recorded_at: &self.recorded_at,
         }
     }
 }
@@ -493,7 +480,7 @@ fn batches<'a, 'e>(events: &'a [StoredEvent<'e>]) -> impl Iterator<Item = &'a [S
         let mut bytes = 0;
         let mut end = 0;
         while end < rest.len() && end < EVOLVE_BATCH_EVENTS {
-            bytes += rest[end].data.get().len() + rest[end].metadata.get().len();
+            bytes += rest[end].data.get().len();
             end += 1;
             if bytes >= EVOLVE_BATCH_BYTES {
                 break;

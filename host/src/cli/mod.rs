@@ -5,6 +5,7 @@
 //! to the API, and turns errors into messages and exit codes (`anyhow` lives here only).
 
 mod client;
+mod plugin_bench;
 mod plugins;
 mod serve;
 
@@ -40,6 +41,9 @@ enum Action {
     Plugins(plugins::PluginsArgs),
     /// Send a command to a handler.
     Command(plugins::CommandArgs),
+    /// Measure a handler component locally: compile and cached-load times, and the cost of
+    /// `evolve` per event over a file of events.
+    PluginBench(plugin_bench::PluginBenchArgs),
 }
 
 #[derive(Args)]
@@ -91,6 +95,7 @@ pub(crate) fn main() -> ExitCode {
         Action::Deploy(args) => plugins::deploy(args),
         Action::Plugins(args) => plugins::list(args),
         Action::Command(args) => plugins::command(args),
+        Action::PluginBench(args) => plugin_bench::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

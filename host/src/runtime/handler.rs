@@ -7,7 +7,7 @@
 
 use std::sync::{Arc, Mutex};
 
-use wasmtime::component::Component;
+use wasmtime::component::{Component, ComponentType, Func, Lower};
 use wasmtime::{Engine, Store, Trap};
 
 use super::bindings::{self, Handler, HandlerPre};
@@ -20,17 +20,12 @@ use super::{
 /// Idle instances kept per handler version; more are made when calls overlap, and dropped after.
 const MAX_IDLE_INSTANCES: usize = 32;
 
-/// A recorded event as `evolve` receives it.
+/// An event of the handler's stream as `evolve` receives it.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct EventInput<'a> {
-    pub position: u64,
-    pub stream: &'a str,
     pub version: u64,
-    pub id: &'a str,
     pub event_type: &'a str,
     pub data: &'a str,
-    pub metadata: &'a str,
-    pub recorded_at: &'a str,
 }
 
 /// A command as `decide` receives it.
@@ -54,6 +49,20 @@ pub(crate) struct NewEvent {
 struct Instance {
     store: Store<PluginState>,
     handler: Handler,
+    /// `evolve`, called through [`StreamEventRef`] rather than the generated bindings.
+    evolve: Func,
+}
+
+/// The `stream-event` record, lowered straight from borrowed strings. The generated bindings
+/// take owned strings, which would mean copying every event's type and data on the host before
+/// wasmtime copies them into the plugin's memory; folding long streams is where that shows.
+#[derive(ComponentType, Lower)]
+#[component(record)]
+struct StreamEventRef<'a> {
+    version: u64,
+    #[component(name = "event-type")]
+    event_type: &'a str,
+    data: &'a str,
 }
 
 /// A handler version with its instances.
@@ -130,21 +139,24 @@ impl HandlerPlugin {
         state: Option<&[u8]>,
         events: &[EventInput<'_>],
     ) -> Result<Vec<u8>, PluginFailure> {
-        let events: Vec<bindings::Event> = events
+        let events: Vec<StreamEventRef<'_>> = events
             .iter()
-            .map(|e| bindings::Event {
-                position: e.position,
-                stream_id: e.stream.to_owned(),
+            .map(|e| StreamEventRef {
                 version: e.version,
-                id: e.id.to_owned(),
-                event_type: e.event_type.to_owned(),
-                data: e.data.to_owned(),
-                metadata: e.metadata.to_owned(),
-                recorded_at: e.recorded_at.to_owned(),
+                event_type: e.event_type,
+                data: e.data,
             })
             .collect();
-        self.call(|handler, store| handler.call_evolve(store, state, &events))?
-            .map_err(|reason| PluginFailure::Returned(format!("evolve failed: {reason}")))
+        self.call_instance(|instance| {
+            let evolve = instance
+                .evolve
+                .typed::<(Option<&[u8]>, &[StreamEventRef<'_>]), (Result<Vec<u8>, String>,)>(
+                    &instance.store,
+                )?;
+            let (result,) = evolve.call(&mut instance.store, (state, &events))?;
+            Ok(result)
+        })?
+        .map_err(|reason| PluginFailure::Returned(format!("evolve failed: {reason}")))
     }
 
     /// Decides a command: the events to append, or the plugin's reason to reject it.
@@ -173,10 +185,18 @@ impl HandlerPlugin {
         }))
     }
 
-    /// Runs one call on an instance, within the limits.
+    /// Runs one call through the generated bindings, within the limits.
     fn call<R>(
         &self,
         f: impl FnOnce(&Handler, &mut Store<PluginState>) -> wasmtime::Result<R>,
+    ) -> Result<R, PluginFailure> {
+        self.call_instance(|instance| f(&instance.handler, &mut instance.store))
+    }
+
+    /// Runs one call on an instance, within the limits.
+    fn call_instance<R>(
+        &self,
+        f: impl FnOnce(&mut Instance) -> wasmtime::Result<R>,
     ) -> Result<R, PluginFailure> {
         // The epoch advances only while some call is in flight.
         let _ticking = self.ticker.call_started();
@@ -190,7 +210,7 @@ impl HandlerPlugin {
             None => self.instantiate()?,
         };
         instance.store.set_epoch_deadline(self.deadline_ticks());
-        match f(&instance.handler, &mut instance.store) {
+        match f(&mut instance) {
             Ok(result) => {
                 let mut idle = self.idle.lock().expect("the idle list is never poisoned");
                 if idle.len() < MAX_IDLE_INSTANCES {
@@ -211,8 +231,23 @@ impl HandlerPlugin {
         store.limiter(|state| state);
         // Instantiation runs guest code too (start functions), under the same budget as a call.
         store.set_epoch_deadline(self.deadline_ticks());
-        match self.pre.instantiate(&mut store) {
-            Ok(handler) => Ok(Instance { store, handler }),
+        let instantiated = self
+            .pre
+            .instance_pre()
+            .instantiate(&mut store)
+            .and_then(|instance| {
+                let handler = Handler::new(&mut store, &instance)?;
+                let evolve = instance
+                    .get_func(&mut store, "evolve")
+                    .ok_or_else(|| wasmtime::Error::msg("the component exports no evolve"))?;
+                Ok((handler, evolve))
+            });
+        match instantiated {
+            Ok((handler, evolve)) => Ok(Instance {
+                store,
+                handler,
+                evolve,
+            }),
             Err(error) => match self.failure(error, &store) {
                 PluginFailure::Trap(message) => Err(PluginFailure::Instantiate(message)),
                 other => Err(other),

@@ -21,13 +21,13 @@ pub mod bindings {
 }
 
 use bindings::evhost::plugin::types::{Kind, PluginInfo};
-use bindings::{Command, Event, NewEvent};
+use bindings::{Command, NewEvent, StreamEvent};
 
 /// The component's implementation for the handler `H`.
 pub struct Adapter<H>(PhantomData<H>);
 
 impl<H: Handler> bindings::Guest for Adapter<H> {
-    fn evolve(state: Option<Vec<u8>>, events: Vec<Event>) -> Result<Vec<u8>, String> {
+    fn evolve(state: Option<Vec<u8>>, events: Vec<StreamEvent>) -> Result<Vec<u8>, String> {
         crate::wire::evolve::<H>(
             state.as_deref(),
             events
