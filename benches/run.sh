@@ -1,12 +1,21 @@
 #!/usr/bin/env bash
-# Benchmarks evhost against PostgreSQL and NATS JetStream on this machine, in one run:
+# Benchmarks evhost against PostgreSQL and NATS JetStream on this machine, and its plugins (the
+# visit handler), in one run:
 #
 #   bash benches/run.sh [--quick] [more evhost-bench options, see --help]
 #
+#   --quick               one round, 3 s per timed workload (default: 3 rounds of 5 s)
+#   --systems LIST        what to run, comma-separated, of evhost, postgres, nats, plugins (default:
+#                         all); PostgreSQL and NATS are installed and started only if listed, so
+#                         `bash benches/run.sh --quick --systems plugins` runs just the plugin
+#                         benchmarks, in about half a minute once built
+#   --memory-events N     also fill a store with N events and report evhost's memory
+#
 # Installs PostgreSQL and nats-server from Debian's packages if they are missing, builds the
-# release binaries, starts a throwaway PostgreSQL cluster and a NATS server on loopback, runs
-# evhost-bench (which starts evhost itself), and stops and removes all of it on exit, failure
-# included. The report is printed and written to target/bench-report.md.
+# release binaries and the visit component (wasm32-wasip2, adding that target to the toolchain if
+# needed), starts a throwaway PostgreSQL cluster and a NATS server on loopback, runs evhost-bench
+# (which starts evhost itself), and stops and removes all of it on exit, failure included. The
+# report is printed and written to target/bench-report.md.
 set -euo pipefail
 
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -14,6 +23,19 @@ cd "$root"
 target=${CARGO_TARGET_DIR:-$root/target}
 
 log() { printf 'run.sh: %s\n' "$*" >&2; }
+
+# The value of evhost-bench's --systems among this script's arguments; empty means all.
+systems=""
+args=("$@")
+for ((i = 0; i < ${#args[@]}; i++)); do
+    case ${args[i]} in
+    --systems=*) systems=${args[i]#--systems=} ;;
+    --systems) systems=${args[i + 1]:-} ;;
+    esac
+done
+
+# wants SYSTEM: whether this run benchmarks SYSTEM.
+wants() { [ -z "$systems" ] || [[ ",$systems," == *",$1,"* ]]; }
 
 as_root() {
     if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi
@@ -33,8 +55,8 @@ postgres_bin() {
 
 install_missing() {
     local missing=()
-    postgres_bin >/dev/null || missing+=(postgresql)
-    command -v nats-server >/dev/null || missing+=(nats-server)
+    if wants postgres; then postgres_bin >/dev/null || missing+=(postgresql); fi
+    if wants nats; then command -v nats-server >/dev/null || missing+=(nats-server); fi
     [ ${#missing[@]} -eq 0 ] && return
     log "installing ${missing[*]}"
     export DEBIAN_FRONTEND=noninteractive
@@ -101,7 +123,6 @@ trap 'exit 130' INT
 trap 'exit 143' TERM
 
 install_missing
-postgres=$(postgres_bin)
 
 log "building"
 evhost_error=()
@@ -111,48 +132,68 @@ if ! cargo build --release -p evhost -p evhost-bench; then
     cargo build --release -p evhost-bench
     evhost_error=(--evhost-error "cargo build --release -p evhost failed")
 fi
+plugins_error=()
+if wants plugins; then
+    # The toolchain is the one rust-toolchain.toml names; its wasm32-wasip2 target may be missing.
+    toolchain=$(sed -n 's/^channel *= *"\(.*\)"$/\1/p' rust-toolchain.toml)
+    build_visit=(cargo build --release --locked --target wasm32-wasip2 -p visit)
+    if ! { rustup target add wasm32-wasip2 --toolchain "$toolchain" && "${build_visit[@]}"; }; then
+        log "the visit component did not build; benchmarking without it"
+        plugins_error=(--plugins-error "${build_visit[*]} failed")
+    fi
+fi
 
 work=$(mktemp -d "${TMPDIR:-/tmp}/evhost-bench.XXXXXX")
 chmod 755 "$work"
 mkdir "$work/postgres" "$work/postgres-run" "$work/nats" "$work/evhost"
-if [ "$(id -u)" -eq 0 ]; then
+if [ "$(id -u)" -eq 0 ] && wants postgres; then
     chown postgres: "$work/postgres" "$work/postgres-run"
 fi
 
-postgres_port=$(free_port)
-log "starting PostgreSQL on 127.0.0.1:$postgres_port"
-as_postgres "$postgres/initdb" -D "$work/postgres" -U postgres -A trust -E UTF8 --no-locale \
-    >"$work/initdb.log" 2>&1 || {
-    cat "$work/initdb.log" >&2
-    exit 1
-}
-postgres_started=yes
-as_postgres "$postgres/pg_ctl" -D "$work/postgres" -l "$work/postgres-run/postgres.log" -w -t 60 \
-    -o "-c listen_addresses=127.0.0.1 -p $postgres_port -c unix_socket_directories=$work/postgres-run -c fsync=on -c synchronous_commit=on" \
-    start >/dev/null || {
-    cat "$work/postgres-run/postgres.log" >&2
-    exit 1
-}
+# The servers evhost-bench is to reach, as its options.
+services=()
 
-nats_port=$(free_port)
-log "starting nats-server on 127.0.0.1:$nats_port"
-nats-server -js -a 127.0.0.1 -p "$nats_port" -sd "$work/nats" >"$work/nats.log" 2>&1 &
-nats_pid=$!
-wait_for 30 port_open "$nats_port" || {
-    cat "$work/nats.log" >&2
-    exit 1
-}
+if wants postgres; then
+    postgres=$(postgres_bin)
+    postgres_port=$(free_port)
+    log "starting PostgreSQL on 127.0.0.1:$postgres_port"
+    as_postgres "$postgres/initdb" -D "$work/postgres" -U postgres -A trust -E UTF8 --no-locale \
+        >"$work/initdb.log" 2>&1 || {
+        cat "$work/initdb.log" >&2
+        exit 1
+    }
+    postgres_started=yes
+    as_postgres "$postgres/pg_ctl" -D "$work/postgres" -l "$work/postgres-run/postgres.log" -w -t 60 \
+        -o "-c listen_addresses=127.0.0.1 -p $postgres_port -c unix_socket_directories=$work/postgres-run -c fsync=on -c synchronous_commit=on" \
+        start >/dev/null || {
+        cat "$work/postgres-run/postgres.log" >&2
+        exit 1
+    }
+    services+=(--postgres "host=127.0.0.1 port=$postgres_port user=postgres dbname=postgres")
+fi
+
+if wants nats; then
+    nats_port=$(free_port)
+    log "starting nats-server on 127.0.0.1:$nats_port"
+    nats-server -js -a 127.0.0.1 -p "$nats_port" -sd "$work/nats" >"$work/nats.log" 2>&1 &
+    nats_pid=$!
+    wait_for 30 port_open "$nats_port" || {
+        cat "$work/nats.log" >&2
+        exit 1
+    }
+    services+=(--nats "127.0.0.1:$nats_port" --nats-pid "$nats_pid")
+fi
 
 log "running evhost-bench"
 "$target/release/evhost-bench" \
     --evhost "$target/release/evhost" \
+    --visit-wasm "$target/wasm32-wasip2/release/visit.wasm" \
     --work-dir "$work/evhost" \
-    --postgres "host=127.0.0.1 port=$postgres_port user=postgres dbname=postgres" \
-    --nats "127.0.0.1:$nats_port" \
-    --nats-pid "$nats_pid" \
+    "${services[@]}" \
     --report "$target/bench-report.md" \
     --command "bash benches/run.sh${*:+ $*}" \
     "${evhost_error[@]}" \
+    "${plugins_error[@]}" \
     "$@" &
 bench_pid=$!
 wait "$bench_pid"

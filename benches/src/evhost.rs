@@ -1,5 +1,5 @@
 //! evhost under test: starting the real server binary on a free port and stopping it, and the
-//! workloads' operations spoken over its HTTP API.
+//! workloads' operations spoken over its HTTP API, plugin deploys and commands included.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -133,6 +133,15 @@ impl Evhost {
         Ok((health.version, health.head))
     }
 
+    /// Deploys the plugin component `wasm` to a store that has never seen it.
+    pub(crate) async fn deploy(&self, wasm: Bytes) -> Result<Deployed> {
+        let mut http = Connection::open(self.addr).await?;
+        let body = Some(("application/wasm", wasm));
+        let (status, body) = http.send_body(Method::POST, "/plugins", body).await?;
+        expect(status, StatusCode::CREATED, &body)?;
+        Ok(serde_json::from_slice(&body)?)
+    }
+
     /// Reads the event at `head`, as a client catching up with the log would start.
     pub(crate) async fn read_head(&self, head: u64) -> Result<()> {
         let mut http = Connection::open(self.addr).await?;
@@ -142,8 +151,37 @@ impl Evhost {
     }
 }
 
+/// The answer to a deploy.
+#[derive(Deserialize)]
+pub(crate) struct Deployed {
+    pub(crate) name: String,
+    pub(crate) kind: String,
+}
+
 pub(crate) struct EvhostClient {
     http: Connection,
+}
+
+impl EvhostClient {
+    /// Sends the command `command_type` with `data` (JSON text) to `handler` for `stream`, and
+    /// returns how many events it appended; a rejection, like any answer but 200, is an error.
+    pub(crate) async fn command(
+        &mut self,
+        handler: &str,
+        stream: &str,
+        command_type: &str,
+        data: &str,
+    ) -> Result<u64> {
+        #[derive(Deserialize)]
+        struct Applied {
+            events: Vec<serde::de::IgnoredAny>,
+        }
+        let path = format!("/handlers/{handler}/commands");
+        let body = command_body(stream, command_type, data);
+        let (status, body) = self.http.send(Method::POST, &path, Some(body)).await?;
+        expect(status, StatusCode::OK, &body)?;
+        Ok(serde_json::from_slice::<Applied>(&body)?.events.len() as u64)
+    }
 }
 
 impl System for Evhost {
@@ -246,6 +284,15 @@ fn append_body(expected: u64, events: &[String]) -> String {
     body
 }
 
+fn command_body(stream: &str, command_type: &str, data: &str) -> String {
+    let quoted = |text: &str| serde_json::to_string(text).expect("a string serializes");
+    format!(
+        r#"{{"stream":{},"type":{},"data":{data}}}"#,
+        quoted(stream),
+        quoted(command_type)
+    )
+}
+
 fn expect(status: StatusCode, wanted: StatusCode, body: &Bytes) -> Result<()> {
     if status != wanted {
         let text = String::from_utf8_lossy(&body[..body.len().min(500)]);
@@ -314,6 +361,15 @@ mod tests {
         let later: serde_json::Value = serde_json::from_str(&append_body(5, &events)).unwrap();
         assert_eq!(later["expected_version"], 5);
         assert_eq!(later["events"][0]["type"], "Bench");
+    }
+
+    #[test]
+    fn command_bodies_are_json_with_the_data_as_is() {
+        let body = command_body("visit-c0-1", "AddNote", r#"{"text":"ok"}"#);
+        let body: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(body["stream"], "visit-c0-1");
+        assert_eq!(body["type"], "AddNote");
+        assert_eq!(body["data"]["text"], "ok");
     }
 
     #[test]

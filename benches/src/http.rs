@@ -33,22 +33,34 @@ impl Connection {
         })
     }
 
-    /// Sends one request and returns the status and the whole body.
+    /// Sends one request with a JSON body, or none, and returns the status and the whole body.
     pub(crate) async fn send(
         &mut self,
         method: Method,
         path: &str,
         json: Option<String>,
     ) -> Result<(StatusCode, Bytes)> {
+        let body = json.map(|json| ("application/json", Bytes::from(json)));
+        self.send_body(method, path, body).await
+    }
+
+    /// Sends one request with a body of the given content type, or none, and returns the status
+    /// and the whole body.
+    pub(crate) async fn send_body(
+        &mut self,
+        method: Method,
+        path: &str,
+        body: Option<(&str, Bytes)>,
+    ) -> Result<(StatusCode, Bytes)> {
         self.sender.ready().await.context("connection closed")?;
         let mut request = Request::builder()
             .method(method)
             .uri(path)
             .header(header::HOST, &self.host);
-        if json.is_some() {
-            request = request.header(header::CONTENT_TYPE, "application/json");
+        if let Some((content_type, _)) = &body {
+            request = request.header(header::CONTENT_TYPE, *content_type);
         }
-        let body = Full::new(json.map(Bytes::from).unwrap_or_default());
+        let body = Full::new(body.map(|(_, bytes)| bytes).unwrap_or_default());
         let response = self.sender.send_request(request.body(body)?).await?;
         let status = response.status();
         let body = response.into_body().collect().await?.to_bytes();

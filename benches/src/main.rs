@@ -1,5 +1,6 @@
 //! `evhost-bench`: runs the same workloads against evhost, PostgreSQL and NATS JetStream in one
-//! run and prints a Markdown table of the figures, with evhost's ratio to each of the others.
+//! run and prints a Markdown table of the figures, with evhost's ratio to each of the others; and
+//! the plugin benchmarks, the visit handler on evhost (see [`plugins`]), in their own section.
 //!
 //! evhost is started here, from the release binary next to this one; PostgreSQL and NATS are
 //! started by `benches/run.sh`, which passes their addresses. A system that fails (to start or in
@@ -10,6 +11,7 @@ mod http;
 mod jetstream;
 mod memory;
 mod nats;
+mod plugins;
 mod postgres;
 mod report;
 mod workload;
@@ -27,6 +29,7 @@ use clap::{Parser, ValueEnum};
 use crate::evhost::{Evhost, Server};
 use crate::jetstream::JetStream;
 use crate::memory::{Probe, Sampler};
+use crate::plugins::{PluginRound, Plugins};
 use crate::postgres::{Position, Postgres};
 use crate::report::{MemoryRun, SystemKind, SystemRun, WorkloadKind, WorkloadRun, workload_name};
 use crate::workload::{Measurement, Settings, System};
@@ -49,7 +52,7 @@ struct Args {
     /// Seconds of unmeasured load before each timed workload.
     #[arg(long, default_value_t = 1.0)]
     warmup: f64,
-    /// Clients appending single events, each to its own stream.
+    /// Clients appending single events, or sending visit commands, each to its own stream.
     #[arg(long, default_value_t = 32)]
     clients: usize,
     /// Clients appending batches, each to its own stream.
@@ -65,12 +68,13 @@ struct Args {
     /// rest and under the single-append load (0 skips this).
     #[arg(long, default_value_t = 0)]
     memory_events: u64,
-    /// The systems to benchmark.
+    /// The systems to benchmark; `plugins` is the visit handler on evhost: commands/s, `evolve`
+    /// in WebAssembly against native, and loading.
     #[arg(
         long,
         value_enum,
         value_delimiter = ',',
-        default_value = "evhost,postgres,nats"
+        default_value = "evhost,postgres,nats,plugins"
     )]
     systems: Vec<Kind>,
     /// The evhost binary (default: `evhost` next to this program).
@@ -80,6 +84,14 @@ struct Args {
     /// this when evhost does not build).
     #[arg(long)]
     evhost_error: Option<String>,
+    /// The visit handler component (default: where `cargo build --release --target
+    /// wasm32-wasip2 -p visit` puts it, `../wasm32-wasip2/release/visit.wasm` from this program).
+    #[arg(long)]
+    visit_wasm: Option<PathBuf>,
+    /// Report the plugin benchmarks as failed with this reason instead of running them (the bench
+    /// script passes this when the component does not build).
+    #[arg(long)]
+    plugins_error: Option<String>,
     /// PostgreSQL connection string, e.g. "host=127.0.0.1 port=5432 user=postgres".
     #[arg(long)]
     postgres: Option<String>,
@@ -120,6 +132,7 @@ enum Kind {
     Evhost,
     Postgres,
     Nats,
+    Plugins,
 }
 
 fn main() -> ExitCode {
@@ -166,7 +179,13 @@ async fn run(args: Args) -> Result<()> {
         ),
     };
     std::fs::create_dir_all(&work).with_context(|| format!("creating {}", work.display()))?;
+    // The component and the long stream are the same in every round: read and written once.
+    let plugins = args
+        .systems
+        .contains(&Kind::Plugins)
+        .then(|| prepare_plugins(&args, &work).map_err(|error| format!("{error:#}")));
     let mut all_rounds = Vec::new();
+    let mut plugin_rounds = Vec::new();
     for round in 0..rounds {
         eprintln!("round {} of {rounds}", round + 1);
         let mut runs = Vec::new();
@@ -180,6 +199,14 @@ async fn run(args: Args) -> Result<()> {
                     }
                 }
                 Kind::Nats => runs.push(bench_nats(&args, &settings).await),
+                Kind::Plugins => plugin_rounds.push(match &plugins {
+                    Some(Ok(plugins)) => plugins.round(&settings).await,
+                    Some(Err(error)) => {
+                        eprintln!("plugins: failed: {error}");
+                        PluginRound::failed(error)
+                    }
+                    None => unreachable!("prepared when the systems include plugins"),
+                }),
             }
         }
         all_rounds.push(runs);
@@ -188,7 +215,7 @@ async fn run(args: Args) -> Result<()> {
     if temporary {
         let _ = std::fs::remove_dir_all(&work);
     }
-    let text = report::render(&runs, &settings, &args.command);
+    let text = report::render(&runs, &plugin_rounds, &settings, &args.command);
     println!("{text}");
     if let Some(dir) = args.report.parent() {
         std::fs::create_dir_all(dir)?;
@@ -197,6 +224,35 @@ async fn run(args: Args) -> Result<()> {
         .with_context(|| format!("writing {}", args.report.display()))?;
     eprintln!("report written to {}", args.report.display());
     Ok(())
+}
+
+/// The evhost binary: `--evhost`, or `evhost` next to this program.
+fn evhost_binary(args: &Args) -> Result<PathBuf> {
+    if let Some(error) = &args.evhost_error {
+        anyhow::bail!("{error}");
+    }
+    match &args.evhost {
+        Some(binary) => Ok(binary.clone()),
+        None => Ok(std::env::current_exe()?.with_file_name("evhost")),
+    }
+}
+
+fn prepare_plugins(args: &Args, work: &Path) -> Result<Plugins> {
+    if let Some(error) = &args.plugins_error {
+        anyhow::bail!("{error}");
+    }
+    let binary = evhost_binary(args)?;
+    let component = match &args.visit_wasm {
+        Some(component) => component.clone(),
+        // target/release/evhost-bench → target/wasm32-wasip2/release/visit.wasm
+        None => std::env::current_exe()?
+            .parent()
+            .and_then(Path::parent)
+            .context("this program is not in a target directory")?
+            .join("wasm32-wasip2/release/visit.wasm"),
+    };
+    let timeout = Duration::from_secs_f64(args.timeout);
+    Plugins::prepare(binary, component, work, timeout)
 }
 
 fn failed(kind: SystemKind, name: &str, error: &anyhow::Error) -> SystemRun {
@@ -217,13 +273,7 @@ async fn evhost_runs(
     work: &Path,
     with_memory: bool,
 ) -> Result<SystemRun> {
-    if let Some(error) = &args.evhost_error {
-        anyhow::bail!("{error}");
-    }
-    let binary = match &args.evhost {
-        Some(binary) => binary.clone(),
-        None => std::env::current_exe()?.with_file_name("evhost"),
-    };
+    let binary = evhost_binary(args)?;
     let timeout = Duration::from_secs_f64(args.timeout);
     let data = work.join("evhost-data");
     let server = Server::start(&binary, &data, work, timeout).await?;

@@ -4,6 +4,7 @@
 
 use std::fmt::Write;
 
+use crate::plugins::{self, Commands, PluginBench, PluginRound};
 use crate::workload::{Measurement, Settings};
 
 const MIB: f64 = 1024.0 * 1024.0;
@@ -85,22 +86,24 @@ pub(crate) fn median_rounds(rounds: Vec<Vec<SystemRun>>) -> Vec<SystemRun> {
 }
 
 /// The run with the median events/s among those that measured, with every round's rate.
-fn median_run(mut runs: Vec<WorkloadRun>) -> WorkloadRun {
+fn median_run(runs: Vec<WorkloadRun>) -> WorkloadRun {
     let rates: Vec<f64> = runs.iter().flat_map(|run| run.rates.clone()).collect();
-    runs.sort_by(|a, b| {
-        let rate = |run: &WorkloadRun| {
-            run.result
-                .as_ref()
-                .map_or(f64::NEG_INFINITY, Measurement::rate)
-        };
-        rate(a).total_cmp(&rate(b))
-    });
-    let measured = runs.iter().filter(|run| run.result.is_ok()).count();
-    // Failed runs sort first; the median is taken among the measured ones.
-    let index = (runs.len() - measured) + measured / 2;
-    let mut median = runs.swap_remove(index.min(runs.len() - 1));
+    let rate = |run: &WorkloadRun| run.result.as_ref().ok().map(Measurement::rate);
+    let mut median = median_by(runs, rate).expect("a workload ran in at least one round");
     median.rates = rates;
     median
+}
+
+/// The item with the median `key` (the upper one of an even count) among those that have one;
+/// items without a key (failed rounds) are the answer only if none has one. `None` if empty.
+pub(crate) fn median_by<T>(mut items: Vec<T>, key: impl Fn(&T) -> Option<f64>) -> Option<T> {
+    let sort_key = |item: &T| key(item).unwrap_or(f64::NEG_INFINITY);
+    items.sort_by(|a, b| sort_key(a).total_cmp(&sort_key(b)));
+    let measured = items.iter().filter(|item| key(item).is_some()).count();
+    // Items without a key sort first; the median is taken among the others.
+    let index = (items.len() - measured) + measured / 2;
+    let last = items.len().checked_sub(1)?;
+    Some(items.swap_remove(index.min(last)))
 }
 
 /// evhost's memory with a large store: at rest after a restart, and under the append load.
@@ -149,44 +152,53 @@ impl SystemRun {
     }
 }
 
-pub(crate) fn render(runs: &[SystemRun], settings: &Settings, command: &str) -> String {
+pub(crate) fn render(
+    runs: &[SystemRun],
+    plugins: &[PluginRound],
+    settings: &Settings,
+    command: &str,
+) -> String {
     let mut out = String::new();
     let evhost = runs.iter().find(|run| run.kind == SystemKind::Evhost);
     let _ = writeln!(out, "# evhost benchmarks\n");
     let _ = writeln!(out, "- Date: {}", date());
     let _ = writeln!(out, "- Machine: {}", machine());
     let _ = writeln!(out, "- Command: `{command}`");
-    let _ = writeln!(
-        out,
-        "- Load: {} s measured after {} s of warm-up per timed workload, in {} rounds (each \
-         figure is from the median round; every round's rate is in the last column); {} single-event \
-         appenders, {} batch appenders of {} events, {} racers; events of about {} bytes of JSON; \
-         the load generator runs on the same cores, one thread, one keep-alive connection per \
-         client, each client waiting for its answer before the next request.",
-        settings.measure.as_secs_f64(),
-        settings.warmup.as_secs_f64(),
-        rounds_of(runs),
-        settings.clients,
-        settings.batch_clients,
-        settings.batch_size,
-        settings.racers,
-        settings.events[0].len(),
-    );
-    let _ = writeln!(out);
-    let _ = writeln!(
-        out,
-        "| Workload | System | Events/s | p50 ms | p99 ms | max ms | Conflicts | Peak memory MiB | evhost ÷ system | Rounds, events/s |"
-    );
-    let _ = writeln!(out, "|---|---|--:|--:|--:|--:|--:|--:|--:|---|");
-    for kind in WORKLOADS {
-        for run in runs {
-            let _ = writeln!(out, "{}", row(run, kind, evhost, settings));
+    if !runs.is_empty() {
+        let _ = writeln!(
+            out,
+            "- Load: {} s measured after {} s of warm-up per timed workload, in {} rounds \
+             (each figure is from the median round; every round's rate is in the last column); \
+             {} single-event appenders, {} batch appenders of {} events, {} racers; events of \
+             about {} bytes of JSON; the load generator runs on the same cores, one thread, one \
+             keep-alive connection per client, each client waiting for its answer before the \
+             next request.",
+            settings.measure.as_secs_f64(),
+            settings.warmup.as_secs_f64(),
+            rounds_of(runs),
+            settings.clients,
+            settings.batch_clients,
+            settings.batch_size,
+            settings.racers,
+            settings.events[0].len(),
+        );
+        let _ = writeln!(out);
+        let _ = writeln!(
+            out,
+            "| Workload | System | Events/s | p50 ms | p99 ms | max ms | Conflicts | Peak memory MiB | evhost ÷ system | Rounds, events/s |"
+        );
+        let _ = writeln!(out, "|---|---|--:|--:|--:|--:|--:|--:|--:|---|");
+        for kind in WORKLOADS {
+            for run in runs {
+                let _ = writeln!(out, "{}", row(run, kind, evhost, settings));
+            }
         }
     }
     let _ = writeln!(out);
     write_memory(&mut out, runs);
-    write_targets(&mut out, runs);
-    write_notes(&mut out, runs, settings);
+    write_plugins(&mut out, plugins, settings);
+    write_targets(&mut out, runs, plugins);
+    write_notes(&mut out, runs, plugins, settings);
     out
 }
 
@@ -289,7 +301,7 @@ fn write_memory(out: &mut String, runs: &[SystemRun]) {
     }
 }
 
-fn write_targets(out: &mut String, runs: &[SystemRun]) {
+fn write_targets(out: &mut String, runs: &[SystemRun], plugins: &[PluginRound]) {
     let evhost = runs.iter().find(|run| run.kind == SystemKind::Evhost);
     // The first PostgreSQL run, gapless by default, as the issue's target means.
     let postgres = runs.iter().find(|run| run.kind == SystemKind::Postgres);
@@ -365,30 +377,248 @@ fn write_targets(out: &mut String, runs: &[SystemRun]) {
         "resident memory with 10 million events under the append load < 300 MiB",
         memory.and_then(|m| below(m.under_load, 300.0, m.events)),
     );
+    let commands = median(&per_round(plugins, |round| {
+        round.commands.as_ref().ok().map(Commands::rate)
+    }));
+    target(
+        "visit handler ≥ 10 000 commands/s from 32 clients, durable",
+        commands.map(|rate| {
+            let figure = format!("{} commands/s", thousands(rate));
+            (figure, Some(rate >= 10_000.0))
+        }),
+    );
+    target(
+        "evolve in WebAssembly ≤ 3× native, per event, batched",
+        median(&per_round(plugins, evolve_ratio))
+            .map(|ratio| (format!("{ratio:.2}×"), Some(ratio <= 3.0))),
+    );
     let _ = writeln!(out);
 }
 
-fn write_notes(out: &mut String, runs: &[SystemRun], settings: &Settings) {
-    let _ = writeln!(out, "## Notes\n");
+/// The plugin benchmarks' section: every figure the median of its rounds, each round beside it.
+fn write_plugins(out: &mut String, rounds: &[PluginRound], settings: &Settings) {
+    if rounds.is_empty() {
+        return;
+    }
+    let component = rounds
+        .iter()
+        .find_map(|round| round.wasm.as_ref().ok())
+        .map_or_else(
+            || "visit".to_owned(),
+            |bench| format!("{} {}", bench.name, bench.version),
+        );
+    let server = rounds
+        .iter()
+        .find_map(|round| Some(round.commands.as_ref().ok()?.server.as_str()))
+        .unwrap_or("evhost");
+    let (measure, warmup) = (
+        settings.measure.as_secs_f64(),
+        settings.warmup.as_secs_f64(),
+    );
+    let _ = writeln!(out, "## Plugins: the visit handler\n");
     let _ = writeln!(
         out,
-        "- evhost ÷ system: evhost's events/s over the system's in the same workload and run; \
-         for race-8, successful appends only. Latency is per request: one append, one batch, or \
-         a race's read and append."
+        "The component {component} (`plugins/visit`, built for wasm32-wasip2 in release) on \
+         {server}, in {} rounds. Each figure is the median of its rounds, every round's value in \
+         the last column; a ratio is taken within each round, from two measurements made back to \
+         back.\n",
+        rounds.len()
     );
+    let _ = writeln!(
+        out,
+        "- Commands: {} clients, one keep-alive connection each, run visits one after another on \
+         streams of their own (`visit-c<client>-<n>`): `CheckIn` with a room, a physician and two \
+         tests, `RecordTest` twice, `AddNote`, `CheckOut`; 5 commands appending 10 events, each \
+         answered 200 or the run fails. {measure} s measured after {warmup} s of warm-up, against \
+         the release server in its default, durable configuration on a fresh data directory, \
+         the component deployed with `POST /plugins`. Latency is per command.",
+        settings.clients
+    );
+    let _ = writeln!(
+        out,
+        "- `evolve`: one visit stream of {} events (a check-in, then room moves, physicians, test \
+         orders and results, notes over and over; its state stays the same size), folded from no \
+         state in batches of {} with the state carried from batch to batch, as the host folds a \
+         stream; the median pass of {measure} s of passes. WebAssembly: `evhost plugin-bench` \
+         with the host's own runtime, which includes handing the events to the component and \
+         the state back. Native: the handler compiled into evhost-bench, through the SDK's wire \
+         functions (`evhost_sdk::__private::evolve`), half its passes just before the \
+         WebAssembly ones and half just after. Both run with no server up.",
+        thousands(plugins::EVOLVE_EVENTS as f64),
+        plugins::EVOLVE_BATCH,
+    );
+    let _ = writeln!(
+        out,
+        "- Loading, from the same `evhost plugin-bench`: a deploy validates and compiles the \
+         component; a restart loads the compiled artifact instead; then the first call on a \
+         fresh instance.\n"
+    );
+    let _ = writeln!(out, "| Figure | Median | Rounds |");
+    let _ = writeln!(out, "|---|--:|---|");
+    let commands = |pick: fn(&Commands) -> f64| {
+        per_round(rounds, move |round| round.commands.as_ref().ok().map(pick))
+    };
+    let wasm = |pick: fn(&PluginBench) -> f64| {
+        per_round(rounds, move |round| round.wasm.as_ref().ok().map(pick))
+    };
+    let ms = |latency: Option<std::time::Duration>| latency.map(|l| l.as_secs_f64() * 1000.0);
+    let rows: [FigureRow; 11] = [
+        ("commands/s", commands(Commands::rate), thousands),
+        (
+            "events/s appended by the commands",
+            commands(|c| c.measurement.rate()),
+            thousands,
+        ),
+        (
+            "command latency p50, ms",
+            per_round(rounds, |round| {
+                ms(round
+                    .commands
+                    .as_ref()
+                    .ok()?
+                    .measurement
+                    .latency
+                    .map(|l| l.p50))
+            }),
+            |ms| format!("{ms:.2}"),
+        ),
+        (
+            "command latency p99, ms",
+            per_round(rounds, |round| {
+                ms(round
+                    .commands
+                    .as_ref()
+                    .ok()?
+                    .measurement
+                    .latency
+                    .map(|l| l.p99))
+            }),
+            |ms| format!("{ms:.2}"),
+        ),
+        (
+            "`evolve` native, ns per event",
+            per_round(rounds, |round| round.native_ns.as_ref().ok().copied()),
+            |ns| format!("{ns:.0}"),
+        ),
+        (
+            "`evolve` WebAssembly, ns per event",
+            wasm(|bench| bench.evolve_ns_per_event),
+            |ns| format!("{ns:.0}"),
+        ),
+        (
+            "`evolve` WebAssembly ÷ native",
+            per_round(rounds, evolve_ratio),
+            |ratio| format!("{ratio:.2}×"),
+        ),
+        (
+            "deploy: validate and compile, ms",
+            wasm(|bench| bench.compile_ms),
+            |ms| format!("{ms:.0}"),
+        ),
+        (
+            "restart: load the compiled artifact, ms",
+            wasm(|bench| bench.cached_load_ms),
+            |ms| format!("{ms:.1}"),
+        ),
+        (
+            "deploy ÷ restart",
+            wasm(|bench| bench.compile_ms / bench.cached_load_ms),
+            |ratio| format!("{ratio:.0}×"),
+        ),
+        (
+            "first call on a fresh instance, µs",
+            wasm(|bench| bench.instantiate_us),
+            |us| format!("{us:.0}"),
+        ),
+    ];
+    for (name, values, format) in rows {
+        let median = median(&values).map_or_else(|| "failed".to_owned(), format);
+        let each: Vec<String> = values
+            .iter()
+            .map(|value| value.map_or_else(|| "failed".to_owned(), format))
+            .collect();
+        let _ = writeln!(out, "| {name} | {median} | {} |", each.join(" · "));
+    }
+    let _ = writeln!(out);
+}
+
+/// A row of the plugin figures: its name, its value in every round, and how to print a value.
+type FigureRow = (&'static str, Vec<Option<f64>>, fn(f64) -> String);
+
+/// One figure of every plugin round, `None` where that part of the round failed.
+fn per_round(
+    rounds: &[PluginRound],
+    figure: impl Fn(&PluginRound) -> Option<f64>,
+) -> Vec<Option<f64>> {
+    rounds.iter().map(figure).collect()
+}
+
+/// `evolve` in WebAssembly over native, both of the same round.
+fn evolve_ratio(round: &PluginRound) -> Option<f64> {
+    let native = round.native_ns.as_ref().ok()?;
+    Some(round.wasm.as_ref().ok()?.evolve_ns_per_event / native)
+}
+
+/// The median of the figures that were measured.
+fn median(values: &[Option<f64>]) -> Option<f64> {
+    median_by(values.iter().flatten().copied().collect(), |value| {
+        Some(*value)
+    })
+}
+
+fn write_notes(out: &mut String, runs: &[SystemRun], plugins: &[PluginRound], settings: &Settings) {
+    // Only what there is to say: a run of the plugins alone, all well, has no notes.
+    let mut notes = String::new();
+    if !runs.is_empty() {
+        let _ = writeln!(
+            notes,
+            "- evhost ÷ system: evhost's events/s over the system's in the same workload and \
+             run; for race-8, successful appends only. Latency is per request: one append, one \
+             batch, or a race's read and append."
+        );
+    }
     for run in runs.iter().filter(|run| run.outcome.is_ok()) {
-        let _ = writeln!(out, "- {}: {}", run.label, run.note);
+        let _ = writeln!(notes, "- {}: {}", run.label, run.note);
     }
     for run in runs {
         if let Err(error) = &run.outcome {
-            let _ = writeln!(out, "- {} failed to start: {error}", run.label);
+            let _ = writeln!(notes, "- {} failed to start: {error}", run.label);
         }
         for workload in run.outcome.iter().flatten() {
             if let Err(error) = &workload.result {
                 let name = workload_name(workload.kind, settings);
-                let _ = writeln!(out, "- {} {name} failed: {error}", run.label);
+                let _ = writeln!(notes, "- {} {name} failed: {error}", run.label);
             }
         }
+    }
+    for (index, round) in plugins.iter().enumerate() {
+        let round_number = index + 1;
+        let errors = [
+            ("the visit commands", round.commands.as_ref().err()),
+            ("native `evolve`", round.native_ns.as_ref().err()),
+            ("`evhost plugin-bench`", round.wasm.as_ref().err()),
+        ];
+        let failed: Vec<_> = errors
+            .iter()
+            .filter_map(|(part, error)| Some((part, (*error)?)))
+            .collect();
+        // A round that could not start fails every part for the same reason: say it once.
+        let same = |(_, error): &(_, &String)| Some(*error) == errors[0].1;
+        if failed.len() == errors.len() && failed.iter().all(same) {
+            let error = failed[0].1;
+            let _ = writeln!(
+                notes,
+                "- the plugin benchmarks failed in round {round_number}: {error}"
+            );
+            continue;
+        }
+        for (part, error) in failed {
+            let _ = writeln!(notes, "- {part} failed in round {round_number}: {error}");
+        }
+    }
+    if !notes.is_empty() {
+        let _ = writeln!(out, "## Notes\n");
+        out.push_str(&notes);
     }
 }
 
@@ -471,6 +701,72 @@ mod tests {
         let median = median_run(vec![run(None), run(Some(7)), run(Some(9))]);
         assert_eq!(median.result.unwrap().events, 9);
         assert!(median_run(vec![run(None)]).result.is_err());
+    }
+
+    #[test]
+    fn the_median_skips_what_failed() {
+        let key = |value: &Option<f64>| *value;
+        assert_eq!(median_by(Vec::new(), key), None);
+        let values = vec![Some(3.0), None, Some(1.0), Some(2.0)];
+        assert_eq!(median_by(values, key), Some(Some(2.0)));
+        assert_eq!(median_by(vec![None], key), Some(None));
+        assert_eq!(median(&[None, Some(4.0), Some(6.0)]), Some(6.0));
+        assert_eq!(median(&[None]), None);
+    }
+
+    #[test]
+    fn plugin_figures_have_their_section_and_targets() {
+        let bench = PluginBench {
+            name: "visit".to_owned(),
+            version: "ab12".to_owned(),
+            compile_ms: 800.0,
+            cached_load_ms: 4.0,
+            instantiate_us: 40.0,
+            events: 100_000,
+            batch: 512,
+            evolve_ns_per_event: 600.0,
+        };
+        let rounds = [PluginRound {
+            commands: Err("refused".to_owned()),
+            native_ns: Ok(300.0),
+            wasm: Ok(bench),
+        }];
+        let settings = Settings {
+            warmup: std::time::Duration::from_secs(1),
+            measure: std::time::Duration::from_secs(3),
+            op_timeout: std::time::Duration::from_secs(60),
+            clients: 32,
+            batch_clients: 4,
+            batch_size: 100,
+            racers: 8,
+            events: std::sync::Arc::new(crate::workload::event_data(100)),
+        };
+        let text = render(
+            &[],
+            &rounds,
+            &settings,
+            "bash benches/run.sh --systems plugins",
+        );
+        assert!(text.contains("## Plugins: the visit handler"), "{text}");
+        assert!(
+            text.contains("| `evolve` WebAssembly ÷ native | 2.00× | 2.00× |"),
+            "{text}"
+        );
+        assert!(
+            text.contains("| deploy ÷ restart | 200× | 200× |"),
+            "{text}"
+        );
+        assert!(text.contains("| commands/s | failed | failed |"), "{text}");
+        assert!(
+            text.contains(
+                "| evolve in WebAssembly ≤ 3× native, per event, batched | 2.00× | yes |"
+            )
+        );
+        assert!(
+            text.contains("the visit commands failed in round 1: refused"),
+            "{text}"
+        );
+        assert!(!text.contains("| Workload | System |"), "{text}");
     }
 
     #[test]

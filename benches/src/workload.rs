@@ -4,7 +4,8 @@
 //!
 //! Every client is a closed loop: it sends one request, waits for the answer, and sends the next.
 //! Throughput is what the clients completed in the measured window; the warm-up before it is
-//! appended (and counted for the final read) but not measured.
+//! appended (and counted for the final read) but not measured. The same loop machinery (the
+//! deadline, the tallies, the percentiles) drives the visit commands of [`crate::plugins`].
 
 use std::future::Future;
 use std::sync::Arc;
@@ -12,6 +13,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
+use tokio::task::JoinHandle;
 
 /// What an append attempt came to.
 pub(crate) enum Append {
@@ -87,6 +89,8 @@ pub(crate) fn event_data(count: usize) -> Vec<String> {
 /// Latency percentiles of one workload.
 #[derive(Clone, Copy)]
 pub(crate) struct Latency {
+    /// Requests answered in the measured window, one sample each.
+    pub(crate) requests: u64,
     pub(crate) p50: Duration,
     pub(crate) p99: Duration,
     pub(crate) max: Duration,
@@ -100,6 +104,7 @@ impl Latency {
             Duration::from_micros(u64::from(micros[index]))
         };
         (!micros.is_empty()).then(|| Self {
+            requests: micros.len() as u64,
             p50: at(0.50),
             p99: at(0.99),
             max: at(1.0),
@@ -136,7 +141,7 @@ enum Job {
 }
 
 /// When clients stop.
-enum Until {
+pub(crate) enum Until {
     /// Run for a warm-up and a measured window.
     Deadline { measure_from: Instant, end: Instant },
     /// Stop once this many more events have been claimed; everything is measured.
@@ -144,8 +149,17 @@ enum Until {
 }
 
 impl Until {
+    /// A warm-up from now, then the measured window.
+    pub(crate) fn timed(settings: &Settings) -> Self {
+        let measure_from = Instant::now() + settings.warmup;
+        Until::Deadline {
+            measure_from,
+            end: measure_from + settings.measure,
+        }
+    }
+
     /// Whether a client may send another request of `events` events.
-    fn claim(&self, events: u64) -> bool {
+    pub(crate) fn claim(&self, events: u64) -> bool {
         match self {
             Until::Deadline { end, .. } => Instant::now() < *end,
             Until::Events(left) => left
@@ -156,7 +170,8 @@ impl Until {
         }
     }
 
-    fn measures(&self, started: Instant) -> bool {
+    /// Whether a request sent at `started` counts.
+    pub(crate) fn measures(&self, started: Instant) -> bool {
         match self {
             Until::Deadline { measure_from, .. } => started >= *measure_from,
             Until::Events(_) => true,
@@ -164,12 +179,26 @@ impl Until {
     }
 }
 
+/// What one client did.
 #[derive(Default)]
-struct Tally {
+pub(crate) struct Tally {
     events: u64,
     appended: u64,
     conflicts: u64,
     micros: Vec<u32>,
+}
+
+impl Tally {
+    /// Counts a request sent at `started` that stored `events` events, in the figures if it was
+    /// `measured`.
+    pub(crate) fn stored(&mut self, started: Instant, events: u64, measured: bool) {
+        self.appended += events;
+        if measured {
+            self.events += events;
+            let micros = started.elapsed().as_micros();
+            self.micros.push(micros.try_into().unwrap_or(u32::MAX));
+        }
+    }
 }
 
 /// `clients` clients each append `events` at a time to their own stream `<prefix>-<client>`.
@@ -250,17 +279,13 @@ async fn run_timed<S: System>(
 ) -> Result<Measurement> {
     // Connect every client before the clock starts, so that connection set-up is not measured.
     let clients = connect_all(system, settings, jobs.len()).await?;
-    let measure_from = Instant::now() + settings.warmup;
-    let until = Arc::new(Until::Deadline {
-        measure_from,
-        end: measure_from + settings.measure,
-    });
+    let until = Arc::new(Until::timed(settings));
     let is_race = matches!(jobs.first(), Some(Job::Race { .. }));
     let tallies = spawn_loops(clients, settings, jobs, events, until).await?;
     Ok(merge(tallies, settings.measure, is_race))
 }
 
-async fn connect_all<S: System>(
+pub(crate) async fn connect_all<S: System>(
     system: &Arc<S>,
     settings: &Settings,
     count: usize,
@@ -283,7 +308,7 @@ async fn spawn_loops<C: Client>(
     events: &Arc<Vec<String>>,
     until: Arc<Until>,
 ) -> Result<Vec<Tally>> {
-    let mut tasks: Vec<_> = clients
+    let tasks = clients
         .into_iter()
         .zip(jobs)
         .map(|(client, job)| {
@@ -296,6 +321,11 @@ async fn spawn_loops<C: Client>(
             ))
         })
         .collect();
+    join_clients(tasks).await
+}
+
+/// Waits for every client's tally; the first failure stops the others and is the result.
+pub(crate) async fn join_clients(mut tasks: Vec<JoinHandle<Result<Tally>>>) -> Result<Vec<Tally>> {
     let mut tallies = Vec::with_capacity(tasks.len());
     for task in &mut tasks {
         match task
@@ -306,7 +336,7 @@ async fn spawn_loops<C: Client>(
             Ok(tally) => tallies.push(tally),
             Err(error) => {
                 // Stop the other clients, or they would go on loading the next workload.
-                tasks.iter().for_each(tokio::task::JoinHandle::abort);
+                tasks.iter().for_each(JoinHandle::abort);
                 return Err(error);
             }
         }
@@ -339,12 +369,7 @@ async fn client_loop<C: Client>(
         match (answer, &job) {
             (Append::Done { version: now }, _) => {
                 version = now;
-                tally.appended += count;
-                if measured {
-                    tally.events += count;
-                    let micros = started.elapsed().as_micros();
-                    tally.micros.push(micros.try_into().unwrap_or(u32::MAX));
-                }
+                tally.stored(started, count, measured);
             }
             (Append::Conflict, Job::Race { .. }) => tally.conflicts += u64::from(measured),
             (Append::Conflict, Job::Own { stream }) => {
@@ -357,7 +382,8 @@ async fn client_loop<C: Client>(
     Ok(tally)
 }
 
-fn merge(tallies: Vec<Tally>, elapsed: Duration, conflicts: bool) -> Measurement {
+/// The figures of a workload from its clients' tallies.
+pub(crate) fn merge(tallies: Vec<Tally>, elapsed: Duration, conflicts: bool) -> Measurement {
     let mut all = Tally::default();
     for tally in tallies {
         all.events += tally.events;
@@ -410,6 +436,7 @@ mod tests {
     #[test]
     fn percentiles_pick_the_ceiling_rank() {
         let latency = Latency::of((1..=100).rev().collect()).unwrap();
+        assert_eq!(latency.requests, 100);
         assert_eq!(latency.p50, Duration::from_micros(50));
         assert_eq!(latency.p99, Duration::from_micros(99));
         assert_eq!(latency.max, Duration::from_micros(100));

@@ -32,6 +32,9 @@ use sandbox::PluginState;
 
 /// How often the epoch advances: the granularity of call deadlines.
 const EPOCH_TICK: Duration = Duration::from_millis(2);
+/// Ticks without a call in flight before the ticker sleeps: calls that come close together
+/// (a loaded host) find it awake and need not wake it.
+const TICKS_BEFORE_SLEEP: u32 = 50;
 /// The largest memory cap a deploy may ask for: the size of a memory slot in the pool.
 pub(crate) const MAX_MEMORY_MIB: u64 = 1024;
 /// The longest time budget a deploy may ask for.
@@ -155,6 +158,8 @@ pub(crate) struct Runtime {
 /// that an idle host does not wake every tick.
 pub(crate) struct EpochTicker {
     calls: AtomicUsize,
+    /// Whether the ticker thread is asleep (or about to be) for want of calls.
+    parked: AtomicBool,
     stopping: AtomicBool,
     thread: std::sync::OnceLock<std::thread::Thread>,
 }
@@ -164,7 +169,9 @@ pub(crate) struct Ticking<'a>(&'a EpochTicker);
 
 impl EpochTicker {
     pub(crate) fn call_started(&self) -> Ticking<'_> {
-        if self.calls.fetch_add(1, Ordering::SeqCst) == 0
+        self.calls.fetch_add(1, Ordering::SeqCst);
+        // Waking the ticker is a system call; under load it never sleeps, so this is rare.
+        if self.parked.load(Ordering::SeqCst)
             && let Some(thread) = self.thread.get()
         {
             thread.unpark();
@@ -173,11 +180,21 @@ impl EpochTicker {
     }
 
     fn run(&self, engine: &Engine) {
+        let mut idle_ticks = 0;
         while !self.stopping.load(Ordering::SeqCst) {
-            if self.calls.load(Ordering::SeqCst) == 0 {
-                // A call starting after this check unparks the thread, and an unpark that comes
-                // before the park makes the park return at once: no tick is lost.
-                std::thread::park();
+            if self.calls.load(Ordering::SeqCst) > 0 {
+                idle_ticks = 0;
+            } else if idle_ticks < TICKS_BEFORE_SLEEP {
+                idle_ticks += 1;
+            } else {
+                // A call that starts after `parked` is set sees it and unparks this thread; an
+                // unpark that comes before the park makes the park return at once.
+                self.parked.store(true, Ordering::SeqCst);
+                if self.calls.load(Ordering::SeqCst) == 0 && !self.stopping.load(Ordering::SeqCst) {
+                    std::thread::park();
+                }
+                self.parked.store(false, Ordering::SeqCst);
+                idle_ticks = 0;
                 continue;
             }
             std::thread::sleep(EPOCH_TICK);
@@ -216,6 +233,7 @@ impl Runtime {
         let compatibility = compatibility_key(&engine);
         let ticker = Arc::new(EpochTicker {
             calls: AtomicUsize::new(0),
+            parked: AtomicBool::new(false),
             stopping: AtomicBool::new(false),
             thread: std::sync::OnceLock::new(),
         });
