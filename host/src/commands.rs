@@ -163,10 +163,12 @@ impl Commands {
                 handler.name, handler.category, request.stream
             )));
         }
+        // Generated ids are time-ordered (UUIDv7), so their records go in at the end of the
+        // commands table rather than into random leaves of it.
         let command_id = request
             .id
             .clone()
-            .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+            .unwrap_or_else(|| uuid::Uuid::now_v7().to_string());
         let _turn = self.streams.turn(&request.stream).await;
         if request.id.is_some()
             && let Some(stored) = self.store.read_command(&command_id)?

@@ -5,7 +5,7 @@ use std::process::Output;
 
 use serde_json::json;
 
-use crate::harness::{Server, run_evhost};
+use crate::harness::{Server, guest_wasm, run_evhost};
 
 #[track_caller]
 fn assert_success(output: &Output) -> String {
@@ -57,4 +57,96 @@ fn append_then_read_from_the_command_line() {
     assert_eq!(stored.len(), 2);
     assert_eq!(stored[0]["data"], json!({"who": "cli-test"}));
     assert_eq!(stored[1]["type"], "Renamed");
+}
+
+#[test]
+fn deploy_list_and_command_from_the_command_line() {
+    let server = Server::start();
+    let url = server.url();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("visit.wasm");
+    std::fs::write(&file, guest_wasm("visit")).unwrap();
+    let file = file.to_str().unwrap();
+
+    let deployed = assert_success(&run_evhost(&[
+        "deploy",
+        "--url",
+        url,
+        file,
+        "--timeout-ms",
+        "500",
+        "--memory-mib",
+        "64",
+    ]));
+    assert!(
+        deployed.contains("handler visit: deployed, version "),
+        "{deployed}"
+    );
+    let again = assert_success(&run_evhost(&["deploy", "--url", url, file]));
+    assert!(again.contains("already deployed"), "{again}");
+
+    let listed = assert_success(&run_evhost(&["plugins", "--url", url]));
+    assert!(
+        listed.contains("visit") && listed.contains("handler") && listed.contains("running"),
+        "{listed}"
+    );
+    let shown = assert_success(&run_evhost(&["plugins", "--url", url, "visit", "--json"]));
+    let shown: serde_json::Value = serde_json::from_str(&shown).unwrap();
+    assert_eq!(
+        shown["limits"],
+        json!({"memory_mib": 64, "timeout_ms": 500})
+    );
+
+    let check_in = r#"{"patient_id": "p-9", "patient_name": "Ana Lima", "complaint": "fever",
+        "triage_level": 3, "room": "B-1", "tests": ["cbc"]}"#;
+    let applied = assert_success(&run_evhost(&[
+        "command",
+        "--url",
+        url,
+        "visit",
+        "visit-9",
+        "CheckIn",
+        check_in,
+        "--id",
+        "cli-checkin",
+    ]));
+    assert!(
+        applied.contains("command cli-checkin: 3 events") && applied.contains("PatientCheckedIn"),
+        "{applied}"
+    );
+    let rejected = run_evhost(&[
+        "command",
+        "--url",
+        url,
+        "visit",
+        "visit-9",
+        "AssignRoom",
+        r#"{"room": "B-1"}"#,
+    ]);
+    assert!(
+        !rejected.status.success(),
+        "a rejection must fail the command"
+    );
+    let stderr = String::from_utf8_lossy(&rejected.stderr);
+    assert!(
+        stderr.contains("422 command_rejected") && stderr.contains("B-1"),
+        "{stderr}"
+    );
+
+    let as_json = assert_success(&run_evhost(&[
+        "command",
+        "--url",
+        url,
+        "visit",
+        "visit-9",
+        "RecordTest",
+        r#"{"test": "cbc", "result": "normal"}"#,
+        "--json",
+    ]));
+    let answer: serde_json::Value = serde_json::from_str(&as_json).unwrap();
+    assert_eq!(answer["events"][0]["type"], "TestResultRecorded");
+    assert_eq!(server.api().stream_events("visit-9").len(), 4);
+
+    let missing = run_evhost(&["deploy", "--url", url, "/nonexistent/plugin.wasm"]);
+    assert!(!missing.status.success());
 }

@@ -941,6 +941,7 @@ const GUEST_PACKAGES: &[&str] = &[
     "fixture-imports-filesystem",
     "fixture-imports-sockets",
     "fixture-kind-mismatch",
+    "fixture-category-squatter",
 ];
 
 /// Where guests are built: a target directory of their own, so that the build does not wait

@@ -196,6 +196,15 @@ fn invalid_uploads_are_refused_with_a_reason_and_leave_nothing() {
     // The host still takes a good plugin after all that.
     api.deploy_guest("fixture-counter");
     assert_eq!(listed_names(&api), ["counter"]);
+
+    // A category has one handler: another handler claiming it is refused, naming the owner.
+    let squatter = api.deploy(&guest_wasm("fixture-category-squatter"), "");
+    assert_invalid_plugin(
+        "category squatter",
+        &squatter,
+        &["category counter", "counter"],
+    );
+    assert_eq!(listed_names(&api), ["counter"]);
 }
 
 #[test]
