@@ -229,10 +229,9 @@ impl Commands {
                 (None, 0) => ExpectedVersion::NoStream,
                 (None, version) => ExpectedVersion::Exact(version),
             };
-            let count = events.len() as u64;
             let appended = self
                 .store
-                .append(AppendRequest {
+                .append_returning_records(AppendRequest {
                     stream: request.stream.clone(),
                     expected_version,
                     events,
@@ -240,17 +239,15 @@ impl Commands {
                 })
                 .await;
             match appended {
-                Ok(AppendOutcome::Written(result) | AppendOutcome::AlreadyWritten(result)) => {
+                Ok((
+                    AppendOutcome::Written(result) | AppendOutcome::AlreadyWritten(result),
+                    events,
+                )) => {
                     if let Some(reason) = rejection {
                         self.counters.rejected.fetch_add(1, Ordering::Relaxed);
                         return Ok(CommandOutcome::Rejected { command_id, reason });
                     }
                     self.counters.applied.fetch_add(1, Ordering::Relaxed);
-                    let events = if count == 0 {
-                        Vec::new()
-                    } else {
-                        self.read_positions(result.first_position, count)?
-                    };
                     return Ok(CommandOutcome::Applied {
                         command_id,
                         events,

@@ -70,7 +70,7 @@ pub(crate) struct ServeArgs {
     #[arg(long, default_value_t = 64)]
     cache_mib: usize,
     /// Longest wait, in microseconds, for a commit group to fill up to the size of the last one.
-    #[arg(long, default_value_t = 250)]
+    #[arg(long, env = "EVHOST_GROUP_COMMIT_WAIT_US", default_value_t = 250)]
     group_commit_wait_us: u64,
 }
 

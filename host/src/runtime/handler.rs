@@ -53,6 +53,9 @@ struct Instance {
     evolve: Func,
 }
 
+/// The parameters of `evolve`: the state, the batch's event types, its events.
+type EvolveParams<'a> = (Option<&'a [u8]>, &'a [&'a str], &'a [StreamEventRef<'a>]);
+
 /// The `stream-event` record, lowered straight from borrowed strings. The generated bindings
 /// take owned strings, which would mean copying every event's type and data on the host before
 /// wasmtime copies them into the plugin's memory; folding long streams is where that shows.
@@ -60,8 +63,8 @@ struct Instance {
 #[component(record)]
 struct StreamEventRef<'a> {
     version: u64,
-    #[component(name = "event-type")]
-    event_type: &'a str,
+    #[component(name = "type-index")]
+    type_index: u32,
     data: &'a str,
 }
 
@@ -139,21 +142,30 @@ impl HandlerPlugin {
         state: Option<&[u8]>,
         events: &[EventInput<'_>],
     ) -> Result<Vec<u8>, PluginFailure> {
+        // A batch holds a handful of types: a linear search interns them faster than a map.
+        let mut types: Vec<&str> = Vec::new();
         let events: Vec<StreamEventRef<'_>> = events
             .iter()
-            .map(|e| StreamEventRef {
-                version: e.version,
-                event_type: e.event_type,
-                data: e.data,
+            .map(|e| {
+                let type_index = match types.iter().position(|t| *t == e.event_type) {
+                    Some(index) => index,
+                    None => {
+                        types.push(e.event_type);
+                        types.len() - 1
+                    }
+                };
+                StreamEventRef {
+                    version: e.version,
+                    type_index: type_index as u32,
+                    data: e.data,
+                }
             })
             .collect();
         self.call_instance(|instance| {
             let evolve = instance
                 .evolve
-                .typed::<(Option<&[u8]>, &[StreamEventRef<'_>]), (Result<Vec<u8>, String>,)>(
-                    &instance.store,
-                )?;
-            let (result,) = evolve.call(&mut instance.store, (state, &events))?;
+                .typed::<EvolveParams<'_>, (Result<Vec<u8>, String>,)>(&instance.store)?;
+            let (result,) = evolve.call(&mut instance.store, (state, &types, &events))?;
             Ok(result)
         })?
         .map_err(|reason| PluginFailure::Returned(format!("evolve failed: {reason}")))

@@ -232,11 +232,19 @@ pub(crate) struct StoreStats {
 pub(crate) type AppendFuture =
     Pin<Box<dyn Future<Output = Result<AppendOutcome, AppendError>> + Send>>;
 
+/// A future an append resolves to, with the records it wrote, once its group is durable.
+pub(crate) type AppendRecordsFuture =
+    Pin<Box<dyn Future<Output = Result<(AppendOutcome, Vec<RecordedEvent>), AppendError>> + Send>>;
+
 /// The narrow interface the rest of the host uses to reach stored events; a backend on another
 /// engine implements this and nothing above it changes.
 pub(crate) trait EventStore: Send + Sync + 'static {
     /// Appends atomically; resolves only once the events are durable (or the append is refused).
     fn append(&self, request: AppendRequest) -> AppendFuture;
+
+    /// Appends as [`EventStore::append`] does, and answers with the records written (none when
+    /// the append was refused or had been written before), sparing the caller a read.
+    fn append_returning_records(&self, request: AppendRequest) -> AppendRecordsFuture;
 
     /// Reads up to `limit` events of one stream starting at version `from` (`None`: the start in
     /// that direction). `Ok(None)` when the stream does not exist.

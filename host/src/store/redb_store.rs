@@ -35,8 +35,9 @@ use super::rows::{
     encode_chunk, encode_entries,
 };
 use super::{
-    AppendError, AppendFuture, AppendOutcome, AppendRequest, AppendResult, Direction, EventStore,
-    LogFilter, LogPage, RecordedEvent, StorageError, StoreStats, StoredCommand, StreamPage,
+    AppendError, AppendFuture, AppendOutcome, AppendRecordsFuture, AppendRequest, AppendResult,
+    Direction, EventStore, LogFilter, LogPage, RecordedEvent, StorageError, StoreStats,
+    StoredCommand, StreamPage,
 };
 
 /// The log and its position indexes, in one ordered tree so that a commit touches one table root
@@ -138,8 +139,14 @@ fn engine<E: std::fmt::Display>(error: E) -> StorageError {
 
 struct Job {
     request: AppendRequest,
-    reply: oneshot::Sender<Result<AppendOutcome, AppendError>>,
+    /// Whether the reply carries the records the append wrote.
+    want_records: bool,
+    reply: oneshot::Sender<Reply>,
 }
+
+/// What the writer answers an append: its outcome, with the records it wrote if they were asked
+/// for (and empty otherwise).
+type Reply = Result<(AppendOutcome, Vec<RecordedEvent>), AppendError>;
 
 enum WriterMessage {
     Append(Job),
@@ -204,6 +211,23 @@ impl RedbStore {
         })
     }
 
+    /// Hands an append to the writer; the future resolves once its group is durable.
+    fn send_append(&self, request: AppendRequest, want_records: bool) -> AppendRecordsFuture {
+        let (reply, answer) = oneshot::channel();
+        let sent = self.jobs.send(WriterMessage::Append(Job {
+            request,
+            want_records,
+            reply,
+        }));
+        Box::pin(async move {
+            if sent.is_err() {
+                return Err(StorageError::Closed.into());
+            }
+            // A dropped reply means the writer stopped before answering: nothing was acknowledged.
+            answer.await.unwrap_or(Err(StorageError::Closed.into()))
+        })
+    }
+
     fn read_events(
         log: &impl ReadableTable<(u64, u64), &'static [u8]>,
         positions: impl IntoIterator<Item = u64>,
@@ -229,17 +253,12 @@ impl RedbStore {
 
 impl EventStore for RedbStore {
     fn append(&self, request: AppendRequest) -> AppendFuture {
-        let (reply, answer) = oneshot::channel();
-        let sent = self
-            .jobs
-            .send(WriterMessage::Append(Job { request, reply }));
-        Box::pin(async move {
-            if sent.is_err() {
-                return Err(StorageError::Closed.into());
-            }
-            // A dropped reply means the writer stopped before answering: nothing was acknowledged.
-            answer.await.unwrap_or(Err(StorageError::Closed.into()))
-        })
+        let answer = self.send_append(request, false);
+        Box::pin(async move { answer.await.map(|(outcome, _)| outcome) })
+    }
+
+    fn append_returning_records(&self, request: AppendRequest) -> AppendRecordsFuture {
+        self.send_append(request, true)
     }
 
     fn read_stream(
@@ -766,7 +785,7 @@ impl Writer {
                     .fetch_add(elapsed, Ordering::Relaxed);
                 let written = results
                     .iter()
-                    .filter(|r| matches!(r, Ok(AppendOutcome::Written(_))))
+                    .filter(|r| matches!(r, Ok((AppendOutcome::Written(_), _))))
                     .count();
                 self.counters
                     .committed_appends
@@ -793,10 +812,7 @@ impl Writer {
     }
 
     /// Applies every request of the group in one transaction and commits it durably.
-    fn write_group(
-        &mut self,
-        group: &[Job],
-    ) -> Result<Vec<Result<AppendOutcome, AppendError>>, StorageError> {
+    fn write_group(&mut self, group: &[Job]) -> Result<Vec<Reply>, StorageError> {
         let txn = self.db.begin_write().map_err(engine)?;
         let recorded_at = now_rfc3339();
         let mut results = Vec::with_capacity(group.len());
@@ -805,7 +821,14 @@ impl Writer {
             let ids_before = self.state.counters()[1..].to_vec();
             let mut writes = GroupWrites::new(self.state.head + 1);
             for job in group {
-                results.push(self.apply(&mut tables, &mut writes, &job.request, &recorded_at)?);
+                let outcome = self.apply(&mut tables, &mut writes, &job.request, &recorded_at)?;
+                let records = match &outcome {
+                    Ok(AppendOutcome::Written(result)) if job.want_records => {
+                        writes.records_of(result)
+                    }
+                    _ => Vec::new(),
+                };
+                results.push(outcome.map(|outcome| (outcome, records)));
             }
             writes.write(&mut tables)?;
             if self.state.counters()[1..] != ids_before[..] {
@@ -1050,6 +1073,18 @@ impl<'g> GroupWrites<'g> {
             self.record_ends[index - 1]
         };
         start..self.record_ends[index]
+    }
+
+    /// Copies of the records an append of this group wrote, in position order.
+    fn records_of(&self, result: &AppendResult) -> Vec<RecordedEvent> {
+        (result.first_position..=result.last_position)
+            .filter_map(|position| {
+                self.record(position).map(|json| RecordedEvent {
+                    position,
+                    json: json.to_vec(),
+                })
+            })
+            .collect()
     }
 
     /// The record at `position` if this group wrote it.
@@ -1324,7 +1359,7 @@ fn find_earlier_append(
 mod tests {
     use super::*;
     use crate::store::names::category_of;
-    use crate::store::{ExpectedVersion, ProposedEvent};
+    use crate::store::{CommandEntry, ExpectedVersion, ProposedEvent};
 
     fn event(n: usize) -> ProposedEvent {
         typed_event(n, "T")
@@ -1518,5 +1553,48 @@ mod tests {
             matches!(refused, Err(AppendError::Storage(StorageError::Closed))),
             "{refused:?}"
         );
+    }
+
+    /// A command's append carries its record in the same transaction, answers with the records
+    /// it wrote, and a second append with the same command id writes nothing.
+    #[test]
+    fn command_appends_return_their_records_and_are_recorded_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let store = RedbStore::open(dir.path(), &StoreOptions::default()).unwrap();
+        let command = |events: Vec<ProposedEvent>| AppendRequest {
+            stream: "visit-1".into(),
+            expected_version: ExpectedVersion::Any,
+            events,
+            command: Some(CommandEntry {
+                id: "c-1".into(),
+                record: br#"{"outcome":"applied"}"#.to_vec(),
+            }),
+        };
+        let (outcome, records) = runtime
+            .block_on(store.append_returning_records(command(vec![event(0), event(1)])))
+            .unwrap();
+        let AppendOutcome::Written(result) = outcome else {
+            panic!("{outcome:?}")
+        };
+        let stored = store.read_log(1, 10, &LogFilter::default()).unwrap().events;
+        assert_eq!(records.len(), 2);
+        for (returned, stored) in records.iter().zip(&stored) {
+            assert_eq!(returned.position, stored.position);
+            assert_eq!(returned.json, stored.json);
+        }
+        let recorded = store.read_command("c-1").unwrap().unwrap();
+        assert_eq!(recorded.position, result.last_position);
+        assert_eq!(recorded.event_count, 2);
+        assert_eq!(recorded.record, br#"{"outcome":"applied"}"#);
+
+        let again = runtime.block_on(store.append_returning_records(command(vec![event(2)])));
+        assert!(
+            matches!(&again, Err(AppendError::CommandRecorded(c)) if *c == recorded),
+            "{again:?}"
+        );
+        assert_eq!(store.head(), 2, "the repeated command wrote nothing");
     }
 }

@@ -27,13 +27,24 @@ use bindings::{Command, NewEvent, StreamEvent};
 pub struct Adapter<H>(PhantomData<H>);
 
 impl<H: Handler> bindings::Guest for Adapter<H> {
-    fn evolve(state: Option<Vec<u8>>, events: Vec<StreamEvent>) -> Result<Vec<u8>, String> {
-        crate::wire::evolve::<H>(
-            state.as_deref(),
-            events
-                .iter()
-                .map(|event| (event.event_type.as_str(), event.data.as_str())),
-        )
+    fn evolve(
+        state: Option<Vec<u8>>,
+        event_types: Vec<String>,
+        events: Vec<StreamEvent>,
+    ) -> Result<Vec<u8>, String> {
+        let mut pairs = Vec::with_capacity(events.len());
+        for event in &events {
+            let Some(event_type) = event_types.get(event.type_index as usize) else {
+                return Err(format!(
+                    "event version {} names type {} of a batch of {} types",
+                    event.version,
+                    event.type_index,
+                    event_types.len()
+                ));
+            };
+            pairs.push((event_type.as_str(), event.data.as_str()));
+        }
+        crate::wire::evolve::<H>(state.as_deref(), pairs)
     }
 
     fn decide(state: Option<Vec<u8>>, command: Command) -> Result<Vec<NewEvent>, String> {
