@@ -5,7 +5,7 @@
 use std::fmt::Write;
 
 use crate::plugins::{self, Commands, PluginBench, PluginRound};
-use crate::workload::{Measurement, Settings};
+use crate::workload::{Latency, Measurement, Settings};
 
 const MIB: f64 = 1024.0 * 1024.0;
 
@@ -216,7 +216,7 @@ fn row(
         Ok(measurement) => measurement,
         Err(_) => return format!("| {name} | {system} | failed | | | | | | | |"),
     };
-    let ms = |pick: fn(&crate::workload::Latency) -> std::time::Duration| {
+    let ms = |pick: fn(&Latency) -> std::time::Duration| {
         measurement
             .latency
             .map(|latency| format!("{:.2}", pick(&latency).as_secs_f64() * 1000.0))
@@ -461,7 +461,13 @@ fn write_plugins(out: &mut String, rounds: &[PluginRound], settings: &Settings) 
     let wasm = |pick: fn(&PluginBench) -> f64| {
         per_round(rounds, move |round| round.wasm.as_ref().ok().map(pick))
     };
-    let ms = |latency: Option<std::time::Duration>| latency.map(|l| l.as_secs_f64() * 1000.0);
+    // A latency percentile of the commands, in milliseconds.
+    let latency_ms = |pick: fn(&Latency) -> std::time::Duration| {
+        per_round(rounds, move |round| {
+            let latency = round.commands.as_ref().ok()?.measurement.latency.as_ref()?;
+            Some(pick(latency).as_secs_f64() * 1000.0)
+        })
+    };
     let rows: [FigureRow; 11] = [
         ("commands/s", commands(Commands::rate), thousands),
         (
@@ -469,32 +475,12 @@ fn write_plugins(out: &mut String, rounds: &[PluginRound], settings: &Settings) 
             commands(|c| c.measurement.rate()),
             thousands,
         ),
-        (
-            "command latency p50, ms",
-            per_round(rounds, |round| {
-                ms(round
-                    .commands
-                    .as_ref()
-                    .ok()?
-                    .measurement
-                    .latency
-                    .map(|l| l.p50))
-            }),
-            |ms| format!("{ms:.2}"),
-        ),
-        (
-            "command latency p99, ms",
-            per_round(rounds, |round| {
-                ms(round
-                    .commands
-                    .as_ref()
-                    .ok()?
-                    .measurement
-                    .latency
-                    .map(|l| l.p99))
-            }),
-            |ms| format!("{ms:.2}"),
-        ),
+        ("command latency p50, ms", latency_ms(|l| l.p50), |ms| {
+            format!("{ms:.2}")
+        }),
+        ("command latency p99, ms", latency_ms(|l| l.p99), |ms| {
+            format!("{ms:.2}")
+        }),
         (
             "`evolve` native, ns per event",
             per_round(rounds, |round| round.native_ns.as_ref().ok().copied()),
