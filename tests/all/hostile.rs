@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use crate::harness::{Api, Reply, Server, assert_error, event, guest_wasm};
+use crate::harness::{Api, Launch, Reply, Server, assert_error, event, guest_wasm};
 
 /// How long a plugin stopped at its time budget may take to be answered, budget included: the
 /// machine is shared, but an interrupted loop must not take seconds.
@@ -338,4 +338,22 @@ fn failing_over_and_over_exhausts_nothing() {
         &json!({"stream": "counter-1", "type": "Increment", "data": {"by": 1}}),
     )
     .expect(200);
+}
+
+/// What a plugin can see of the world is nothing: no environment, no arguments, no input, and
+/// clocks that read zero, even though the host itself has all of these.
+#[test]
+fn the_sandbox_shows_a_plugin_nothing_of_the_host() {
+    let server = Launch::default()
+        .env("EVHOST_SANDBOX_PROBE", "visible to the host only")
+        .start();
+    let api = server.api();
+    api.deploy_guest("fixture-hostile");
+    let probed = hostile(&api, "hostile-probe", "Probe", Value::Null).expect(200);
+    assert_eq!(
+        probed["events"][0]["data"],
+        json!({"env_vars": 0, "args": 0, "wall_clock_secs": 0, "monotonic_nanos": 0,
+               "stdin_bytes": 0}),
+        "the sandbox leaks: {probed}"
+    );
 }
