@@ -286,7 +286,7 @@ impl Commands {
         let Some(stored) = self.store.read_command(id)? else {
             return Ok(None);
         };
-        let events = self.read_positions(*stored.positions().start(), stored.event_count)?;
+        let events = self.events_of(&stored)?;
         Ok(Some((stored, events)))
     }
 
@@ -323,7 +323,7 @@ impl Commands {
                 reason: record.reason.unwrap_or_default().into_owned(),
             });
         }
-        let events = self.read_positions(*stored.positions().start(), stored.event_count)?;
+        let events = self.events_of(&stored)?;
         Ok(CommandOutcome::Applied {
             command_id,
             events,
@@ -437,13 +437,15 @@ impl Commands {
             .collect()
     }
 
-    fn read_positions(&self, first: u64, count: u64) -> Result<Vec<RecordedEvent>, StorageError> {
-        if count == 0 {
+    /// The events a recorded command produced, read from the log.
+    fn events_of(&self, stored: &StoredCommand) -> Result<Vec<RecordedEvent>, StorageError> {
+        if stored.event_count == 0 {
             return Ok(Vec::new());
         }
-        let page = self
-            .store
-            .read_log(first, count as usize, &LogFilter::default())?;
+        let first = *stored.positions().start();
+        let page =
+            self.store
+                .read_log(first, stored.event_count as usize, &LogFilter::default())?;
         Ok(page.events)
     }
 }

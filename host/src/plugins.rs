@@ -9,6 +9,7 @@
 //! Architecture Invariant: this module knows nothing of HTTP. It reaches wasmtime only through
 //! the runtime and the store only through [`EventStore`].
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
@@ -170,32 +171,43 @@ impl Plugins {
             .map(|v| v.limits)
             .unwrap_or_default();
         let label = label(&record.name, version);
-        let cached = self
-            .store
-            .blob(&artifact_key(version, self.runtime.compatibility_key()))?;
-        let from_cache =
-            cached.and_then(|artifact| self.runtime.load_compiled(&artifact, &label, limits));
-        let (loaded, loaded_from) = match from_cache {
-            Some(loaded) => {
-                self.counters.cache_loads.fetch_add(1, Ordering::Relaxed);
-                (loaded?, LoadedFrom::Cache)
-            }
-            None => {
-                let wasm = self.store.blob(&wasm_key(version))?.ok_or_else(|| {
-                    StorageError::Engine(format!("the upload of {label} is missing from the store"))
-                })?;
-                let loaded = self.runtime.compile(&wasm, &label, limits)?;
-                self.counters.compilations.fetch_add(1, Ordering::Relaxed);
-                if let Some(artifact) = &loaded.artifact {
-                    self.store.save_blob(
-                        &artifact_key(version, self.runtime.compatibility_key()),
-                        artifact,
-                    )?;
-                }
-                (loaded, LoadedFrom::Compiled)
-            }
-        };
+        let (loaded, loaded_from) = self.load_or_compile(version, &label, limits, || {
+            let wasm = self.store.blob(&wasm_key(version))?.ok_or_else(|| {
+                StorageError::Engine(format!("the upload of {label} is missing from the store"))
+            })?;
+            Ok(Cow::Owned(wasm))
+        })?;
+        // The artifact was missing or did not fit this engine: keep the new one for next time.
+        if let Some(artifact) = &loaded.artifact {
+            self.store.save_blob(
+                &artifact_key(version, self.runtime.compatibility_key()),
+                artifact,
+            )?;
+        }
         Ok(Some(active_handler(loaded, version, loaded_from)))
+    }
+
+    /// Loads `version` from its compiled artifact when the store holds one that fits this
+    /// engine, and otherwise compiles the bytes `wasm` gives (the loaded plugin then carries the
+    /// new artifact). Counts which of the two it was.
+    fn load_or_compile<'w>(
+        &self,
+        version: &str,
+        label: &str,
+        limits: PluginLimits,
+        wasm: impl FnOnce() -> Result<Cow<'w, [u8]>, DeployError>,
+    ) -> Result<(Loaded, LoadedFrom), DeployError> {
+        let key = artifact_key(version, self.runtime.compatibility_key());
+        let cached = self.store.blob(&key)?;
+        if let Some(loaded) =
+            cached.and_then(|artifact| self.runtime.load_compiled(&artifact, label, limits))
+        {
+            self.counters.cache_loads.fetch_add(1, Ordering::Relaxed);
+            return Ok((loaded?, LoadedFrom::Cache));
+        }
+        let loaded = self.runtime.compile(&wasm()?, label, limits)?;
+        self.counters.compilations.fetch_add(1, Ordering::Relaxed);
+        Ok((loaded, LoadedFrom::Compiled))
     }
 
     /// Deploys uploaded bytes: validates and compiles them, stores them with their compiled
@@ -227,29 +239,10 @@ impl Plugins {
         };
         limits.check().map_err(InvalidPlugin)?;
         let known = previous_limits.is_some();
-        let artifact_key = artifact_key(&version, self.runtime.compatibility_key());
         // Bytes deployed before have their compiled artifact in the store already.
-        let cached = tokio::task::block_in_place(|| -> Result<_, DeployError> {
-            if !known {
-                return Ok(None);
-            }
-            let Some(artifact) = self.store.blob(&artifact_key)? else {
-                return Ok(None);
-            };
-            Ok(self.runtime.load_compiled(&artifact, &label, limits))
+        let (loaded, loaded_from) = tokio::task::block_in_place(|| {
+            self.load_or_compile(&version, &label, limits, || Ok(Cow::Borrowed(wasm)))
         })?;
-        let (loaded, loaded_from) = match cached {
-            Some(loaded) => {
-                self.counters.cache_loads.fetch_add(1, Ordering::Relaxed);
-                (loaded?, LoadedFrom::Cache)
-            }
-            None => {
-                let loaded =
-                    tokio::task::block_in_place(|| self.runtime.compile(wasm, &label, limits))?;
-                self.counters.compilations.fetch_add(1, Ordering::Relaxed);
-                (loaded, LoadedFrom::Compiled)
-            }
-        };
         let info = loaded.info.clone();
         let mut record = {
             let entries = self.read_entries();
@@ -294,6 +287,7 @@ impl Plugins {
         if !known {
             blobs.push((&wasm_key, wasm));
         }
+        let artifact_key = artifact_key(&version, self.runtime.compatibility_key());
         if let Some(artifact) = &loaded.artifact {
             blobs.push((&artifact_key, artifact));
         }

@@ -25,8 +25,8 @@ pub(super) async fn deploy(
     let wasm = read_body(request, app.limits.max_plugin_bytes).await?;
     let query = Query::parse(uri.query(), &["memory_mib", "timeout_ms", "promote"])?;
     let overrides = LimitOverrides {
-        memory_mib: positive(&query, "memory_mib", MAX_MEMORY_MIB)?,
-        timeout_ms: positive(&query, "timeout_ms", MAX_TIMEOUT_MS)?,
+        memory_mib: query.positive("memory_mib", MAX_MEMORY_MIB)?,
+        timeout_ms: query.positive("timeout_ms", MAX_TIMEOUT_MS)?,
     };
     // Projections are promoted automatically or by hand; a handler takes over at once either way.
     if let Some(promote) = query.single("promote")?
@@ -91,14 +91,4 @@ pub(super) fn show(
         )
     })?;
     Ok(json_response(StatusCode::OK, &details))
-}
-
-/// A number from 1 to `max`, if given.
-fn positive(query: &Query, name: &str, max: u64) -> Result<Option<u64>, ApiError> {
-    match query.number(name, max)? {
-        Some(0) => Err(ApiError::invalid(format!(
-            "query parameter {name} must be between 1 and {max}, found 0"
-        ))),
-        other => Ok(other),
-    }
 }

@@ -98,15 +98,21 @@ impl Query {
         Ok(Some(value))
     }
 
+    /// An integer from 1 to `max`, if given.
+    pub(crate) fn positive(&self, name: &str, max: u64) -> Result<Option<u64>, ApiError> {
+        match self.number(name, max)? {
+            Some(0) => Err(ApiError::invalid(format!(
+                "query parameter {name} must be between 1 and {max}, found 0"
+            ))),
+            other => Ok(other),
+        }
+    }
+
     /// A page size: 1 to `max`, `default` when absent.
     pub(crate) fn limit(&self, default: usize, max: usize) -> Result<usize, ApiError> {
-        match self.number("limit", max as u64)? {
-            None => Ok(default),
-            Some(0) => Err(ApiError::invalid(format!(
-                "query parameter limit must be between 1 and {max}, found 0"
-            ))),
-            Some(n) => Ok(n as usize),
-        }
+        Ok(self
+            .positive("limit", max as u64)?
+            .map_or(default, |n| n as usize))
     }
 
     /// Every value of a list parameter, repeated or comma-separated, without empty items.

@@ -37,20 +37,18 @@ pub(super) struct SnapshotCache {
 
 #[derive(Default)]
 struct Inner {
-    /// By plugin version, then stream.
-    entries: HashMap<(Arc<str>, String), Snapshot>,
+    /// By plugin version, then stream: two levels, so that a lookup by borrowed names builds
+    /// no key.
+    versions: HashMap<String, HashMap<String, Snapshot>>,
+    /// Snapshots held, over all versions.
+    count: usize,
     bytes: usize,
 }
 
 impl SnapshotCache {
     pub(super) fn get(&self, plugin_version: &str, stream: &str) -> Option<Snapshot> {
         let inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
-        // The key borrows nothing, so a lookup builds one; cheaper than a two-level map's
-        // second lookup for the common single-version case.
-        inner
-            .entries
-            .get(&(Arc::from(plugin_version), stream.to_owned()))
-            .cloned()
+        inner.versions.get(plugin_version)?.get(stream).cloned()
     }
 
     /// Keeps `snapshot` unless the cache holds a newer one for the same key.
@@ -60,17 +58,29 @@ impl SnapshotCache {
             return;
         }
         let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
-        let key = (Arc::from(plugin_version), stream.to_owned());
-        if let Some(existing) = inner.entries.get(&key) {
-            if existing.version >= snapshot.version {
-                return;
+        let inner = &mut *inner;
+        if !inner.versions.contains_key(plugin_version) {
+            inner
+                .versions
+                .insert(plugin_version.to_owned(), HashMap::new());
+        }
+        let streams = inner
+            .versions
+            .get_mut(plugin_version)
+            .expect("inserted above");
+        match streams.get_mut(stream) {
+            Some(existing) if existing.version >= snapshot.version => return,
+            Some(existing) => {
+                inner.bytes -= existing.cost(stream);
+                *existing = snapshot;
             }
-            let old = existing.cost(stream);
-            inner.bytes -= old;
+            None => {
+                streams.insert(stream.to_owned(), snapshot);
+                inner.count += 1;
+            }
         }
         inner.bytes += cost;
-        inner.entries.insert(key, snapshot);
-        while inner.bytes > CAPACITY_BYTES || inner.entries.len() > CAPACITY_ENTRIES {
+        while inner.bytes > CAPACITY_BYTES || inner.count > CAPACITY_ENTRIES {
             inner.evict_some();
         }
     }
@@ -79,13 +89,21 @@ impl SnapshotCache {
 impl Inner {
     /// Drops about an eighth of the entries; a hash map's order is as good as random here.
     fn evict_some(&mut self) {
-        let drop_count = (self.entries.len() / 8).max(1);
-        let victims: Vec<_> = self.entries.keys().take(drop_count).cloned().collect();
-        for key in victims {
-            if let Some(snapshot) = self.entries.remove(&key) {
-                self.bytes -= snapshot.cost(&key.1);
+        let mut left = (self.count / 8).max(1);
+        for streams in self.versions.values_mut() {
+            let victims: Vec<String> = streams.keys().take(left).cloned().collect();
+            for stream in victims {
+                if let Some(snapshot) = streams.remove(&stream) {
+                    self.bytes -= snapshot.cost(&stream);
+                    self.count -= 1;
+                    left -= 1;
+                }
+            }
+            if left == 0 {
+                break;
             }
         }
+        self.versions.retain(|_, streams| !streams.is_empty());
     }
 }
 
@@ -119,7 +137,14 @@ mod tests {
         }
         let inner = cache.inner.lock().unwrap();
         assert!(inner.bytes <= CAPACITY_BYTES);
-        let counted: usize = inner.entries.iter().map(|(k, s)| s.cost(&k.1)).sum();
+        let counted: usize = inner
+            .versions
+            .values()
+            .flatten()
+            .map(|(stream, s)| s.cost(stream))
+            .sum();
         assert_eq!(counted, inner.bytes);
+        let held: usize = inner.versions.values().map(HashMap::len).sum();
+        assert_eq!(held, inner.count);
     }
 }

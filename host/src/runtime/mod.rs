@@ -3,8 +3,8 @@
 //!
 //! [`Runtime`] owns the engine (pooling allocator, epoch interruption driven by a ticker thread)
 //! and the linker (WASI with an empty context, and the host interfaces of `evhost:plugin`).
-//! [`Runtime::inspect`] turns uploaded bytes into a validated, compiled [`Inspected`] plugin;
-//! [`Runtime::load`] brings back one compiled earlier from its cached artifact. A
+//! [`Runtime::compile`] turns uploaded bytes into a validated, compiled [`Loaded`] plugin;
+//! [`Runtime::load_compiled`] brings back one compiled earlier from its cached artifact. A
 //! [`HandlerPlugin`] keeps instances of one handler version and calls `evolve` and `decide` on
 //! them, reusing an instance until a call on it fails.
 //!
