@@ -7,6 +7,7 @@ mod cli;
 mod commands;
 mod log;
 mod plugins;
+mod projections;
 mod runtime;
 mod store;
 

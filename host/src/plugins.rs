@@ -1,5 +1,6 @@
 //! The plugins deployed in this host: their records, kept in the store with the uploaded bytes
-//! and the compiled artifacts, and the loaded active version of each handler.
+//! and the compiled artifacts, and the loaded active version of each plugin: a handler ready for
+//! commands, or a projection with the runner that feeds it.
 //!
 //! A deploy compiles and validates the upload, stores everything in one transaction, and only
 //! then makes the version active, so a restart finds exactly what was acknowledged. Commands
@@ -16,8 +17,10 @@ use std::sync::{Arc, RwLock};
 
 use serde::{Deserialize, Serialize};
 
+use crate::projections::ProjectionRunner;
 use crate::runtime::{
-    HandlerPlugin, InvalidPlugin, Loaded, PluginKind, PluginLimits, Runtime, content_hash,
+    HandlerPlugin, InvalidPlugin, Loaded, PluginCalls, PluginKind, PluginLimits, Runtime,
+    content_hash,
 };
 use crate::store::{EventStore, StorageError, now_rfc3339};
 
@@ -89,24 +92,51 @@ pub(crate) struct ActiveHandler {
     pub version: String,
     pub category: String,
     pub plugin: HandlerPlugin,
-    loaded_from: LoadedFrom,
+}
+
+/// The loaded active version of a plugin.
+#[derive(Clone)]
+enum Active {
+    Handler(Arc<ActiveHandler>),
+    Projection(Arc<ProjectionRunner>),
+}
+
+impl Active {
+    fn limits(&self) -> PluginLimits {
+        match self {
+            Active::Handler(handler) => handler.plugin.limits(),
+            Active::Projection(runner) => runner.limits(),
+        }
+    }
+
+    /// Ends what the version runs in the background.
+    fn retire(&self) {
+        if let Active::Projection(runner) = self {
+            runner.stop();
+        }
+    }
 }
 
 struct Entry {
     record: PluginRecord,
-    active: Option<Arc<ActiveHandler>>,
+    active: Option<Active>,
+    loaded_from: Option<LoadedFrom>,
     /// Why the active version could not be loaded, if it could not.
     error: Option<String>,
 }
 
-/// Why a handler cannot take a command.
+/// Why a plugin of the kind asked for cannot serve.
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum HandlerLookupError {
     #[error("no plugin named {0:?} is deployed")]
     NotFound(String),
-    #[error("plugin {name:?} is a {kind}, not a handler")]
-    NotAHandler { name: String, kind: PluginKind },
-    #[error("handler {name:?} could not be loaded: {error}")]
+    #[error("plugin {name:?} is a {kind}, not a {wanted}")]
+    WrongKind {
+        name: String,
+        kind: PluginKind,
+        wanted: PluginKind,
+    },
+    #[error("plugin {name:?} could not be loaded: {error}")]
     Failed { name: String, error: String },
 }
 
@@ -144,7 +174,7 @@ impl Plugins {
                 StorageError::Engine(format!("the record of plugin {name:?} is corrupt: {e}"))
             })?;
             let (active, error) = match plugins.load_active(&record) {
-                Ok(active) => (active.map(Arc::new), None),
+                Ok(active) => (active, None),
                 Err(error) => {
                     crate::log::error!("plugin {name} could not be loaded: {error}");
                     (None, Some(error.to_string()))
@@ -152,7 +182,8 @@ impl Plugins {
             };
             let entry = Entry {
                 record,
-                active,
+                loaded_from: active.as_ref().map(|(_, from)| *from),
+                active: active.map(|(active, _)| active),
                 error,
             };
             plugins.write_entries().insert(name, entry);
@@ -160,7 +191,10 @@ impl Plugins {
         Ok(plugins)
     }
 
-    fn load_active(&self, record: &PluginRecord) -> Result<Option<ActiveHandler>, DeployError> {
+    fn load_active(
+        &self,
+        record: &PluginRecord,
+    ) -> Result<Option<(Active, LoadedFrom)>, DeployError> {
         let Some(version) = &record.active_version else {
             return Ok(None);
         };
@@ -184,7 +218,7 @@ impl Plugins {
                 artifact,
             )?;
         }
-        Ok(Some(active_handler(loaded, version, loaded_from)))
+        Ok(Some((self.activate(loaded, version, loaded_from)?, loaded_from)))
     }
 
     /// Loads `version` from its compiled artifact when the store holds one that fits this
@@ -292,21 +326,27 @@ impl Plugins {
             blobs.push((&artifact_key, artifact));
         }
         tokio::task::block_in_place(|| self.store.save_plugin(&info.name, &encoded, &blobs))?;
-        let active = active_handler(loaded, &version, loaded_from);
+        let active = self.activate(loaded, &version, loaded_from)?;
         crate::log::info!(
             "deployed {} {} version {version} ({} bytes)",
             info.kind,
             info.name,
             wasm.len()
         );
-        self.write_entries().insert(
+        let replaced = self.write_entries().insert(
             info.name.clone(),
             Entry {
                 record,
-                active: Some(Arc::new(active)),
+                active: Some(active),
+                loaded_from: Some(loaded_from),
                 error: None,
             },
         );
+        if let Some(previous) = replaced.and_then(|entry| entry.active)
+            && !matches!(&previous, Active::Projection(runner) if runner.version == version)
+        {
+            previous.retire();
+        }
         Ok(Deployed {
             name: info.name,
             kind: info.kind,
@@ -354,34 +394,106 @@ impl Plugins {
         let entry = entries
             .get(name)
             .ok_or_else(|| HandlerLookupError::NotFound(name.to_owned()))?;
-        if entry.record.kind != PluginKind::Handler {
-            return Err(HandlerLookupError::NotAHandler {
+        match Self::active(entry, name, PluginKind::Handler)? {
+            Active::Handler(handler) => Ok(handler),
+            _ => unreachable!("a handler's entry holds a handler"),
+        }
+    }
+
+    /// The runner of a projection's active version.
+    pub(crate) fn projection(
+        &self,
+        name: &str,
+    ) -> Result<Arc<ProjectionRunner>, HandlerLookupError> {
+        let entries = self.read_entries();
+        let entry = entries
+            .get(name)
+            .ok_or_else(|| HandlerLookupError::NotFound(name.to_owned()))?;
+        match Self::active(entry, name, PluginKind::Projection)? {
+            Active::Projection(runner) => Ok(runner),
+            _ => unreachable!("a projection's entry holds a projection"),
+        }
+    }
+
+    /// The active version of a plugin that must be of kind `wanted`.
+    fn active(entry: &Entry, name: &str, wanted: PluginKind) -> Result<Active, HandlerLookupError> {
+        if entry.record.kind != wanted {
+            return Err(HandlerLookupError::WrongKind {
                 name: name.to_owned(),
                 kind: entry.record.kind,
+                wanted,
             });
         }
-        entry
-            .active
-            .clone()
-            .ok_or_else(|| HandlerLookupError::Failed {
-                name: name.to_owned(),
-                error: entry
-                    .error
-                    .clone()
-                    .unwrap_or_else(|| "no version is active".into()),
-            })
+        entry.active.clone().ok_or_else(|| HandlerLookupError::Failed {
+            name: name.to_owned(),
+            error: entry
+                .error
+                .clone()
+                .unwrap_or_else(|| "no version is active".into()),
+        })
+    }
+
+    /// Makes a loaded version the one that serves: a handler is ready at once, a projection
+    /// starts its runner.
+    fn activate(
+        &self,
+        loaded: Loaded,
+        version: &str,
+        loaded_from: LoadedFrom,
+    ) -> Result<Active, DeployError> {
+        let Loaded { info, plugin, .. } = loaded;
+        let plugin = plugin.relabel(&label(&info.name, version));
+        Ok(match plugin {
+            PluginCalls::Handler(plugin) => Active::Handler(Arc::new(ActiveHandler {
+                category: info.category.clone().unwrap_or_default(),
+                name: info.name,
+                version: version.to_owned(),
+                plugin,
+            })),
+            PluginCalls::Projection(plugin) => {
+                // The same version deployed again keeps its runner.
+                let running = self.read_entries().get(&info.name).and_then(|entry| {
+                    match &entry.active {
+                        Some(Active::Projection(runner)) if runner.version == version => {
+                            Some(runner.clone())
+                        }
+                        _ => None,
+                    }
+                });
+                match running {
+                    Some(runner) => Active::Projection(runner),
+                    None => Active::Projection(ProjectionRunner::start(
+                        plugin,
+                        info,
+                        version,
+                        loaded_from,
+                        self.store.clone(),
+                    )?),
+                }
+            }
+            PluginCalls::Policy(_) => {
+                return Err(DeployError::Invalid(InvalidPlugin(format!(
+                    "plugin {} is a policy; this host runs handlers and projections so far",
+                    info.name
+                ))));
+            }
+        })
     }
 
     /// Every plugin, as `GET /plugins` lists them, by name.
     pub(crate) fn list(&self) -> Vec<serde_json::Value> {
-        self.read_entries().values().map(summary).collect()
+        let head = self.store.head();
+        self.read_entries()
+            .values()
+            .map(|entry| summary(entry, head))
+            .collect()
     }
 
     /// One plugin with its versions, as `GET /plugins/{name}` shows it.
     pub(crate) fn details(&self, name: &str) -> Option<serde_json::Value> {
         let entries = self.read_entries();
         let entry = entries.get(name)?;
-        let mut value = summary(entry);
+        let mut value = summary(entry, self.store.head());
         let record = &entry.record;
         let versions: Vec<serde_json::Value> = record
             .versions
@@ -395,8 +507,8 @@ impl Plugins {
                     "state": if active { "active" } else { "inactive" },
                     "limits": v.limits,
                 });
-                if let Some(handler) = entry.active.as_ref().filter(|_| active) {
-                    version["loaded_from"] = serde_json::json!(handler.loaded_from);
+                if let Some(loaded_from) = entry.loaded_from.filter(|_| active) {
+                    version["loaded_from"] = serde_json::json!(loaded_from);
                 }
                 version
             })
@@ -408,9 +520,13 @@ impl Plugins {
             "subscriptions".into(),
             serde_json::json!({"categories": record.categories, "event_types": record.event_types}),
         );
-        let limits = entry.active.as_ref().map(|handler| handler.plugin.limits());
+        let limits = entry.active.as_ref().map(Active::limits);
         object.insert("limits".into(), serde_json::json!(limits));
-        object.insert("parked".into(), 0.into());
+        let parked = match &entry.active {
+            Some(Active::Projection(runner)) => runner.parked().len(),
+            _ => 0,
+        };
+        object.insert("parked".into(), parked.into());
         object.insert("versions".into(), versions.into());
         Some(value)
     }
@@ -425,12 +541,15 @@ impl Plugins {
 }
 
 /// The fields every listing shows. A handler has no subscription, hence no position or lag.
-fn summary(entry: &Entry) -> serde_json::Value {
+fn summary(entry: &Entry, head: u64) -> serde_json::Value {
     let record = &entry.record;
-    let status = if entry.error.is_some() {
-        "failed"
-    } else {
-        "running"
+    let (status, position, error) = match (&entry.error, &entry.active) {
+        (Some(error), _) => ("failed", None, Some(error.clone())),
+        (None, Some(Active::Projection(runner))) => {
+            let (status, error) = runner.state();
+            (status, Some(runner.position()), error)
+        }
+        (None, _) => ("running", None, None),
     };
     serde_json::json!({
         "name": record.name,
@@ -438,21 +557,10 @@ fn summary(entry: &Entry) -> serde_json::Value {
         "active_version": record.active_version,
         "candidate_version": null,
         "status": status,
-        "position": null,
-        "lag": null,
-        "error": entry.error,
+        "position": position,
+        "lag": position.map(|p| head.saturating_sub(p)),
+        "error": error,
     })
-}
-
-fn active_handler(loaded: Loaded, version: &str, loaded_from: LoadedFrom) -> ActiveHandler {
-    let name = loaded.info.name.clone();
-    ActiveHandler {
-        plugin: loaded.handler.relabel(&label(&name, version)),
-        category: loaded.info.category.unwrap_or_default(),
-        name,
-        version: version.to_owned(),
-        loaded_from,
-    }
 }
 
 /// `name@version`, with the version cut to 12 hex digits: enough to tell versions apart in a

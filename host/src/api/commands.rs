@@ -131,7 +131,7 @@ fn command_error(error: CommandError) -> ApiError {
             "plugin_not_found",
             format!("no handler named {name:?} is deployed"),
         ),
-        CommandError::Handler(lookup @ HandlerLookupError::NotAHandler { .. }) => {
+        CommandError::Handler(lookup @ HandlerLookupError::WrongKind { .. }) => {
             ApiError::invalid(lookup.to_string())
         }
         CommandError::Handler(lookup @ HandlerLookupError::Failed { .. }) => {

@@ -11,7 +11,7 @@ use clap::Args;
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
-use crate::runtime::{EventInput, PluginLimits, Runtime};
+use crate::runtime::{EventInput, PluginCalls, PluginLimits, Runtime};
 
 /// Loads of the compiled artifact timed; the median is reported.
 const LOAD_SAMPLES: usize = 5;
@@ -74,7 +74,9 @@ pub(super) fn run(args: PluginBenchArgs) -> anyhow::Result<()> {
         loads.push(started.elapsed());
         // Loading checks the plugin with `describe`, leaving that instance idle for reuse; a
         // relabelled plugin has no idle instance, so its first call pays an instantiation.
-        let handler = plugin.handler.relabel("bench");
+        let PluginCalls::Handler(handler) = plugin.plugin.relabel("bench") else {
+            anyhow::bail!("{} is a {}; plugin-bench measures handlers", plugin.info.name, plugin.info.kind);
+        };
         let started = Instant::now();
         handler.describe().map_err(|e| anyhow::anyhow!("{e}"))?;
         first_calls.push(started.elapsed());

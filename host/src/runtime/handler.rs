@@ -1,24 +1,14 @@
-//! One version of a command handler, ready for calls: its pre-linked component and the idle
-//! instances it reuses.
-//!
-//! An instance serves one call at a time. A call takes an idle instance (or instantiates one
-//! from the `InstancePre`), sets its deadline, calls, and gives the instance back, unless the
-//! call failed: after a trap an instance's memory may be in any state, so it is dropped.
+//! One version of a command handler, ready for calls: `evolve` folds a stream's events into its
+//! state, `decide` answers a command against it.
 
-use std::sync::{Arc, Mutex};
+use wasmtime::Store;
+use wasmtime::component::{ComponentType, Func, Instance as ComponentInstance, InstancePre, Lower};
 
-use wasmtime::component::{Component, ComponentType, Func, Lower};
-use wasmtime::{Engine, Store, Trap};
-
-use super::bindings::{self, Handler, HandlerPre};
+use super::bindings::handler::{Handler, HandlerPre};
+use super::bindings::{self};
+use super::pool::{InstancePool, WorldExports};
 use super::sandbox::PluginState;
-use super::{
-    EPOCH_TICK, EpochTicker, InvalidPlugin, PluginFailure, PluginInfo, PluginKind, PluginLimits,
-    Runtime,
-};
-
-/// Idle instances kept per handler version; more are made when calls overlap, and dropped after.
-const MAX_IDLE_INSTANCES: usize = 32;
+use super::{PluginFailure, PluginInfo, PluginLimits};
 
 /// An event of the handler's stream as `evolve` receives it.
 #[derive(Debug, Clone, Copy)]
@@ -38,6 +28,18 @@ pub(crate) struct CommandInput<'a> {
     pub metadata: &'a str,
 }
 
+impl CommandInput<'_> {
+    pub(super) fn to_binding(&self) -> bindings::Command {
+        bindings::Command {
+            id: self.id.to_owned(),
+            stream_id: self.stream.to_owned(),
+            command_type: self.command_type.to_owned(),
+            data: self.data.to_owned(),
+            metadata: self.metadata.to_owned(),
+        }
+    }
+}
+
 /// An event `decide` wants appended, as the plugin returned it (not yet validated).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct NewEvent {
@@ -46,11 +48,31 @@ pub(crate) struct NewEvent {
     pub metadata: Option<String>,
 }
 
-struct Instance {
-    store: Store<PluginState>,
-    handler: Handler,
+/// The exports of the handler world, bound on an instance.
+pub(super) struct HandlerExports {
+    bindings: Handler,
     /// `evolve`, called through [`StreamEventRef`] rather than the generated bindings.
     evolve: Func,
+}
+
+impl WorldExports for HandlerExports {
+    const WORLD: &'static str = "handler";
+
+    fn check(pre: &InstancePre<PluginState>) -> wasmtime::Result<()> {
+        HandlerPre::new(pre.clone()).map(drop)
+    }
+
+    fn bind(store: &mut Store<PluginState>, instance: &ComponentInstance) -> wasmtime::Result<Self> {
+        let bindings = Handler::new(&mut *store, instance)?;
+        let evolve = instance
+            .get_func(&mut *store, "evolve")
+            .ok_or_else(|| wasmtime::Error::msg("the component exports no evolve"))?;
+        Ok(HandlerExports { bindings, evolve })
+    }
+
+    fn describe(&self, store: &mut Store<PluginState>) -> wasmtime::Result<bindings::PluginInfo> {
+        self.bindings.evhost_plugin_meta().call_describe(store)
+    }
 }
 
 /// The parameters of `evolve`: the state, the batch's event types, its events.
@@ -70,73 +92,31 @@ struct StreamEventRef<'a> {
 
 /// A handler version with its instances.
 pub(crate) struct HandlerPlugin {
-    engine: Engine,
-    ticker: Arc<EpochTicker>,
-    pre: HandlerPre<PluginState>,
-    /// `name@version`, for the log.
-    label: Arc<str>,
-    limits: PluginLimits,
-    idle: Mutex<Vec<Instance>>,
+    pool: InstancePool<HandlerExports>,
 }
 
 impl HandlerPlugin {
-    pub(super) fn new(
-        runtime: &Runtime,
-        component: &Component,
-        label: &str,
-        limits: PluginLimits,
-    ) -> Result<Self, InvalidPlugin> {
-        let instance_pre = runtime
-            .linker
-            .instantiate_pre(component)
-            .map_err(|e| InvalidPlugin(format!("the component cannot be linked: {e:#}")))?;
-        let pre = HandlerPre::new(instance_pre).map_err(|e| {
-            InvalidPlugin(format!(
-                "the component does not implement world handler of evhost:plugin@0.1.0: {e:#}"
-            ))
-        })?;
-        Ok(HandlerPlugin {
-            engine: runtime.engine.clone(),
-            ticker: runtime.ticker.clone(),
-            pre,
-            label: label.into(),
-            limits,
-            idle: Mutex::new(Vec::new()),
-        })
+    pub(super) fn new(pool: InstancePool<HandlerExports>) -> Self {
+        HandlerPlugin { pool }
     }
 
-    /// The same plugin under another label (once `describe` has told its name). Instances made
-    /// under the old label are dropped, so that every log line carries the new one.
+    /// The same plugin under another label (once `describe` has told its name).
     pub(crate) fn relabel(self, label: &str) -> Self {
         HandlerPlugin {
-            label: label.into(),
-            idle: Mutex::new(Vec::new()),
-            ..self
+            pool: self.pool.relabel(label),
         }
     }
 
     pub(crate) fn limits(&self) -> PluginLimits {
-        self.limits
+        self.pool.limits()
     }
 
     /// Asks the plugin what it is.
     pub(crate) fn describe(&self) -> Result<PluginInfo, PluginFailure> {
-        let info = self.call(|handler, store| handler.evhost_plugin_meta().call_describe(store))?;
-        Ok(PluginInfo {
-            name: info.name,
-            kind: match info.kind {
-                bindings::Kind::Handler => PluginKind::Handler,
-                bindings::Kind::Projection => PluginKind::Projection,
-                bindings::Kind::Policy => PluginKind::Policy,
-            },
-            category: info.category,
-            categories: info.categories,
-            event_types: info.event_types,
-            description: info.description,
-        })
+        self.pool.describe()
     }
 
-    /// Folds `events` into `state`.
+/// Folds `events` into `state`.
     pub(crate) fn evolve(
         &self,
         state: Option<&[u8]>,
@@ -161,8 +141,9 @@ impl HandlerPlugin {
                 }
             })
             .collect();
-        self.call_instance(|instance| {
+        self.pool.call(None, |instance| {
             let evolve = instance
+                .exports
                 .evolve
                 .typed::<EvolveParams<'_>, (Result<Vec<u8>, String>,)>(&instance.store)?;
             let (result,) = evolve.call(&mut instance.store, (state, &types, &events))?;
@@ -177,14 +158,10 @@ impl HandlerPlugin {
         state: Option<&[u8]>,
         command: &CommandInput<'_>,
     ) -> Result<Result<Vec<NewEvent>, String>, PluginFailure> {
-        let command = bindings::Command {
-            id: command.id.to_owned(),
-            stream_id: command.stream.to_owned(),
-            command_type: command.command_type.to_owned(),
-            data: command.data.to_owned(),
-            metadata: command.metadata.to_owned(),
-        };
-        let decided = self.call(|handler, store| handler.call_decide(store, state, &command))?;
+        let command = command.to_binding();
+        let decided = self.pool.call(None, |instance| {
+            (instance.exports.bindings).call_decide(&mut instance.store, state, &command)
+        })?;
         Ok(decided.map(|events| {
             events
                 .into_iter()
@@ -195,112 +172,5 @@ impl HandlerPlugin {
                 })
                 .collect()
         }))
-    }
-
-    /// Runs one call through the generated bindings, within the limits.
-    fn call<R>(
-        &self,
-        f: impl FnOnce(&Handler, &mut Store<PluginState>) -> wasmtime::Result<R>,
-    ) -> Result<R, PluginFailure> {
-        self.call_instance(|instance| f(&instance.handler, &mut instance.store))
-    }
-
-    /// Runs one call on an instance, within the limits.
-    fn call_instance<R>(
-        &self,
-        f: impl FnOnce(&mut Instance) -> wasmtime::Result<R>,
-    ) -> Result<R, PluginFailure> {
-        // The epoch advances only while some call is in flight.
-        let _ticking = self.ticker.call_started();
-        let idle = self
-            .idle
-            .lock()
-            .expect("the idle list is never poisoned")
-            .pop();
-        let mut instance = match idle {
-            Some(instance) => instance,
-            None => self.instantiate()?,
-        };
-        instance.store.set_epoch_deadline(self.deadline_ticks());
-        match f(&mut instance) {
-            Ok(result) => {
-                let mut idle = self.idle.lock().expect("the idle list is never poisoned");
-                if idle.len() < MAX_IDLE_INSTANCES {
-                    idle.push(instance);
-                }
-                Ok(result)
-            }
-            Err(error) => Err(self.failure(error, &instance.store)),
-        }
-    }
-
-    fn instantiate(&self) -> Result<Instance, PluginFailure> {
-        let memory_cap = (self.limits.memory_mib << 20) as usize;
-        let mut store = Store::new(
-            &self.engine,
-            PluginState::new(self.label.clone(), memory_cap),
-        );
-        store.limiter(|state| state);
-        // Instantiation runs guest code too (start functions), under the same budget as a call.
-        store.set_epoch_deadline(self.deadline_ticks());
-        let instantiated = self
-            .pre
-            .instance_pre()
-            .instantiate(&mut store)
-            .and_then(|instance| {
-                let handler = Handler::new(&mut store, &instance)?;
-                let evolve = instance
-                    .get_func(&mut store, "evolve")
-                    .ok_or_else(|| wasmtime::Error::msg("the component exports no evolve"))?;
-                Ok((handler, evolve))
-            });
-        match instantiated {
-            Ok((handler, evolve)) => Ok(Instance {
-                store,
-                handler,
-                evolve,
-            }),
-            Err(error) => match self.failure(error, &store) {
-                PluginFailure::Trap(message) => Err(PluginFailure::Instantiate(message)),
-                other => Err(other),
-            },
-        }
-    }
-
-    /// Epoch ticks in the time budget, rounded up, plus one for the tick in progress.
-    fn deadline_ticks(&self) -> u64 {
-        let tick = EPOCH_TICK.as_millis() as u64;
-        self.limits.timeout_ms.div_ceil(tick) + 1
-    }
-
-    /// Says what went wrong in a failed call, and logs it under the plugin's label.
-    fn failure(&self, error: wasmtime::Error, store: &Store<PluginState>) -> PluginFailure {
-        let failure = if store.data().memory_cap_hit {
-            PluginFailure::MemoryCap {
-                memory_mib: self.limits.memory_mib,
-            }
-        } else if matches!(error.downcast_ref::<Trap>(), Some(Trap::Interrupt)) {
-            PluginFailure::Timeout {
-                timeout_ms: self.limits.timeout_ms,
-            }
-        } else {
-            PluginFailure::Trap(trap_message(&error))
-        };
-        crate::log::warning!("plugin {}: {failure} ({error:?})", self.label);
-        failure
-    }
-}
-
-/// The first line of a trap's message, with a hint where the guest's own message is.
-fn trap_message(error: &wasmtime::Error) -> String {
-    let message = error.to_string();
-    let first = message.lines().next().unwrap_or("unknown trap").to_owned();
-    if matches!(
-        error.downcast_ref::<Trap>(),
-        Some(Trap::UnreachableCodeReached)
-    ) {
-        format!("{first} (a panic or abort; the plugin's stderr is in the host log)")
-    } else {
-        first
     }
 }

@@ -5,14 +5,17 @@
 //! and the linker (WASI with an empty context, and the host interfaces of `evhost:plugin`).
 //! [`Runtime::compile`] turns uploaded bytes into a validated, compiled [`Loaded`] plugin;
 //! [`Runtime::load_compiled`] brings back one compiled earlier from its cached artifact. A
-//! [`HandlerPlugin`] keeps instances of one handler version and calls `evolve` and `decide` on
-//! them, reusing an instance until a call on it fails.
+//! [`HandlerPlugin`], [`ProjectionPlugin`] or [`PolicyPlugin`] keeps the instances of one version
+//! (`pool.rs`) and makes the calls of its world, reusing an instance until a call on it fails.
 //!
 //! Architecture Invariant: only this module names wasmtime types. It knows nothing of HTTP or of
 //! how events are stored: what crosses its boundary is bytes, strings and plain records.
 
 mod bindings;
 mod handler;
+mod policy;
+mod pool;
+mod projection;
 mod sandbox;
 mod validate;
 
@@ -28,7 +31,11 @@ use wasmtime::component::{Component, HasSelf, Linker};
 use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
 
 pub(crate) use handler::{CommandInput, EventInput, HandlerPlugin, NewEvent};
+pub(crate) use policy::{PolicyAction, PolicyPlugin, Reaction};
+use pool::InstancePool;
+pub(crate) use projection::{LogEvent, ProjectionPlugin};
 use sandbox::PluginState;
+pub(crate) use sandbox::{MAX_SCAN_ENTRIES, StateAccess};
 
 /// How often the epoch advances: the granularity of call deadlines.
 const EPOCH_TICK: Duration = Duration::from_millis(2);
@@ -136,10 +143,36 @@ pub(crate) enum PluginFailure {
     Instantiate(String),
 }
 
+/// A plugin version of any kind, ready for calls.
+pub(crate) enum PluginCalls {
+    Handler(HandlerPlugin),
+    Projection(ProjectionPlugin),
+    Policy(PolicyPlugin),
+}
+
+impl PluginCalls {
+    /// The same plugin under another label (once `describe` has told its name).
+    pub(crate) fn relabel(self, label: &str) -> Self {
+        match self {
+            PluginCalls::Handler(p) => PluginCalls::Handler(p.relabel(label)),
+            PluginCalls::Projection(p) => PluginCalls::Projection(p.relabel(label)),
+            PluginCalls::Policy(p) => PluginCalls::Policy(p.relabel(label)),
+        }
+    }
+
+    pub(crate) fn limits(&self) -> PluginLimits {
+        match self {
+            PluginCalls::Handler(p) => p.limits(),
+            PluginCalls::Projection(p) => p.limits(),
+            PluginCalls::Policy(p) => p.limits(),
+        }
+    }
+}
+
 /// A plugin that passed validation, ready for calls.
 pub(crate) struct Loaded {
     pub info: PluginInfo,
-    pub handler: HandlerPlugin,
+    pub plugin: PluginCalls,
     /// The compiled form, to cache, when this load compiled the component:
     /// [`Runtime::load_compiled`] takes it back without compiling.
     pub artifact: Option<Vec<u8>>,
@@ -228,7 +261,9 @@ impl Runtime {
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_sync(&mut linker)
             .map_err(|e| format!("cannot link WASI: {e}"))?;
-        bindings::Handler::add_to_linker::<_, HasSelf<_>>(&mut linker, |state| state)
+        // The policy world imports every host interface (`types`, `log`, `state`); the other
+        // worlds import a subset of them.
+        bindings::policy::Policy::add_to_linker::<_, HasSelf<_>>(&mut linker, |state| state)
             .map_err(|e| format!("cannot link the host interfaces: {e}"))?;
         let compatibility = compatibility_key(&engine);
         let ticker = Arc::new(EpochTicker {
@@ -310,22 +345,30 @@ impl Runtime {
         label: &str,
         limits: PluginLimits,
     ) -> Result<Loaded, InvalidPlugin> {
-        validate::check_imports(&self.engine, component)?;
         let kind = validate::world_of(&self.engine, component)?;
-        if kind != PluginKind::Handler {
-            return Err(InvalidPlugin(format!(
-                "the component implements world {kind}; this host runs handlers so far, \
-                 projections and policies come with their runners"
-            )));
-        }
-        let handler = HandlerPlugin::new(self, component, label, limits)?;
-        let info = handler
-            .describe()
-            .map_err(|e| InvalidPlugin(format!("describe failed: {e}")))?;
+        validate::check_imports(&self.engine, component, kind)?;
+        let describe_failed = |e: PluginFailure| InvalidPlugin(format!("describe failed: {e}"));
+        let (info, plugin) = match kind {
+            PluginKind::Handler => {
+                let pool = InstancePool::new(self, component, label, limits)?;
+                let info = pool.describe().map_err(describe_failed)?;
+                (info, PluginCalls::Handler(HandlerPlugin::new(pool)))
+            }
+            PluginKind::Projection => {
+                let pool = InstancePool::new(self, component, label, limits)?;
+                let info = pool.describe().map_err(describe_failed)?;
+                (info, PluginCalls::Projection(ProjectionPlugin::new(pool)))
+            }
+            PluginKind::Policy => {
+                let pool = InstancePool::new(self, component, label, limits)?;
+                let info = pool.describe().map_err(describe_failed)?;
+                (info, PluginCalls::Policy(PolicyPlugin::new(pool)))
+            }
+        };
         validate::check_info(&info, kind)?;
         Ok(Loaded {
             info,
-            handler,
+            plugin,
             artifact: None,
         })
     }

@@ -1,7 +1,9 @@
 //! What a plugin instance sees of the world: an empty WASI context (no files, sockets,
 //! environment or arguments; a clock frozen at the epoch and randomness from a fixed seed, so
 //! that a plugin's answers depend on its inputs only), its output streams and log lines going to
-//! the host's log under the plugin's label, and a cap on its linear memory.
+//! the host's log under the plugin's label, and a cap on its linear memory. During a call of a
+//! projection or policy, the `state` import reaches the [`StateAccess`] the caller lent for that
+//! call, after the keys and values the plugin writes have been checked.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -16,12 +18,34 @@ use wasmtime_wasi::clocks::{HostMonotonicClock, HostWallClock};
 use wasmtime_wasi::p2::{OutputStream, Pollable, StreamResult};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
-use super::bindings::{self, Level};
+use super::bindings::Level;
+use super::bindings::handler::evhost::plugin as handler_world;
+use super::bindings::projection::evhost::plugin::state;
 
 /// Most bytes of guest output kept for one log line; a longer line is cut.
 const MAX_LINE_BYTES: usize = 8 << 10;
 /// Table elements an instance may grow its tables to.
 const MAX_TABLE_ELEMENTS: usize = 1 << 20;
+/// The longest key a plugin may store.
+pub(crate) const MAX_STATE_KEY_BYTES: usize = 1024;
+/// The largest value a plugin may store.
+pub(crate) const MAX_STATE_VALUE_BYTES: usize = 1 << 20;
+/// Most entries one `scan` returns.
+pub(crate) const MAX_SCAN_ENTRIES: u32 = 1000;
+
+/// The key-value state a projection or policy version reads and writes during one call. The
+/// runtime checks keys and values before they reach it; an error fails the plugin's call.
+pub(crate) trait StateAccess: Send + Sync {
+    fn get(&self, key: &str) -> Result<Option<String>, String>;
+    fn put(&self, key: String, value: String) -> Result<(), String>;
+    fn delete(&self, key: String) -> Result<(), String>;
+    fn scan(
+        &self,
+        prefix: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<(String, String)>, String>;
+}
 
 /// The data of one plugin instance's store.
 pub(crate) struct PluginState {
@@ -33,6 +57,9 @@ pub(crate) struct PluginState {
     /// Set when the plugin tried to grow its memory past the cap, so that the trap that follows
     /// is reported as what it is.
     pub memory_cap_hit: bool,
+    /// What the `state` import reaches during the current call; none outside calls and for
+    /// handlers.
+    pub state: Option<Arc<dyn StateAccess>>,
 }
 
 impl PluginState {
@@ -54,6 +81,7 @@ impl PluginState {
             label,
             memory_cap,
             memory_cap_hit: false,
+            state: None,
         }
     }
 }
@@ -94,9 +122,67 @@ impl ResourceLimiter for PluginState {
     }
 }
 
-impl bindings::evhost::plugin::types::Host for PluginState {}
+impl handler_world::types::Host for PluginState {}
 
-impl bindings::evhost::plugin::log::Host for PluginState {
+impl PluginState {
+    fn state(&self) -> wasmtime::Result<&Arc<dyn StateAccess>> {
+        self.state
+            .as_ref()
+            .ok_or_else(|| wasmtime::Error::msg("state is not available outside a call"))
+    }
+}
+
+/// A key the plugin may use, or why not.
+fn check_key(key: &str) -> wasmtime::Result<()> {
+    if key.is_empty() || key.len() > MAX_STATE_KEY_BYTES {
+        return Err(wasmtime::Error::msg(format!(
+            "state key of {} bytes; keys are 1 to {MAX_STATE_KEY_BYTES} bytes",
+            key.len()
+        )));
+    }
+    Ok(())
+}
+
+impl state::Host for PluginState {
+    fn get(&mut self, key: String) -> wasmtime::Result<Option<String>> {
+        self.state()?.get(&key).map_err(wasmtime::Error::msg)
+    }
+
+    fn put(&mut self, key: String, value: String) -> wasmtime::Result<()> {
+        check_key(&key)?;
+        if value.len() > MAX_STATE_VALUE_BYTES {
+            return Err(wasmtime::Error::msg(format!(
+                "state value of {} bytes under key {key:?}; values are at most {MAX_STATE_VALUE_BYTES} bytes",
+                value.len()
+            )));
+        }
+        if let Err(error) = serde_json::from_str::<serde::de::IgnoredAny>(&value) {
+            return Err(wasmtime::Error::msg(format!(
+                "state value under key {key:?} is not JSON text: {error}"
+            )));
+        }
+        self.state()?.put(key, value).map_err(wasmtime::Error::msg)
+    }
+
+    fn delete(&mut self, key: String) -> wasmtime::Result<()> {
+        check_key(&key)?;
+        self.state()?.delete(key).map_err(wasmtime::Error::msg)
+    }
+
+    fn scan(
+        &mut self,
+        prefix: String,
+        after: Option<String>,
+        limit: u32,
+    ) -> wasmtime::Result<Vec<(String, String)>> {
+        let limit = limit.min(MAX_SCAN_ENTRIES) as usize;
+        self.state()?
+            .scan(&prefix, after.as_deref(), limit)
+            .map_err(wasmtime::Error::msg)
+    }
+}
+
+impl handler_world::log::Host for PluginState {
     fn write(&mut self, level: Level, message: String) {
         let label = &self.label;
         let message = cut(&message);

@@ -34,6 +34,9 @@ const GRANTED_IMPORTS: &[&str] = &[
     "wasi:random/insecure-seed",
 ];
 
+/// The host interface that only projections and policies may import.
+const STATE_IMPORT: &str = "evhost:plugin/state";
+
 /// The version of the `evhost:plugin` package this host serves.
 const PACKAGE_VERSION: &str = "0.1.0";
 
@@ -77,30 +80,36 @@ pub(super) fn check_header(wasm: &[u8]) -> Result<(), InvalidPlugin> {
     Ok(())
 }
 
-/// Refuses a component that imports anything beyond [`GRANTED_IMPORTS`].
-pub(super) fn check_imports(engine: &Engine, component: &Component) -> Result<(), InvalidPlugin> {
+/// Refuses a component that imports anything beyond [`GRANTED_IMPORTS`], or `state` when
+/// its world has none (a handler's state is its stream).
+pub(super) fn check_imports(
+    engine: &Engine,
+    component: &Component,
+    world: PluginKind,
+) -> Result<(), InvalidPlugin> {
     let component_type = component.component_type();
     let forbidden: Vec<String> = component_type
         .imports(engine)
         .map(|(name, _)| name)
-        .filter(|name| !is_granted(name))
+        .filter(|name| !is_granted(name, world))
         .map(str::to_owned)
         .collect();
     if forbidden.is_empty() {
         return Ok(());
     }
     Err(InvalidPlugin(format!(
-        "the component imports {}, which plugins are not granted; a plugin may import only \
-         evhost:plugin/log and WASI's cli, io, clocks and random interfaces (no filesystem, \
-         sockets or HTTP)",
+        "the component imports {}, which a {world} is not granted; a plugin may import only \
+         evhost:plugin/log (and evhost:plugin/state, for projections and policies) and WASI's \
+         cli, io, clocks and random interfaces (no filesystem, sockets or HTTP)",
         forbidden.join(", ")
     )))
 }
 
-fn is_granted(import: &str) -> bool {
+fn is_granted(import: &str, world: PluginKind) -> bool {
     let (interface, version) = import.split_once('@').unwrap_or((import, ""));
-    GRANTED_IMPORTS.contains(&interface)
-        && (!interface.starts_with("evhost:") || version == PACKAGE_VERSION)
+    let granted = GRANTED_IMPORTS.contains(&interface)
+        || (interface == STATE_IMPORT && world != PluginKind::Handler);
+    granted && (!interface.starts_with("evhost:") || version == PACKAGE_VERSION)
 }
 
 /// Which world the component's exports are those of.
@@ -192,13 +201,18 @@ mod tests {
 
     #[test]
     fn only_granted_interfaces_pass() {
-        assert!(is_granted("wasi:cli/stdout@0.2.6"));
-        assert!(is_granted("evhost:plugin/log@0.1.0"));
-        assert!(!is_granted("evhost:plugin/log@0.2.0"));
-        assert!(!is_granted("evhost:plugin/state@0.1.0"));
-        assert!(!is_granted("wasi:filesystem/types@0.2.6"));
-        assert!(!is_granted("wasi:sockets/tcp@0.2.6"));
-        assert!(!is_granted("wasi:http/outgoing-handler@0.2.6"));
+        use PluginKind::{Handler, Policy, Projection};
+        assert!(is_granted("wasi:cli/stdout@0.2.6", Handler));
+        assert!(is_granted("evhost:plugin/log@0.1.0", Handler));
+        assert!(!is_granted("evhost:plugin/log@0.2.0", Handler));
+        assert!(!is_granted("evhost:plugin/state@0.1.0", Handler));
+        assert!(is_granted("evhost:plugin/state@0.1.0", Projection));
+        assert!(is_granted("evhost:plugin/state@0.1.0", Policy));
+        for world in [Handler, Projection, Policy] {
+            assert!(!is_granted("wasi:filesystem/types@0.2.6", world));
+            assert!(!is_granted("wasi:sockets/tcp@0.2.6", world));
+            assert!(!is_granted("wasi:http/outgoing-handler@0.2.6", world));
+        }
     }
 
     #[test]

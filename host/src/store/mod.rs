@@ -18,6 +18,7 @@ mod rows;
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 
 use serde::Serialize;
 use tokio::sync::watch;
@@ -25,7 +26,7 @@ use tokio::sync::watch;
 pub(crate) use clock::now_rfc3339;
 pub(crate) use names::category_of;
 pub(crate) use names::{validate_event_id, validate_event_type, validate_stream_name};
-pub(crate) use record::{EventView, minify_json};
+pub(crate) use record::{EventView, RecordView, minify_json};
 pub(crate) use redb_store::{RedbStore, StoreOptions};
 
 /// The version a writer expects a stream to be at; checked in the same transaction as the write.
@@ -236,6 +237,37 @@ pub(crate) type AppendFuture =
 pub(crate) type AppendRecordsFuture =
     Pin<Box<dyn Future<Output = Result<(AppendOutcome, Vec<RecordedEvent>), AppendError>> + Send>>;
 
+/// A change to the data plugins keep beside the log (projection and policy state, checkpoints,
+/// outboxes, timers): a key of a space set to a value, or removed. The store keeps spaces, keys
+/// and values opaque; the plugin runners give them meaning.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct DataWrite {
+    pub space: Arc<str>,
+    pub key: String,
+    /// The new value, or `None` to remove the key.
+    pub value: Option<Vec<u8>>,
+}
+
+/// A future that resolves once a batch of [`DataWrite`]s is durable.
+pub(crate) type DataFuture = Pin<Box<dyn Future<Output = Result<(), StorageError>> + Send>>;
+
+/// A consistent, read-only view of the plugin data at one moment: every later write is
+/// invisible to it.
+pub(crate) trait DataSnapshot: Send + Sync {
+    /// The value of `key` in `space`.
+    fn get(&self, space: &str, key: &str) -> Result<Option<Vec<u8>>, StorageError>;
+
+    /// Up to `limit` entries of `space` whose keys start with `prefix` and come after `after`,
+    /// in key order.
+    fn scan(
+        &self,
+        space: &str,
+        prefix: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<(String, Vec<u8>)>, StorageError>;
+}
+
 /// The narrow interface the rest of the host uses to reach stored events; a backend on another
 /// engine implements this and nothing above it changes.
 pub(crate) trait EventStore: Send + Sync + 'static {
@@ -297,6 +329,13 @@ pub(crate) trait EventStore: Send + Sync + 'static {
 
     /// Durably stores a blob under `key`, replacing what was there. Blocks on I/O.
     fn save_blob(&self, key: &str, bytes: &[u8]) -> Result<(), StorageError>;
+
+    /// Applies `writes`, in order, in one durable transaction: all of them or none. They may
+    /// share the transaction (and its fsync) with appends, never with part of another batch.
+    fn write_data(&self, writes: Vec<DataWrite>) -> DataFuture;
+
+    /// A snapshot of the plugin data, as of the last durable transaction.
+    fn data_snapshot(&self) -> Result<Box<dyn DataSnapshot>, StorageError>;
 
     /// Stops taking writes, finishes the ones in flight and closes the files cleanly.
     fn close(&self);

@@ -76,6 +76,31 @@ impl<'a> EventView<'a> {
     }
 }
 
+/// Every field of a stored record, borrowed from its JSON: what projections and policies receive.
+#[derive(Debug, Deserialize)]
+pub(crate) struct RecordView<'a> {
+    pub position: u64,
+    #[serde(borrow)]
+    pub stream: Cow<'a, str>,
+    pub version: u64,
+    #[serde(borrow)]
+    pub id: Cow<'a, str>,
+    #[serde(rename = "type", borrow)]
+    pub event_type: Cow<'a, str>,
+    #[serde(borrow)]
+    pub data: &'a RawValue,
+    #[serde(borrow)]
+    pub metadata: &'a RawValue,
+    #[serde(borrow)]
+    pub recorded_at: Cow<'a, str>,
+}
+
+impl<'a> RecordView<'a> {
+    pub(crate) fn parse(json: &'a [u8]) -> Result<Self, serde_json::Error> {
+        serde_json::from_slice(json)
+    }
+}
+
 /// Removes the insignificant whitespace of valid JSON text, so that it fits on one line (a
 /// server-sent event's `data:` line) and takes no more room than it needs. Strings are kept
 /// byte for byte. The input must already be valid JSON.

@@ -36,7 +36,7 @@ use super::rows::{
 };
 use super::{
     AppendError, AppendFuture, AppendOutcome, AppendRecordsFuture, AppendRequest, AppendResult,
-    Direction, EventStore, LogFilter, LogPage, RecordedEvent, StorageError, StoreStats,
+    DataFuture, DataSnapshot, DataWrite, Direction, EventStore, LogFilter, LogPage, RecordedEvent, StorageError, StoreStats,
     StoredCommand, StreamPage,
 };
 
@@ -73,6 +73,8 @@ const COMMANDS: TableDefinition<&str, (u64, u64, &[u8])> = TableDefinition::new(
 const PLUGINS: TableDefinition<&str, &[u8]> = TableDefinition::new("plugins");
 /// Blobs by key (uploaded files, compiled artifacts), opaque to the store.
 const BLOBS: TableDefinition<&str, &[u8]> = TableDefinition::new("blobs");
+/// The data plugins keep beside the log: (space, key) → value, opaque to the store.
+const DATA: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("data");
 
 const META_FORMAT: &str = "format_version";
 const META_NEXT_STREAM_ID: &str = "next_stream_id";
@@ -148,8 +150,15 @@ struct Job {
 /// for (and empty otherwise).
 type Reply = Result<(AppendOutcome, Vec<RecordedEvent>), AppendError>;
 
+/// A batch of plugin data writes waiting for the writer.
+struct DataJob {
+    writes: Vec<DataWrite>,
+    reply: oneshot::Sender<Result<(), StorageError>>,
+}
+
 enum WriterMessage {
     Append(Job),
+    Data(DataJob),
     Close,
     /// Makes the writer fail as a bug would, for tests of what the store does then.
     #[cfg(test)]
@@ -410,6 +419,25 @@ impl EventStore for RedbStore {
         txn.commit().map_err(engine)
     }
 
+    fn write_data(&self, writes: Vec<DataWrite>) -> DataFuture {
+        let (reply, answer) = oneshot::channel();
+        let sent = self
+            .jobs
+            .send(WriterMessage::Data(DataJob { writes, reply }));
+        Box::pin(async move {
+            if sent.is_err() {
+                return Err(StorageError::Closed);
+            }
+            answer.await.unwrap_or(Err(StorageError::Closed))
+        })
+    }
+
+    fn data_snapshot(&self) -> Result<Box<dyn DataSnapshot>, StorageError> {
+        let txn = self.db.begin_read().map_err(engine)?;
+        let table = txn.open_table(DATA).map_err(engine)?;
+        Ok(Box::new(RedbDataSnapshot { table }))
+    }
+
     fn watch_head(&self) -> watch::Receiver<u64> {
         self.head.clone()
     }
@@ -439,6 +467,48 @@ impl EventStore for RedbStore {
 impl Drop for RedbStore {
     fn drop(&mut self) {
         self.close();
+    }
+}
+
+/// Plugin data as of one read transaction.
+struct RedbDataSnapshot {
+    table: redb::ReadOnlyTable<(&'static str, &'static str), &'static [u8]>,
+}
+
+impl DataSnapshot for RedbDataSnapshot {
+    fn get(&self, space: &str, key: &str) -> Result<Option<Vec<u8>>, StorageError> {
+        let value = self.table.get((space, key)).map_err(engine)?;
+        Ok(value.map(|v| v.value().to_vec()))
+    }
+
+    fn scan(
+        &self,
+        space: &str,
+        prefix: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<(String, Vec<u8>)>, StorageError> {
+        let start = match after {
+            Some(after) if after >= prefix => Bound::Excluded((space, after)),
+            _ => Bound::Included((space, prefix)),
+        };
+        let mut entries = Vec::new();
+        for entry in self
+            .table
+            .range::<(&str, &str)>((start, Bound::Unbounded))
+            .map_err(engine)?
+        {
+            if entries.len() >= limit {
+                break;
+            }
+            let (key, value) = entry.map_err(engine)?;
+            let (entry_space, entry_key) = key.value();
+            if entry_space != space || !entry_key.starts_with(prefix) {
+                break;
+            }
+            entries.push((entry_key.to_owned(), value.value().to_vec()));
+        }
+        Ok(entries)
     }
 }
 
@@ -671,6 +741,7 @@ impl WriterState {
             txn.open_table(COMMANDS).map_err(engine)?;
             txn.open_table(PLUGINS).map_err(engine)?;
             txn.open_table(BLOBS).map_err(engine)?;
+            txn.open_table(DATA).map_err(engine)?;
             WriterState {
                 id_tag,
                 head,
@@ -724,6 +795,7 @@ impl Writer {
             let Ok(first) = jobs.recv() else { return };
             let gather_until = Instant::now() + self.group_wait;
             let mut group = Vec::new();
+            let mut data = Vec::new();
             let (mut events, mut bytes) = (0usize, 0usize);
             let mut message = Some(first);
             while let Some(next) = message.take() {
@@ -740,6 +812,15 @@ impl Writer {
                             .map(|e| e.data.len() + e.metadata.len())
                             .sum::<usize>();
                         group.push(job);
+                    }
+                    WriterMessage::Data(job) => {
+                        events += job.writes.len();
+                        bytes += job
+                            .writes
+                            .iter()
+                            .map(|w| w.key.len() + w.value.as_ref().map_or(0, Vec::len))
+                            .sum::<usize>();
+                        data.push(job);
                     }
                 }
                 if closing || events >= MAX_GROUP_EVENTS || bytes >= MAX_GROUP_BYTES {
@@ -762,20 +843,28 @@ impl Writer {
                 };
             }
             last_group = group.len();
-            if !group.is_empty() {
-                self.commit_group(group);
+            if !group.is_empty() || !data.is_empty() {
+                self.commit_group(group, data);
             }
         }
         // Requests that raced with the close are refused rather than left waiting.
-        while let Ok(WriterMessage::Append(job)) = jobs.try_recv() {
-            let _ = job.reply.send(Err(StorageError::Closed.into()));
+        while let Ok(message) = jobs.try_recv() {
+            match message {
+                WriterMessage::Append(job) => {
+                    let _ = job.reply.send(Err(StorageError::Closed.into()));
+                }
+                WriterMessage::Data(job) => {
+                    let _ = job.reply.send(Err(StorageError::Closed));
+                }
+                _ => {}
+            }
         }
     }
 
-    fn commit_group(&mut self, group: Vec<Job>) {
+    fn commit_group(&mut self, group: Vec<Job>, data: Vec<DataJob>) {
         let started = Instant::now();
         let counters_before = self.state.counters();
-        let outcome = self.write_group(&group);
+        let outcome = self.write_group(&group, &data);
         match outcome {
             Ok(results) => {
                 let elapsed = started.elapsed().as_nanos() as u64;
@@ -794,6 +883,9 @@ impl Writer {
                 for (job, result) in group.into_iter().zip(results) {
                     let _ = job.reply.send(result);
                 }
+                for job in data {
+                    let _ = job.reply.send(Ok(()));
+                }
             }
             Err(error) => {
                 crate::log::error!(
@@ -807,12 +899,15 @@ impl Writer {
                         .reply
                         .send(Err(StorageError::Engine(error.to_string()).into()));
                 }
+                for job in data {
+                    let _ = job.reply.send(Err(StorageError::Engine(error.to_string())));
+                }
             }
         }
     }
 
     /// Applies every request of the group in one transaction and commits it durably.
-    fn write_group(&mut self, group: &[Job]) -> Result<Vec<Reply>, StorageError> {
+    fn write_group(&mut self, group: &[Job], data: &[DataJob]) -> Result<Vec<Reply>, StorageError> {
         let txn = self.db.begin_write().map_err(engine)?;
         let recorded_at = now_rfc3339();
         let mut results = Vec::with_capacity(group.len());
@@ -844,6 +939,17 @@ impl Writer {
                     .meta
                     .insert(META_NEXT_TYPE_ID, self.state.next_type_id)
                     .map_err(engine)?;
+            }
+            if !data.is_empty() {
+                let mut table = txn.open_table(DATA).map_err(engine)?;
+                for write in data.iter().flat_map(|job| &job.writes) {
+                    let key = (&*write.space, write.key.as_str());
+                    match &write.value {
+                        Some(value) => table.insert(key, value.as_slice()).map(drop),
+                        None => table.remove(key).map(drop),
+                    }
+                    .map_err(engine)?;
+                }
             }
         }
         txn.commit().map_err(engine)?;

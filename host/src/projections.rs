@@ -1,0 +1,576 @@
+//! Projection runners: each active projection version folds the log into its own key-value state,
+//! exactly once per event, and serves reads of that state.
+//!
+//! A runner reads the events its projection subscribes to (categories and event types from
+//! `describe`) in batches from its checkpoint on, has the plugin `apply` each batch with the
+//! state behind the `state` import, and commits the batch's writes and the new checkpoint in one
+//! store transaction: after a crash, the state is exactly that of the checkpoint. Caught up, it
+//! sleeps on the store's head watch and wakes at the next commit, so a new event reaches it
+//! within milliseconds. A batch that fails is applied again one event at a time to find the event
+//! at fault; the events before it are committed, that event is retried with backoff, and then the
+//! projection pauses at it until an operator resumes it or skips the event.
+//!
+//! Architecture Invariant: a projection's state and its checkpoint change in the same
+//! transaction; the position a runner reports as processed is durable (or is past events its
+//! subscription does not match, which change nothing).
+//! Architecture Invariant: this module knows nothing of HTTP or wasmtime.
+
+pub(crate) mod state;
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+
+use crate::plugins::LoadedFrom;
+use crate::runtime::{LogEvent, MAX_SCAN_ENTRIES, PluginFailure, PluginInfo, ProjectionPlugin};
+use crate::store::{
+    DataSnapshot, DataWrite, EventStore, LogFilter, RecordView, StorageError, now_rfc3339,
+};
+use state::BatchState;
+
+/// Most events one `apply` call receives.
+const BATCH_EVENTS: usize = 2_048;
+/// Most bytes of records one `apply` call receives (at least one event).
+const BATCH_BYTES: usize = 8 << 20;
+/// Attempts at a failing event before the projection pauses at it.
+const MAX_ATTEMPTS: u32 = 5;
+/// The wait before the second attempt; it doubles with each attempt after.
+const FIRST_BACKOFF: Duration = Duration::from_millis(100);
+/// The longest wait between attempts after a storage error.
+const MAX_BACKOFF: Duration = Duration::from_secs(10);
+
+/// The data space of checkpoints: `name/version` → the last position processed.
+pub(crate) const CHECKPOINTS: &str = "checkpoints";
+/// The data space of pauses: `name/version` → [`Pause`] while the version is paused.
+const PAUSES: &str = "pauses";
+
+/// Why and where a projection stopped.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub(crate) struct Pause {
+    /// The event that failed, when a failure paused the projection (none for an operator's pause).
+    pub position: Option<u64>,
+    pub error: Option<String>,
+    pub attempts: u32,
+    pub since: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Control {
+    Run,
+    Pause,
+    Stop,
+}
+
+#[derive(Debug, Default)]
+struct Status {
+    catching_up: bool,
+    paused: Option<Pause>,
+    /// The last failure, while the runner retries.
+    error: Option<String>,
+}
+
+/// What an operator asked of a paused projection cannot be done.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum ControlError {
+    #[error("no event is parked at position {0}")]
+    NotParked(u64),
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+}
+
+/// A read waited for a position the projection did not reach in time.
+#[derive(Debug, thiserror::Error)]
+#[error("the projection has processed position {reached}, not yet {wanted}")]
+pub(crate) struct NotCaughtUp {
+    pub wanted: u64,
+    pub reached: u64,
+}
+
+/// One active projection version and the task that runs it.
+pub(crate) struct ProjectionRunner {
+    pub name: String,
+    pub version: String,
+    pub info: PluginInfo,
+    pub loaded_from: LoadedFrom,
+    plugin: ProjectionPlugin,
+    store: Arc<dyn EventStore>,
+    filter: LogFilter,
+    /// The data space of this version's state.
+    space: Arc<str>,
+    /// This version's key in [`CHECKPOINTS`] and [`PAUSES`].
+    key: String,
+    /// The last position processed: committed, or past events the subscription skips.
+    processed: watch::Sender<u64>,
+    control: watch::Sender<Control>,
+    status: Mutex<Status>,
+}
+
+/// The outcome of one batch.
+struct Step {
+    /// The state writes of the events applied, and their checkpoint; empty when no event
+    /// matched.
+    writes: Vec<DataWrite>,
+    /// The last position this batch covers: the checkpoint to commit.
+    covered: u64,
+    /// The event that failed, and why.
+    failure: Option<(u64, String)>,
+}
+
+impl ProjectionRunner {
+    /// Starts running `plugin` from its checkpoint (position 1 for a new version).
+    pub(crate) fn start(
+        plugin: ProjectionPlugin,
+        info: PluginInfo,
+        version: &str,
+        loaded_from: LoadedFrom,
+        store: Arc<dyn EventStore>,
+    ) -> Result<Arc<Self>, StorageError> {
+        let key = format!("{}/{version}", info.name);
+        let snapshot = store.data_snapshot()?;
+        let checkpoint = read_checkpoint(&*snapshot, &key)?;
+        let paused = snapshot
+            .get(PAUSES, &key)?
+            .and_then(|bytes| serde_json::from_slice::<Pause>(&bytes).ok());
+        let control = if paused.is_some() {
+            Control::Pause
+        } else {
+            Control::Run
+        };
+        let runner = Arc::new(ProjectionRunner {
+            name: info.name.clone(),
+            version: version.to_owned(),
+            filter: LogFilter {
+                categories: info.categories.clone(),
+                event_types: info.event_types.clone(),
+            },
+            space: format!("projection/{key}").into(),
+            key,
+            info,
+            loaded_from,
+            plugin,
+            store,
+            processed: watch::Sender::new(checkpoint),
+            control: watch::Sender::new(control),
+            status: Mutex::new(Status {
+                catching_up: true,
+                paused,
+                error: None,
+            }),
+        });
+        tokio::spawn(runner.clone().run());
+        Ok(runner)
+    }
+
+    /// Stops the runner after the batch in progress.
+    pub(crate) fn stop(&self) {
+        self.control.send_replace(Control::Stop);
+    }
+
+    pub(crate) fn limits(&self) -> crate::runtime::PluginLimits {
+        self.plugin.limits()
+    }
+
+    /// The last position processed.
+    pub(crate) fn position(&self) -> u64 {
+        *self.processed.borrow()
+    }
+
+    fn status(&self) -> std::sync::MutexGuard<'_, Status> {
+        self.status.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// `running`, `catching_up` or `paused`, and the error to show, for listings.
+    pub(crate) fn state(&self) -> (&'static str, Option<String>) {
+        let status = self.status();
+        match &status.paused {
+            Some(pause) => ("paused", pause.error.clone()),
+            None if status.catching_up => ("catching_up", status.error.clone()),
+            None => ("running", status.error.clone()),
+        }
+    }
+
+    /// The events parked: the one the projection is paused at, if a failure paused it.
+    pub(crate) fn parked(&self) -> Vec<Pause> {
+        self.status()
+            .paused
+            .iter()
+            .filter(|pause| pause.position.is_some())
+            .cloned()
+            .collect()
+    }
+
+    /// Pauses the projection after the batch in progress, until [`ProjectionRunner::resume`].
+    pub(crate) async fn pause(&self) -> Result<(), StorageError> {
+        let pause = Pause {
+            position: None,
+            error: None,
+            attempts: 0,
+            since: now_rfc3339(),
+        };
+        if self.status().paused.is_some() {
+            return Ok(());
+        }
+        self.save_pause(Some(&pause)).await?;
+        self.status().paused = Some(pause);
+        self.control.send_replace(Control::Pause);
+        Ok(())
+    }
+
+    /// Resumes a paused projection; a failed event is tried again.
+    pub(crate) async fn resume(&self) -> Result<(), StorageError> {
+        self.save_pause(None).await?;
+        {
+            let mut status = self.status();
+            status.paused = None;
+            status.error = None;
+        }
+        self.control.send_replace(Control::Run);
+        Ok(())
+    }
+
+    /// Skips the event the projection is paused at, and resumes after it.
+    pub(crate) async fn skip(&self, position: u64) -> Result<(), ControlError> {
+        let parked = self.status().paused.as_ref().and_then(|p| p.position);
+        if parked != Some(position) {
+            return Err(ControlError::NotParked(position));
+        }
+        let mut writes = vec![self.checkpoint_write(position)];
+        writes.push(DataWrite {
+            space: PAUSES.into(),
+            key: self.key.clone(),
+            value: None,
+        });
+        self.store.write_data(writes).await?;
+        crate::log::warning!(
+            "projection {}: the event at position {position} was skipped by an operator",
+            self.name
+        );
+        self.processed.send_replace(position);
+        {
+            let mut status = self.status();
+            status.paused = None;
+            status.error = None;
+        }
+        self.control.send_replace(Control::Run);
+        Ok(())
+    }
+
+    async fn save_pause(&self, pause: Option<&Pause>) -> Result<(), StorageError> {
+        let value = pause.map(|p| serde_json::to_vec(p).expect("a pause serializes"));
+        self.store
+            .write_data(vec![DataWrite {
+                space: PAUSES.into(),
+                key: self.key.clone(),
+                value,
+            }])
+            .await
+    }
+
+    /// Waits until the projection has processed `position`, at most `timeout`; answers the
+    /// position processed.
+    pub(crate) async fn wait_for(
+        &self,
+        position: u64,
+        timeout: Duration,
+    ) -> Result<u64, NotCaughtUp> {
+        let mut processed = self.processed.subscribe();
+        let reached = tokio::time::timeout(timeout, processed.wait_for(|p| *p >= position)).await;
+        match reached {
+            Ok(Ok(reached)) => Ok(*reached),
+            _ => Err(NotCaughtUp {
+                wanted: position,
+                reached: self.position(),
+            }),
+        }
+    }
+
+    /// A read view of the state, with the position it reflects at least.
+    pub(crate) fn reader(&self) -> Result<(StateReader, u64), StorageError> {
+        // Read the position first: every commit up to it is then in the snapshot.
+        let position = self.position();
+        let snapshot = self.store.data_snapshot()?;
+        let reader = StateReader {
+            space: self.space.clone(),
+            snapshot,
+        };
+        Ok((reader, position))
+    }
+
+    /// Runs the plugin's `query` over a read-only view of the state. Blocks on the plugin.
+    pub(crate) fn query(
+        &self,
+        reader: StateReader,
+        path: &str,
+        params: &[(String, String)],
+    ) -> Result<Result<String, String>, PluginFailure> {
+        let state = Arc::new(BatchState::read_only(reader.space, reader.snapshot));
+        self.plugin.query(path, params, state)
+    }
+
+    async fn run(self: Arc<Self>) {
+        let mut head = self.store.watch_head();
+        let mut control = self.control.subscribe();
+        let mut attempts = 0u32;
+        loop {
+            let command = *control.borrow_and_update();
+            match command {
+                Control::Stop => return,
+                Control::Pause => {
+                    attempts = 0;
+                    if control.changed().await.is_err() {
+                        return;
+                    }
+                    continue;
+                }
+                Control::Run => {}
+            }
+            let from = self.position() + 1;
+            head.borrow_and_update();
+            if from > self.store.head() {
+                self.status().catching_up = false;
+                tokio::select! {
+                    changed = head.changed() => if changed.is_err() { return },
+                    changed = control.changed() => if changed.is_err() { return },
+                }
+                continue;
+            }
+            let runner = self.clone();
+            let step = tokio::task::spawn_blocking(move || runner.step(from)).await;
+            let step = match step {
+                Ok(Ok(step)) => step,
+                Ok(Err(error)) => {
+                    self.storage_failed(&error, &mut attempts, &mut control).await;
+                    continue;
+                }
+                Err(panic) => {
+                    crate::log::error!("projection {}: a batch panicked: {panic}", self.name);
+                    self.storage_failed(&StorageError::Engine(panic.to_string()), &mut attempts, &mut control).await;
+                    continue;
+                }
+            };
+            if !step.writes.is_empty()
+                && let Err(error) = self.store.write_data(step.writes).await
+            {
+                self.storage_failed(&error, &mut attempts, &mut control).await;
+                continue;
+            }
+            self.processed.send_replace(step.covered);
+            match step.failure {
+                None => {
+                    attempts = 0;
+                    let mut status = self.status();
+                    status.error = None;
+                    status.catching_up = step.covered < self.store.head();
+                }
+                Some((position, error)) => {
+                    attempts += 1;
+                    self.event_failed(position, error, attempts, &mut control).await;
+                }
+            }
+        }
+    }
+
+    /// Waits before the next attempt after a storage error; those are retried without end.
+    async fn storage_failed(
+        &self,
+        error: &StorageError,
+        attempts: &mut u32,
+        control: &mut watch::Receiver<Control>,
+    ) {
+        *attempts += 1;
+        crate::log::error!("projection {}: {error}; retrying", self.name);
+        self.status().error = Some(error.to_string());
+        let wait = FIRST_BACKOFF
+            .saturating_mul(1 << (*attempts - 1).min(16))
+            .min(MAX_BACKOFF);
+        let _ = tokio::time::timeout(wait, control.changed()).await;
+    }
+
+    /// Retries a failing event after a backoff, or pauses at it after the last attempt.
+    async fn event_failed(
+        &self,
+        position: u64,
+        error: String,
+        attempts: u32,
+        control: &mut watch::Receiver<Control>,
+    ) {
+        crate::log::warning!(
+            "projection {} failed at position {position} (attempt {attempts} of {MAX_ATTEMPTS}): {error}",
+            self.name
+        );
+        if attempts < MAX_ATTEMPTS {
+            self.status().error = Some(format!("at position {position}: {error}"));
+            let wait = FIRST_BACKOFF.saturating_mul(1 << (attempts - 1));
+            let _ = tokio::time::timeout(wait, control.changed()).await;
+            return;
+        }
+        let pause = Pause {
+            position: Some(position),
+            error: Some(error),
+            attempts,
+            since: now_rfc3339(),
+        };
+        // A pause that cannot be saved still holds in this process; after a restart the event
+        // fails again and pauses again.
+        if let Err(error) = self.save_pause(Some(&pause)).await {
+            crate::log::error!("projection {}: the pause cannot be saved: {error}", self.name);
+        }
+        crate::log::error!(
+            "projection {} paused at position {position} after {attempts} attempts",
+            self.name
+        );
+        self.status().paused = Some(pause);
+        self.control.send_replace(Control::Pause);
+    }
+
+    /// Reads and applies the batch that starts at `from`. Blocks on the store and the plugin.
+    fn step(&self, from: u64) -> Result<Step, StorageError> {
+        let page = self.store.read_log(from, BATCH_EVENTS, &self.filter)?;
+        let mut covered = match page.next {
+            Some(next) => next - 1,
+            None => page.head.max(from - 1),
+        };
+        // A batch also ends at a size the plugin's memory holds comfortably.
+        let mut events_in = page.events;
+        let mut bytes = 0;
+        if let Some(cut) = events_in.iter().position(|event| {
+            bytes += event.json.len();
+            bytes > BATCH_BYTES
+        }) {
+            events_in.truncate(cut.max(1));
+            covered = events_in.last().map_or(covered, |event| event.position);
+        }
+        if events_in.is_empty() {
+            return Ok(Step {
+                writes: Vec::new(),
+                covered,
+                failure: None,
+            });
+        }
+        let views = events_in
+            .iter()
+            .map(|event| {
+                RecordView::parse(&event.json).map_err(|e| StorageError::Corrupt {
+                    position: event.position,
+                    reason: e.to_string(),
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let events: Vec<LogEvent<'_>> = views.iter().map(log_event).collect();
+        let state = Arc::new(BatchState::writable(
+            self.space.clone(),
+            self.store.data_snapshot()?,
+        ));
+        let (covered, failure) = match self.apply(&events, &state) {
+            Ok(()) => (covered, None),
+            Err(error) if events.len() == 1 => (from.max(events[0].position) - 1, Some((events[0].position, error))),
+            Err(_) => self.apply_one_by_one(&events, &state).map_or((covered, None), |(position, error)| (position - 1, Some((position, error)))),
+        };
+        let state = Arc::into_inner(state).expect("the plugin returns the state after its call");
+        let mut writes = state.into_writes();
+        if failure.is_none() || !writes.is_empty() {
+            writes.push(self.checkpoint_write(covered));
+        }
+        Ok(Step {
+            writes,
+            covered,
+            failure,
+        })
+    }
+
+    /// Applies events one at a time, keeping each one's writes, up to the first that fails:
+    /// its position and error.
+    fn apply_one_by_one(
+        &self,
+        events: &[LogEvent<'_>],
+        state: &Arc<BatchState>,
+    ) -> Option<(u64, String)> {
+        for event in events {
+            if let Err(error) = self.apply(std::slice::from_ref(event), state) {
+                return Some((event.position, error));
+            }
+        }
+        None
+    }
+
+    fn apply(&self, events: &[LogEvent<'_>], state: &Arc<BatchState>) -> Result<(), String> {
+        let outcome = self.plugin.apply(events, state.clone());
+        match outcome {
+            Ok(Ok(())) => {
+                state.call_succeeded();
+                Ok(())
+            }
+            Ok(Err(reason)) => {
+                state.call_failed();
+                Err(format!("apply returned an error: {reason}"))
+            }
+            Err(failure) => {
+                state.call_failed();
+                Err(failure.to_string())
+            }
+        }
+    }
+
+    fn checkpoint_write(&self, position: u64) -> DataWrite {
+        DataWrite {
+            space: CHECKPOINTS.into(),
+            key: self.key.clone(),
+            value: Some(position.to_le_bytes().to_vec()),
+        }
+    }
+}
+
+impl Drop for ProjectionRunner {
+    fn drop(&mut self) {
+        self.control.send_replace(Control::Stop);
+    }
+}
+
+/// A snapshot of one projection version's state, for reads.
+pub(crate) struct StateReader {
+    space: Arc<str>,
+    snapshot: Box<dyn DataSnapshot>,
+}
+
+impl StateReader {
+    /// The JSON value stored under `key`.
+    pub(crate) fn get(&self, key: &str) -> Result<Option<Vec<u8>>, StorageError> {
+        self.snapshot.get(&self.space, key)
+    }
+
+    /// Entries whose keys start with `prefix`, after `after`, at most `limit` (at most
+    /// [`MAX_SCAN_ENTRIES`]).
+    pub(crate) fn scan(
+        &self,
+        prefix: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<(String, Vec<u8>)>, StorageError> {
+        let limit = limit.min(MAX_SCAN_ENTRIES as usize);
+        self.snapshot.scan(&self.space, prefix, after, limit)
+    }
+}
+
+/// The checkpoint stored under `key`, or 0.
+pub(crate) fn read_checkpoint(snapshot: &dyn DataSnapshot, key: &str) -> Result<u64, StorageError> {
+    let stored = snapshot.get(CHECKPOINTS, key)?;
+    Ok(stored
+        .and_then(|bytes| <[u8; 8]>::try_from(bytes.as_slice()).ok())
+        .map_or(0, u64::from_le_bytes))
+}
+
+/// The record's fields as the plugin receives them.
+pub(crate) fn log_event<'a>(view: &'a RecordView<'a>) -> LogEvent<'a> {
+    LogEvent {
+        position: view.position,
+        stream: &view.stream,
+        version: view.version,
+        id: &view.id,
+        event_type: &view.event_type,
+        data: view.data.get(),
+        metadata: view.metadata.get(),
+        recorded_at: &view.recorded_at,
+    }
+}

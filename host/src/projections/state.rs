@@ -1,0 +1,173 @@
+//! The key-value state a projection or policy version sees during its calls: what is committed
+//! (a store snapshot) under the writes of the batch in progress, under the writes of the call in
+//! progress. A call that fails leaves none of its writes; a batch's writes leave as one list of
+//! [`DataWrite`]s, committed with the checkpoint.
+
+use std::collections::BTreeMap;
+use std::ops::Bound;
+use std::sync::{Arc, Mutex};
+
+use crate::runtime::StateAccess;
+use crate::store::{DataSnapshot, DataWrite};
+
+/// Writes not yet committed: a value, or `None` for a removal.
+type Overlay = BTreeMap<String, Option<String>>;
+
+#[derive(Default)]
+struct Layers {
+    /// The writes of the calls of this batch that succeeded.
+    batch: Overlay,
+    /// The writes of the call in progress.
+    call: Overlay,
+}
+
+/// The state of one version during one batch of calls.
+pub(crate) struct BatchState {
+    space: Arc<str>,
+    snapshot: Box<dyn DataSnapshot>,
+    layers: Mutex<Layers>,
+    read_only: bool,
+}
+
+impl BatchState {
+    /// State for calls that write: the writes collect until [`BatchState::into_writes`].
+    pub(crate) fn writable(space: Arc<str>, snapshot: Box<dyn DataSnapshot>) -> Self {
+        BatchState {
+            space,
+            snapshot,
+            layers: Mutex::default(),
+            read_only: false,
+        }
+    }
+
+    /// State for queries: any write fails the call.
+    pub(crate) fn read_only(space: Arc<str>, snapshot: Box<dyn DataSnapshot>) -> Self {
+        BatchState {
+            read_only: true,
+            ..BatchState::writable(space, snapshot)
+        }
+    }
+
+    fn layers(&self) -> std::sync::MutexGuard<'_, Layers> {
+        self.layers.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Keeps the writes of the call that just succeeded.
+    pub(crate) fn call_succeeded(&self) {
+        let mut layers = self.layers();
+        let call = std::mem::take(&mut layers.call);
+        layers.batch.extend(call);
+    }
+
+    /// Forgets the writes of the call that just failed.
+    pub(crate) fn call_failed(&self) {
+        self.layers().call.clear();
+    }
+
+    /// Whether any call of the batch wrote.
+    pub(crate) fn is_dirty(&self) -> bool {
+        !self.layers().batch.is_empty()
+    }
+
+    /// The batch's writes, in key order.
+    pub(crate) fn into_writes(self) -> Vec<DataWrite> {
+        let layers = self.layers.into_inner().unwrap_or_else(|p| p.into_inner());
+        layers
+            .batch
+            .into_iter()
+            .map(|(key, value)| DataWrite {
+                space: self.space.clone(),
+                key,
+                value: value.map(String::into_bytes),
+            })
+            .collect()
+    }
+
+    fn committed(&self, key: &str) -> Result<Option<String>, String> {
+        let value = self
+            .snapshot
+            .get(&self.space, key)
+            .map_err(|e| format!("state cannot be read: {e}"))?;
+        value.map(utf8).transpose()
+    }
+
+    fn write(&self, key: String, value: Option<String>) -> Result<(), String> {
+        if self.read_only {
+            return Err("the state is read-only during a query".into());
+        }
+        self.layers().call.insert(key, value);
+        Ok(())
+    }
+}
+
+fn utf8(bytes: Vec<u8>) -> Result<String, String> {
+    String::from_utf8(bytes).map_err(|_| "a stored state value is not UTF-8".to_owned())
+}
+
+impl StateAccess for BatchState {
+    fn get(&self, key: &str) -> Result<Option<String>, String> {
+        {
+            let layers = self.layers();
+            if let Some(value) = layers.call.get(key).or_else(|| layers.batch.get(key)) {
+                return Ok(value.clone());
+            }
+        }
+        self.committed(key)
+    }
+
+    fn put(&self, key: String, value: String) -> Result<(), String> {
+        self.write(key, Some(value))
+    }
+
+    fn delete(&self, key: String) -> Result<(), String> {
+        self.write(key, None)
+    }
+
+    fn scan(
+        &self,
+        prefix: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<(String, String)>, String> {
+        let start = match after {
+            Some(after) if after >= prefix => Bound::Excluded(after),
+            _ => Bound::Included(prefix),
+        };
+        // The uncommitted writes in range, the call's over the batch's.
+        let mut pending = Overlay::new();
+        {
+            let layers = self.layers();
+            for layer in [&layers.batch, &layers.call] {
+                let in_range = layer
+                    .range::<str, _>((start, Bound::Unbounded))
+                    .take_while(|(key, _)| key.starts_with(prefix));
+                pending.extend(in_range.map(|(k, v)| (k.clone(), v.clone())));
+            }
+        }
+        // Each pending write can hide at most one committed entry, so this many committed
+        // entries always leave `limit` after the removals.
+        let wanted = limit + pending.len();
+        let committed = self
+            .snapshot
+            .scan(&self.space, prefix, after, wanted)
+            .map_err(|e| format!("state cannot be read: {e}"))?;
+        // When the committed entries were cut short, keys past the last one are unknown.
+        let bound = (committed.len() == wanted)
+            .then(|| committed.last().map(|(key, _)| key.clone()))
+            .flatten();
+        let mut merged = BTreeMap::new();
+        for (key, value) in committed {
+            merged.insert(key, Some(utf8(value)?));
+        }
+        for (key, value) in pending {
+            if bound.as_ref().is_none_or(|bound| &key <= bound) {
+                merged.insert(key, value);
+            }
+        }
+        Ok(merged
+            .into_iter()
+            .filter_map(|(key, value)| value.map(|value| (key, value)))
+            .take(limit)
+            .collect())
+    }
+}

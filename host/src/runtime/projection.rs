@@ -1,0 +1,114 @@
+//! One version of a projection, ready for calls: `apply` folds a batch of events into its state,
+//! `query` answers a read with that state read-only.
+
+use std::sync::Arc;
+
+use wasmtime::Store;
+use wasmtime::component::{ComponentType, Func, Instance as ComponentInstance, InstancePre, Lower};
+
+use super::bindings::{self, projection::Projection, projection::ProjectionPre};
+use super::pool::{InstancePool, WorldExports};
+use super::sandbox::{PluginState, StateAccess};
+use super::{PluginFailure, PluginInfo, PluginLimits};
+
+/// An event of the log as projections and policies receive it (the WIT `event` record), lowered
+/// straight from the strings of its stored record.
+#[derive(Debug, Clone, Copy, ComponentType, Lower)]
+#[component(record)]
+pub(crate) struct LogEvent<'a> {
+    pub position: u64,
+    #[component(name = "stream-id")]
+    pub stream: &'a str,
+    pub version: u64,
+    pub id: &'a str,
+    #[component(name = "event-type")]
+    pub event_type: &'a str,
+    pub data: &'a str,
+    pub metadata: &'a str,
+    #[component(name = "recorded-at")]
+    pub recorded_at: &'a str,
+}
+
+/// The exports of the projection world, bound on an instance.
+pub(super) struct ProjectionExports {
+    bindings: Projection,
+    /// `apply`, called through [`LogEvent`] rather than the generated bindings.
+    apply: Func,
+}
+
+impl WorldExports for ProjectionExports {
+    const WORLD: &'static str = "projection";
+
+    fn check(pre: &InstancePre<PluginState>) -> wasmtime::Result<()> {
+        ProjectionPre::new(pre.clone()).map(drop)
+    }
+
+    fn bind(store: &mut Store<PluginState>, instance: &ComponentInstance) -> wasmtime::Result<Self> {
+        let bindings = Projection::new(&mut *store, instance)?;
+        let apply = instance
+            .get_func(&mut *store, "apply")
+            .ok_or_else(|| wasmtime::Error::msg("the component exports no apply"))?;
+        Ok(ProjectionExports { bindings, apply })
+    }
+
+    fn describe(&self, store: &mut Store<PluginState>) -> wasmtime::Result<bindings::PluginInfo> {
+        self.bindings.evhost_plugin_meta().call_describe(store)
+    }
+}
+
+/// A projection version with its instances.
+pub(crate) struct ProjectionPlugin {
+    pool: InstancePool<ProjectionExports>,
+}
+
+impl ProjectionPlugin {
+    pub(super) fn new(pool: InstancePool<ProjectionExports>) -> Self {
+        ProjectionPlugin { pool }
+    }
+
+    /// The same plugin under another label (once `describe` has told its name).
+    pub(crate) fn relabel(self, label: &str) -> Self {
+        ProjectionPlugin {
+            pool: self.pool.relabel(label),
+        }
+    }
+
+    pub(crate) fn limits(&self) -> PluginLimits {
+        self.pool.limits()
+    }
+
+    /// Asks the plugin what it is.
+    pub(crate) fn describe(&self) -> Result<PluginInfo, PluginFailure> {
+        self.pool.describe()
+    }
+
+    /// Applies `events` with `state` behind the `state` import: `Ok(Err(reason))` when the
+    /// plugin refused the batch.
+    pub(crate) fn apply(
+        &self,
+        events: &[LogEvent<'_>],
+        state: Arc<dyn StateAccess>,
+    ) -> Result<Result<(), String>, PluginFailure> {
+        self.pool.call(Some(state), |instance| {
+            let apply = instance
+                .exports
+                .apply
+                .typed::<(&[LogEvent<'_>],), (Result<(), String>,)>(&instance.store)?;
+            let (result,) = apply.call(&mut instance.store, (events,))?;
+            Ok(result)
+        })
+    }
+
+    /// Answers a query at `path` with `params`: JSON text, or the plugin's reason to refuse.
+    /// `state` must refuse writes.
+    pub(crate) fn query(
+        &self,
+        path: &str,
+        params: &[(String, String)],
+        state: Arc<dyn StateAccess>,
+    ) -> Result<Result<String, String>, PluginFailure> {
+        self.pool.call(Some(state), |instance| {
+            (instance.exports.bindings).call_query(&mut instance.store, path, params)
+        })
+    }
+}
