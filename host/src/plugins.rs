@@ -13,16 +13,20 @@
 use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, RwLock, Weak};
+
+use tokio::sync::watch;
 
 use serde::{Deserialize, Serialize};
 
+use crate::commands::Commands;
+use crate::policies::PolicyRunner;
 use crate::projections::ProjectionRunner;
 use crate::runtime::{
     HandlerPlugin, InvalidPlugin, Loaded, PluginCalls, PluginKind, PluginLimits, Runtime,
     content_hash,
 };
-use crate::store::{EventStore, StorageError, now_rfc3339};
+use crate::store::{EventStore, LogFilter, StorageError, now_rfc3339};
 
 /// What an operator can set at deploy time; unset values keep their defaults (or, for bytes
 /// deployed before, what was set then).
@@ -96,9 +100,10 @@ pub(crate) struct ActiveHandler {
 
 /// The loaded active version of a plugin.
 #[derive(Clone)]
-enum Active {
+pub(crate) enum Active {
     Handler(Arc<ActiveHandler>),
     Projection(Arc<ProjectionRunner>),
+    Policy(Arc<PolicyRunner>),
 }
 
 impl Active {
@@ -106,13 +111,24 @@ impl Active {
         match self {
             Active::Handler(handler) => handler.plugin.limits(),
             Active::Projection(runner) => runner.limits(),
+            Active::Policy(runner) => runner.limits(),
+        }
+    }
+
+    fn version(&self) -> &str {
+        match self {
+            Active::Handler(handler) => &handler.version,
+            Active::Projection(runner) => &runner.version,
+            Active::Policy(runner) => &runner.version,
         }
     }
 
     /// Ends what the version runs in the background.
     fn retire(&self) {
-        if let Active::Projection(runner) = self {
-            runner.stop();
+        match self {
+            Active::Handler(_) => {}
+            Active::Projection(runner) => runner.stop(),
+            Active::Policy(runner) => runner.stop(),
         }
     }
 }
@@ -154,6 +170,8 @@ pub(crate) struct Plugins {
     entries: RwLock<BTreeMap<String, Entry>>,
     /// Deploys run one at a time, so that two uploads of one name cannot interleave.
     deploying: tokio::sync::Mutex<()>,
+    /// Where policies deliver their commands, once the host has wired it.
+    commands: watch::Sender<Option<Weak<Commands>>>,
     pub counters: LoadCounters,
 }
 
@@ -167,6 +185,7 @@ impl Plugins {
             store,
             entries: RwLock::new(BTreeMap::new()),
             deploying: tokio::sync::Mutex::new(()),
+            commands: watch::Sender::new(None),
             counters: LoadCounters::default(),
         };
         for (name, bytes) in plugins.store.plugin_records()? {
@@ -189,6 +208,11 @@ impl Plugins {
             plugins.write_entries().insert(name, entry);
         }
         Ok(plugins)
+    }
+
+    /// Gives policies the way to deliver their commands.
+    pub(crate) fn connect(&self, commands: &Arc<Commands>) {
+        self.commands.send_replace(Some(Arc::downgrade(commands)));
     }
 
     fn load_active(
@@ -218,7 +242,7 @@ impl Plugins {
                 artifact,
             )?;
         }
-        Ok(Some((self.activate(loaded, version, loaded_from)?, loaded_from)))
+        Ok(Some((self.activate(loaded, version)?, loaded_from)))
     }
 
     /// Loads `version` from its compiled artifact when the store holds one that fits this
@@ -326,7 +350,7 @@ impl Plugins {
             blobs.push((&artifact_key, artifact));
         }
         tokio::task::block_in_place(|| self.store.save_plugin(&info.name, &encoded, &blobs))?;
-        let active = self.activate(loaded, &version, loaded_from)?;
+        let active = self.activate(loaded, &version)?;
         crate::log::info!(
             "deployed {} {} version {version} ({} bytes)",
             info.kind,
@@ -343,7 +367,7 @@ impl Plugins {
             },
         );
         if let Some(previous) = replaced.and_then(|entry| entry.active)
-            && !matches!(&previous, Active::Projection(runner) if runner.version == version)
+            && previous.version() != version
         {
             previous.retire();
         }
@@ -439,7 +463,6 @@ impl Plugins {
         &self,
         loaded: Loaded,
         version: &str,
-        loaded_from: LoadedFrom,
     ) -> Result<Active, DeployError> {
         let Loaded { info, plugin, .. } = loaded;
         let plugin = plugin.relabel(&label(&info.name, version));
@@ -451,33 +474,65 @@ impl Plugins {
                 plugin,
             })),
             PluginCalls::Projection(plugin) => {
-                // The same version deployed again keeps its runner.
-                let running = self.read_entries().get(&info.name).and_then(|entry| {
-                    match &entry.active {
-                        Some(Active::Projection(runner)) if runner.version == version => {
-                            Some(runner.clone())
-                        }
-                        _ => None,
-                    }
-                });
-                match running {
-                    Some(runner) => Active::Projection(runner),
+                match self.running(&info.name, version) {
+                    Some(running) => running,
                     None => Active::Projection(ProjectionRunner::start(
                         plugin,
                         info,
                         version,
-                        loaded_from,
                         self.store.clone(),
                     )?),
                 }
             }
-            PluginCalls::Policy(_) => {
-                return Err(DeployError::Invalid(InvalidPlugin(format!(
-                    "plugin {} is a policy; this host runs handlers and projections so far",
-                    info.name
-                ))));
-            }
+            PluginCalls::Policy(plugin) => match self.running(&info.name, version) {
+                Some(running) => running,
+                None => {
+                    // A policy has one state and one checkpoint across versions: the version it
+                    // replaces finishes its step before this one starts from that checkpoint.
+                    if let Some(Active::Policy(previous)) = self
+                        .read_entries()
+                        .get(&info.name)
+                        .and_then(|entry| entry.active.clone())
+                    {
+                        previous.stop_and_wait();
+                    }
+                    let filter = LogFilter {
+                        categories: info.categories.clone(),
+                        event_types: info.event_types.clone(),
+                    };
+                    Active::Policy(PolicyRunner::start(
+                        plugin,
+                        &info.name,
+                        version,
+                        filter,
+                        self.store.clone(),
+                        self.commands.subscribe(),
+                    )?)
+                }
+            },
         })
+    }
+
+    /// The active version of `name` when it is `version` already: deploying the same bytes
+    /// again keeps what runs.
+    fn running(&self, name: &str, version: &str) -> Option<Active> {
+        let entries = self.read_entries();
+        let active = entries.get(name)?.active.as_ref()?;
+        (active.version() == version && !matches!(active, Active::Handler(_)))
+            .then(|| active.clone())
+    }
+
+    /// The active version of a projection or policy, for its operator controls.
+    pub(crate) fn runner(&self, name: &str) -> Result<Active, HandlerLookupError> {
+        let entries = self.read_entries();
+        let entry = entries
+            .get(name)
+            .ok_or_else(|| HandlerLookupError::NotFound(name.to_owned()))?;
+        let wanted = match entry.record.kind {
+            PluginKind::Handler => PluginKind::Projection,
+            kind => kind,
+        };
+        Self::active(entry, name, wanted)
     }
 
     /// Every plugin, as `GET /plugins` lists them, by name.
@@ -524,6 +579,7 @@ impl Plugins {
         object.insert("limits".into(), serde_json::json!(limits));
         let parked = match &entry.active {
             Some(Active::Projection(runner)) => runner.parked().len(),
+            Some(Active::Policy(runner)) => runner.parked().map_or(0, |p| p.len()),
             _ => 0,
         };
         object.insert("parked".into(), parked.into());
@@ -547,6 +603,10 @@ fn summary(entry: &Entry, head: u64) -> serde_json::Value {
         (Some(error), _) => ("failed", None, Some(error.clone())),
         (None, Some(Active::Projection(runner))) => {
             let (status, error) = runner.state();
+            (status, Some(runner.position()), error)
+        }
+        (None, Some(Active::Policy(runner))) => {
+            let (status, error) = runner.state(head);
             (status, Some(runner.position()), error)
         }
         (None, _) => ("running", None, None),

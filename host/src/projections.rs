@@ -23,7 +23,6 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
-use crate::plugins::LoadedFrom;
 use crate::runtime::{LogEvent, MAX_SCAN_ENTRIES, PluginFailure, PluginInfo, ProjectionPlugin};
 use crate::store::{
     DataSnapshot, DataWrite, EventStore, LogFilter, RecordView, StorageError, now_rfc3339,
@@ -92,8 +91,6 @@ pub(crate) struct NotCaughtUp {
 pub(crate) struct ProjectionRunner {
     pub name: String,
     pub version: String,
-    pub info: PluginInfo,
-    pub loaded_from: LoadedFrom,
     plugin: ProjectionPlugin,
     store: Arc<dyn EventStore>,
     filter: LogFilter,
@@ -124,7 +121,6 @@ impl ProjectionRunner {
         plugin: ProjectionPlugin,
         info: PluginInfo,
         version: &str,
-        loaded_from: LoadedFrom,
         store: Arc<dyn EventStore>,
     ) -> Result<Arc<Self>, StorageError> {
         let key = format!("{}/{version}", info.name);
@@ -147,8 +143,6 @@ impl ProjectionRunner {
             },
             space: format!("projection/{key}").into(),
             key,
-            info,
-            loaded_from,
             plugin,
             store,
             processed: watch::Sender::new(checkpoint),

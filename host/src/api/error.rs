@@ -37,6 +37,10 @@ pub(crate) enum ApiError {
     RetriesExhausted(String),
     /// 409 `command_id_reused`: the id is recorded for a different command.
     CommandIdReused(String),
+    /// 504 `not_caught_up`: a read waited for a position the projection did not reach in time.
+    NotCaughtUp { wanted: u64, reached: u64 },
+    /// 400 `query_rejected`: the projection's `query` refused the request, for this reason.
+    QueryRejected(String),
     /// 500: a failure of the host; the details go to the log only.
     Internal(String),
     /// 503: the host is shutting down.
@@ -65,6 +69,8 @@ impl ApiError {
             ApiError::PluginFailed(_) => StatusCode::INTERNAL_SERVER_ERROR,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
             ApiError::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::NotCaughtUp { .. } => StatusCode::GATEWAY_TIMEOUT,
+            ApiError::QueryRejected(_) => StatusCode::BAD_REQUEST,
         }
     }
 
@@ -85,6 +91,8 @@ impl ApiError {
             ApiError::CommandIdReused(_) => "command_id_reused",
             ApiError::Internal(_) => "internal_error",
             ApiError::Unavailable => "unavailable",
+            ApiError::NotCaughtUp { .. } => "not_caught_up",
+            ApiError::QueryRejected(_) => "query_rejected",
         }
     }
 
@@ -119,6 +127,18 @@ impl ApiError {
             ApiError::DuplicateEventId { id, message } => {
                 error.insert("id".into(), id.clone().into());
                 message.clone()
+            }
+            ApiError::NotCaughtUp { wanted, reached } => {
+                error.insert("min_position".into(), (*wanted).into());
+                error.insert("position".into(), (*reached).into());
+                format!(
+                    "the projection has processed position {reached}, not yet {wanted}; try \
+                     again or wait longer with timeout_ms"
+                )
+            }
+            ApiError::QueryRejected(reason) => {
+                error.insert("reason".into(), reason.clone().into());
+                format!("the projection refused the query: {reason}")
             }
             ApiError::Internal(_) => "the host failed to handle the request; see its log".into(),
             ApiError::Unavailable => "the host is shutting down".into(),

@@ -13,6 +13,7 @@ mod error;
 mod events;
 mod metrics;
 mod plugins;
+mod projections;
 mod query;
 
 use std::convert::Infallible;
@@ -71,7 +72,7 @@ impl Default for Limits {
 pub(crate) struct App {
     store: Arc<dyn EventStore>,
     plugins: Arc<Plugins>,
-    commands: Commands,
+    commands: Arc<Commands>,
     tokens: Tokens,
     limits: Limits,
     metrics: Metrics,
@@ -88,8 +89,10 @@ impl App {
         limits: Limits,
     ) -> Arc<Self> {
         let (stop, stopping) = watch::channel(false);
+        let commands = Arc::new(Commands::new(store.clone(), plugins.clone()));
+        plugins.connect(&commands);
         Arc::new(App {
-            commands: Commands::new(store.clone(), plugins.clone()),
+            commands,
             store,
             plugins,
             tokens,
@@ -164,6 +167,10 @@ enum Route<'a> {
     Events,
     Plugins,
     Plugin(&'a str),
+    /// `/plugins/{name}/{action...}`: pause, resume, parked items.
+    PluginControl(&'a str, &'a str),
+    /// `/projections/{name}/...`: read models.
+    Projection(&'a str),
     HandlerCommands(&'a str),
     Command(&'a str),
     Unknown,
@@ -177,7 +184,8 @@ impl<'a> Route<'a> {
             Route::Metrics => "metrics",
             Route::Stream(_) => "streams",
             Route::Events => "events",
-            Route::Plugins | Route::Plugin(_) => "plugins",
+            Route::Plugins | Route::Plugin(_) | Route::PluginControl(..) => "plugins",
+            Route::Projection(_) => "projections",
             Route::HandlerCommands(_) => "handler_commands",
             Route::Command(_) => "commands",
             Route::Unknown => "unknown",
@@ -193,12 +201,19 @@ impl<'a> Route<'a> {
             _ => {
                 if let Some(name) = path.strip_prefix("/streams/") {
                     Route::Stream(name)
-                } else if let Some(name) = path.strip_prefix("/plugins/") {
-                    // Deeper paths (promote, parked, ...) are not routes yet.
-                    if name.is_empty() || name.contains('/') {
+                } else if let Some(rest) = path.strip_prefix("/plugins/") {
+                    match rest.split_once('/') {
+                        None if !rest.is_empty() => Route::Plugin(rest),
+                        Some((name, action)) if !name.is_empty() && !action.is_empty() => {
+                            Route::PluginControl(name, action)
+                        }
+                        _ => Route::Unknown,
+                    }
+                } else if let Some(rest) = path.strip_prefix("/projections/") {
+                    if rest.is_empty() {
                         Route::Unknown
                     } else {
-                        Route::Plugin(name)
+                        Route::Projection(rest)
                     }
                 } else if let Some(id) = path.strip_prefix("/commands/") {
                     Route::Command(id)
@@ -265,6 +280,12 @@ async fn dispatch(
         (Route::Plugins, &Method::POST) => plugins::deploy(app, request).await,
         (Route::Plugins, &Method::GET) => plugins::list(app, &request),
         (Route::Plugin(name), &Method::GET) => plugins::show(app, name, &request),
+        (Route::PluginControl(name, action), &Method::GET | &Method::POST) => {
+            let (parts, mut body) = request.into_parts();
+            drain(&mut body).await;
+            projections::control(app, name, action, &parts).await
+        }
+        (Route::Projection(rest), &Method::GET) => projections::read(app, rest, &request).await,
         (Route::HandlerCommands(name), &Method::POST) => commands::send(app, name, request).await,
         (Route::Command(id), &Method::GET) => commands::show(app, id, &request),
         (Route::Unknown, _) => Err(ApiError::not_found(

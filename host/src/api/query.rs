@@ -45,6 +45,24 @@ pub(crate) fn percent_decode(
         .map_err(|_| ApiError::invalid(format!("{what} is not valid UTF-8 once decoded")))
 }
 
+/// Every parameter of a query string, decoded, in order, except those named in `reserved`: the
+/// parameters a route hands on to a plugin.
+pub(crate) fn pairs_except(
+    raw: Option<&str>,
+    reserved: &[&str],
+) -> Result<Vec<(String, String)>, ApiError> {
+    let mut pairs = Vec::new();
+    for pair in raw.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
+        let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+        let name = percent_decode(name, true, "a query parameter name")?;
+        if !reserved.contains(&name.as_str()) {
+            let value = percent_decode(value, true, &format!("query parameter {name}"))?;
+            pairs.push((name, value));
+        }
+    }
+    Ok(pairs)
+}
+
 /// The parameters of a query string, checked against the names a route accepts.
 pub(crate) struct Query {
     values: HashMap<String, Vec<String>>,
@@ -53,10 +71,23 @@ pub(crate) struct Query {
 impl Query {
     /// Parses `raw` (without `?`); `allowed` names every parameter the route takes.
     pub(crate) fn parse(raw: Option<&str>, allowed: &[&str]) -> Result<Self, ApiError> {
+        Self::parse_where(raw, allowed, |_| false)
+    }
+
+    /// Parses the parameters named in `allowed` and passes over those `foreign` claims (a
+    /// plugin's own parameters, say).
+    pub(crate) fn parse_where(
+        raw: Option<&str>,
+        allowed: &[&str],
+        foreign: impl Fn(&str) -> bool,
+    ) -> Result<Self, ApiError> {
         let mut values: HashMap<String, Vec<String>> = HashMap::new();
         for pair in raw.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
             let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
             let name = percent_decode(name, true, "a query parameter name")?;
+            if foreign(&name) {
+                continue;
+            }
             if !allowed.contains(&name.as_str()) {
                 return Err(ApiError::invalid(format!(
                     "unknown query parameter {name:?}; this route takes {}",

@@ -64,11 +64,6 @@ impl BatchState {
         self.layers().call.clear();
     }
 
-    /// Whether any call of the batch wrote.
-    pub(crate) fn is_dirty(&self) -> bool {
-        !self.layers().batch.is_empty()
-    }
-
     /// The batch's writes, in key order.
     pub(crate) fn into_writes(self) -> Vec<DataWrite> {
         let layers = self.layers.into_inner().unwrap_or_else(|p| p.into_inner());

@@ -160,13 +160,6 @@ impl PluginCalls {
         }
     }
 
-    pub(crate) fn limits(&self) -> PluginLimits {
-        match self {
-            PluginCalls::Handler(p) => p.limits(),
-            PluginCalls::Projection(p) => p.limits(),
-            PluginCalls::Policy(p) => p.limits(),
-        }
-    }
 }
 
 /// A plugin that passed validation, ready for calls.

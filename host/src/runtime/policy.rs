@@ -10,7 +10,7 @@ use super::bindings::{self, Action, policy::Policy, policy::PolicyPre};
 use super::pool::{InstancePool, WorldExports};
 use super::projection::LogEvent;
 use super::sandbox::{PluginState, StateAccess};
-use super::{CommandInput, PluginFailure, PluginInfo, PluginLimits};
+use super::{CommandInput, PluginFailure, PluginLimits};
 
 /// What a policy asks the host to do (not yet validated).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -81,11 +81,6 @@ impl PolicyPlugin {
 
     pub(crate) fn limits(&self) -> PluginLimits {
         self.pool.limits()
-    }
-
-    /// Asks the plugin what it is.
-    pub(crate) fn describe(&self) -> Result<PluginInfo, PluginFailure> {
-        self.pool.describe()
     }
 
     /// Reacts to one event.

@@ -9,7 +9,7 @@ use wasmtime::component::{ComponentType, Func, Instance as ComponentInstance, In
 use super::bindings::{self, projection::Projection, projection::ProjectionPre};
 use super::pool::{InstancePool, WorldExports};
 use super::sandbox::{PluginState, StateAccess};
-use super::{PluginFailure, PluginInfo, PluginLimits};
+use super::{PluginFailure, PluginLimits};
 
 /// An event of the log as projections and policies receive it (the WIT `event` record), lowered
 /// straight from the strings of its stored record.
@@ -75,11 +75,6 @@ impl ProjectionPlugin {
 
     pub(crate) fn limits(&self) -> PluginLimits {
         self.pool.limits()
-    }
-
-    /// Asks the plugin what it is.
-    pub(crate) fn describe(&self) -> Result<PluginInfo, PluginFailure> {
-        self.pool.describe()
     }
 
     /// Applies `events` with `state` behind the `state` import: `Ok(Err(reason))` when the

@@ -1,0 +1,804 @@
+//! Policy runners: each active policy reacts to the events it subscribes to with commands and
+//! timers, and each command is executed once however often the host crashes.
+//!
+//! The runner reads events from the policy's checkpoint as a projection's runner does and calls
+//! `react` once per event. The state writes, the commands (into the policy's outbox) and the
+//! timers a batch of reactions asks for are committed in one transaction with the checkpoint. A
+//! dispatcher then delivers each outbox command to its handler under an id derived from the
+//! policy, the cause and the action's index, so a crash between delivery and bookkeeping
+//! delivers it again and the handler answers from its record instead of deciding twice. A
+//! rejected command goes back to the policy's `on-rejected`; a due timer to its `on-timer`; the
+//! actions those return are committed with the outbox entry's or the timer's removal. An event
+//! whose reaction keeps failing is parked after a few attempts, and the policy goes on.
+//!
+//! Policies keep one state across versions (a new version continues from the checkpoint; history
+//! is never re-executed with side effects).
+//!
+//! Architecture Invariant: a policy's state, outbox, timers and checkpoint change in one
+//! transaction per step; an outbox entry is removed only once its command has an outcome.
+//! Architecture Invariant: this module knows nothing of HTTP or wasmtime.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use tokio::sync::{Notify, watch};
+
+use crate::commands::{CommandError, CommandOutcome, CommandRequest, Commands};
+use crate::projections::state::BatchState;
+use crate::projections::{CHECKPOINTS, log_event, read_checkpoint};
+use crate::runtime::{CommandInput, LogEvent, PolicyAction, PolicyPlugin, Reaction};
+use crate::store::{
+    DataWrite, EventStore, LogFilter, RecordView, StorageError, now_rfc3339,
+    validate_event_type, validate_stream_name,
+};
+
+/// Most events one step reacts to before it commits.
+const BATCH_EVENTS: usize = 256;
+/// Attempts at an event's reaction before it is parked.
+const MAX_ATTEMPTS: u32 = 4;
+/// The wait before the second attempt; it doubles with each attempt after, up to the maximum.
+const FIRST_BACKOFF: Duration = Duration::from_millis(100);
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
+/// Outbox entries one dispatcher pass reads.
+const OUTBOX_PAGE: usize = 100;
+
+/// A command waiting in a policy's outbox.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+struct OutboxEntry {
+    handler: String,
+    stream: String,
+    command_type: String,
+    /// JSON text.
+    data: String,
+    /// JSON object text: correlation and causation ids.
+    metadata: String,
+}
+
+/// A timer a policy set.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+struct Timer {
+    due_ms: u64,
+    payload: String,
+    /// The correlation id of what set it, for the commands it leads to.
+    correlation_id: String,
+}
+
+/// An event whose reaction failed every attempt, kept for an operator.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub(crate) struct Parked {
+    pub position: u64,
+    pub stream: String,
+    pub event_type: String,
+    pub error: String,
+    pub attempts: u32,
+    pub parked_at: String,
+}
+
+/// The writes of one step, and what they change in memory once committed.
+#[derive(Default)]
+struct StepWrites {
+    writes: Vec<DataWrite>,
+    /// Timers set (`Some`) or cancelled (`None`), in order.
+    timers: Vec<(String, Option<Timer>)>,
+    commands: usize,
+}
+
+/// Why a reaction cannot be used.
+type Failure = String;
+
+/// One active policy and the tasks that run it.
+pub(crate) struct PolicyRunner {
+    pub name: String,
+    pub version: String,
+    plugin: PolicyPlugin,
+    store: Arc<dyn EventStore>,
+    commands: watch::Receiver<Option<Weak<Commands>>>,
+    filter: LogFilter,
+    /// The data spaces of this policy.
+    state_space: Arc<str>,
+    outbox_space: Arc<str>,
+    timers_space: Arc<str>,
+    parked_space: Arc<str>,
+    processed: watch::Sender<u64>,
+    /// One call into the policy at a time: reactions, timers and rejections share its state.
+    turn: tokio::sync::Mutex<()>,
+    timers: Mutex<BTreeMap<String, Timer>>,
+    /// Wakes the dispatcher: the outbox or the timers changed.
+    wake: Notify,
+    paused: watch::Sender<bool>,
+    stopped: watch::Sender<bool>,
+    error: Mutex<Option<String>>,
+}
+
+impl PolicyRunner {
+    /// Starts the runner and the dispatcher of `plugin`, from the policy's checkpoint.
+    pub(crate) fn start(
+        plugin: PolicyPlugin,
+        name: &str,
+        version: &str,
+        filter: LogFilter,
+        store: Arc<dyn EventStore>,
+        commands: watch::Receiver<Option<Weak<Commands>>>,
+    ) -> Result<Arc<Self>, StorageError> {
+        let snapshot = store.data_snapshot()?;
+        let checkpoint = read_checkpoint(&*snapshot, name)?;
+        let timers_space: Arc<str> = format!("timers/{name}").into();
+        let mut timers = BTreeMap::new();
+        let mut after: Option<String> = None;
+        loop {
+            let page = snapshot.scan(&timers_space, "", after.as_deref(), 1000)?;
+            let Some((last, _)) = page.last() else { break };
+            after = Some(last.clone());
+            for (key, value) in page {
+                if let Ok(timer) = serde_json::from_slice::<Timer>(&value) {
+                    timers.insert(key, timer);
+                }
+            }
+        }
+        let paused = snapshot.get(PAUSES, name)?.is_some();
+        let runner = Arc::new(PolicyRunner {
+            name: name.to_owned(),
+            version: version.to_owned(),
+            plugin,
+            store,
+            commands,
+            filter,
+            state_space: format!("policy/{name}").into(),
+            outbox_space: format!("outbox/{name}").into(),
+            timers_space,
+            parked_space: format!("parked/{name}").into(),
+            processed: watch::Sender::new(checkpoint),
+            turn: tokio::sync::Mutex::new(()),
+            timers: Mutex::new(timers),
+            wake: Notify::new(),
+            paused: watch::Sender::new(paused),
+            stopped: watch::Sender::new(false),
+            error: Mutex::new(None),
+        });
+        tokio::spawn(runner.clone().react_loop());
+        tokio::spawn(runner.clone().dispatch_loop());
+        Ok(runner)
+    }
+
+    /// Stops both tasks after the step in progress.
+    pub(crate) fn stop(&self) {
+        self.stopped.send_replace(true);
+        self.wake.notify_one();
+    }
+
+    /// Stops both tasks and waits for the step in progress to end. Blocks the thread.
+    pub(crate) fn stop_and_wait(&self) {
+        self.stop();
+        tokio::task::block_in_place(|| {
+            let _turn = tokio::runtime::Handle::current().block_on(self.turn.lock());
+        });
+    }
+
+    pub(crate) fn limits(&self) -> crate::runtime::PluginLimits {
+        self.plugin.limits()
+    }
+
+    pub(crate) fn position(&self) -> u64 {
+        *self.processed.borrow()
+    }
+
+    /// `running`, `catching_up` or `paused`, and the last error, for listings.
+    pub(crate) fn state(&self, head: u64) -> (&'static str, Option<String>) {
+        let error = self.error.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let status = if *self.paused.borrow() {
+            "paused"
+        } else if self.position() + (BATCH_EVENTS as u64) < head {
+            "catching_up"
+        } else {
+            "running"
+        };
+        (status, error)
+    }
+
+    fn set_error(&self, error: Option<String>) {
+        *self.error.lock().unwrap_or_else(|p| p.into_inner()) = error;
+    }
+
+    /// Pauses reactions (commands already in the outbox are still delivered).
+    pub(crate) async fn pause(&self) -> Result<(), StorageError> {
+        self.store
+            .write_data(vec![write(PAUSES, self.name.clone(), Some(b"{}".to_vec()))])
+            .await?;
+        self.paused.send_replace(true);
+        Ok(())
+    }
+
+    pub(crate) async fn resume(&self) -> Result<(), StorageError> {
+        self.store
+            .write_data(vec![write(PAUSES, self.name.clone(), None)])
+            .await?;
+        self.paused.send_replace(false);
+        Ok(())
+    }
+
+    /// The events parked, by position.
+    pub(crate) fn parked(&self) -> Result<Vec<Parked>, StorageError> {
+        let snapshot = self.store.data_snapshot()?;
+        let mut parked = Vec::new();
+        let mut after: Option<String> = None;
+        loop {
+            let page = snapshot.scan(&self.parked_space, "", after.as_deref(), 1000)?;
+            let Some((last, _)) = page.last() else { break };
+            after = Some(last.clone());
+            parked.extend(
+                page.into_iter()
+                    .filter_map(|(_, value)| serde_json::from_slice::<Parked>(&value).ok()),
+            );
+        }
+        Ok(parked)
+    }
+
+    /// Forgets a parked event.
+    pub(crate) async fn skip(&self, position: u64) -> Result<bool, StorageError> {
+        let key = parked_key(position);
+        if self.store.data_snapshot()?.get(&self.parked_space, &key)?.is_none() {
+            return Ok(false);
+        }
+        self.store
+            .write_data(vec![write(&self.parked_space, key, None)])
+            .await?;
+        crate::log::warning!("policy {}: parked event {position} skipped by an operator", self.name);
+        Ok(true)
+    }
+
+    /// Reacts to a parked event again; on success its actions are committed and it leaves the
+    /// parked list. Answers the error when it fails again (it stays parked).
+    pub(crate) async fn retry(self: &Arc<Self>, position: u64) -> Result<Option<String>, RetryError> {
+        let key = parked_key(position);
+        if self.store.data_snapshot()?.get(&self.parked_space, &key)?.is_none() {
+            return Err(RetryError::NotParked(position));
+        }
+        let page = self.store.read_log(position, 1, &LogFilter::default())?;
+        let record = page.events.first().ok_or(RetryError::NotParked(position))?;
+        let view = RecordView::parse(&record.json).map_err(|e| StorageError::Corrupt {
+            position,
+            reason: e.to_string(),
+        })?;
+        let _turn = self.turn.lock().await;
+        let state = self.new_state()?;
+        let event = log_event(&view);
+        let outcome = tokio::task::block_in_place(|| {
+            self.call(&state, |state| self.plugin.react(&event, state))
+        });
+        let mut step = StepWrites::default();
+        match outcome.and_then(|actions| self.take_actions(&mut step, actions, &Cause::Event(&event))) {
+            Ok(()) => {
+                step.writes.push(write(&self.parked_space, key, None));
+                self.commit(state, step).await?;
+                Ok(None)
+            }
+            Err(error) => Ok(Some(error)),
+        }
+    }
+
+    fn new_state(&self) -> Result<Arc<BatchState>, StorageError> {
+        Ok(Arc::new(BatchState::writable(
+            self.state_space.clone(),
+            self.store.data_snapshot()?,
+        )))
+    }
+
+    /// Calls the policy with `state`, keeping the call's writes only when it succeeds.
+    fn call(
+        &self,
+        state: &Arc<BatchState>,
+        f: impl FnOnce(Arc<BatchState>) -> Result<Reaction, crate::runtime::PluginFailure>,
+    ) -> Result<Vec<PolicyAction>, Failure> {
+        let outcome = match f(state.clone()) {
+            Ok(Ok(actions)) => Ok(actions),
+            Ok(Err(reason)) => Err(format!("the policy returned an error: {reason}")),
+            Err(failure) => Err(failure.to_string()),
+        };
+        match &outcome {
+            Ok(_) => state.call_succeeded(),
+            Err(_) => state.call_failed(),
+        }
+        outcome
+    }
+
+    /// Turns actions into outbox and timer writes; an action that breaks a rule fails them all.
+    fn take_actions(
+        &self,
+        step: &mut StepWrites,
+        actions: Vec<PolicyAction>,
+        cause: &Cause<'_>,
+    ) -> Result<(), Failure> {
+        let mut writes = Vec::new();
+        let mut timers = Vec::new();
+        for (index, action) in actions.into_iter().enumerate() {
+            match action {
+                PolicyAction::Send {
+                    handler,
+                    stream,
+                    command_type,
+                    data,
+                } => {
+                    validate_stream_name(&stream).map_err(|e| format!("action {index}: {e}"))?;
+                    validate_event_type(&command_type)
+                        .map_err(|e| format!("action {index}: command {e}"))?;
+                    serde_json::from_str::<serde::de::IgnoredAny>(&data).map_err(|e| {
+                        format!("action {index}: the command's data is not JSON: {e}")
+                    })?;
+                    let data = crate::store::minify_json(&data).into_owned();
+                    let entry = OutboxEntry {
+                        handler,
+                        stream,
+                        command_type,
+                        data,
+                        metadata: serde_json::json!({
+                            "correlation_id": cause.correlation_id(),
+                            "causation_id": cause.causation_id(),
+                            "policy": self.name,
+                        })
+                        .to_string(),
+                    };
+                    let id = cause.command_id(&self.name, index);
+                    let value = serde_json::to_vec(&entry).expect("an outbox entry serializes");
+                    writes.push(write(&self.outbox_space, id, Some(value)));
+                }
+                PolicyAction::Schedule {
+                    key,
+                    due_ms,
+                    payload,
+                } => {
+                    if key.is_empty() || key.len() > 1024 {
+                        return Err(format!("action {index}: a timer key is 1 to 1024 bytes"));
+                    }
+                    let timer = Timer {
+                        due_ms,
+                        payload,
+                        correlation_id: cause.correlation_id(),
+                    };
+                    let value = serde_json::to_vec(&timer).expect("a timer serializes");
+                    writes.push(write(&self.timers_space, key.clone(), Some(value)));
+                    timers.push((key, Some(timer)));
+                }
+                PolicyAction::CancelTimer(key) => {
+                    writes.push(write(&self.timers_space, key.clone(), None));
+                    timers.push((key, None));
+                }
+            }
+        }
+        step.commands += writes.len() - timers.len();
+        step.writes.extend(writes);
+        step.timers.extend(timers);
+        Ok(())
+    }
+
+    /// Commits a step's state writes with its other writes, then applies its timers in memory
+    /// and wakes the dispatcher.
+    async fn commit(&self, state: Arc<BatchState>, step: StepWrites) -> Result<(), StorageError> {
+        let state = Arc::into_inner(state).expect("no call holds the state after it returns");
+        let mut writes = state.into_writes();
+        writes.extend(step.writes);
+        self.store.write_data(writes).await?;
+        {
+            let mut timers = self.timers.lock().unwrap_or_else(|p| p.into_inner());
+            for (key, timer) in step.timers {
+                match timer {
+                    Some(timer) => timers.insert(key, timer),
+                    None => timers.remove(&key),
+                };
+            }
+        }
+        crate::faults::crash_point("policy-after-outbox");
+        self.wake.notify_one();
+        Ok(())
+    }
+
+    async fn react_loop(self: Arc<Self>) {
+        let mut head = self.store.watch_head();
+        let mut paused = self.paused.subscribe();
+        let mut stopped = self.stopped.subscribe();
+        let mut attempts = 0u32;
+        loop {
+            if *stopped.borrow() {
+                return;
+            }
+            if *paused.borrow_and_update() {
+                tokio::select! {
+                    _ = paused.changed() => {}
+                    _ = stopped.changed() => {}
+                }
+                continue;
+            }
+            let from = self.position() + 1;
+            head.borrow_and_update();
+            if from > self.store.head() {
+                tokio::select! {
+                    changed = head.changed() => if changed.is_err() { return },
+                    _ = paused.changed() => {}
+                    _ = stopped.changed() => {}
+                }
+                continue;
+            }
+            match self.react_step(from, attempts).await {
+                Ok(None) => {
+                    attempts = 0;
+                    self.set_error(None);
+                }
+                Ok(Some((position, error))) => {
+                    attempts += 1;
+                    crate::log::warning!(
+                        "policy {} failed at position {position} (attempt {attempts} of {MAX_ATTEMPTS}): {error}",
+                        self.name
+                    );
+                    self.set_error(Some(format!("at position {position}: {error}")));
+                    let wait = backoff(attempts);
+                    let _ = tokio::time::timeout(wait, stopped.changed()).await;
+                }
+                Err(error) => {
+                    attempts += 1;
+                    crate::log::error!("policy {}: {error}; retrying", self.name);
+                    self.set_error(Some(error.to_string()));
+                    let _ = tokio::time::timeout(backoff(attempts), stopped.changed()).await;
+                }
+            }
+        }
+    }
+
+    /// Reacts to the events from `from` on, up to the first that fails, and commits. An event
+    /// that has failed `attempts` times before and fails again is parked instead. Answers the
+    /// failing event, if one failed and was not parked.
+    async fn react_step(
+        self: &Arc<Self>,
+        from: u64,
+        attempts: u32,
+    ) -> Result<Option<(u64, String)>, StorageError> {
+        let page = {
+            let (store, filter) = (self.store.clone(), self.filter.clone());
+            tokio::task::spawn_blocking(move || store.read_log(from, BATCH_EVENTS, &filter))
+                .await
+                .map_err(|e| StorageError::Engine(e.to_string()))??
+        };
+        let covered = match page.next {
+            Some(next) => next - 1,
+            None => page.head.max(from - 1),
+        };
+        let _turn = self.turn.lock().await;
+        let state = self.new_state()?;
+        let mut step = StepWrites::default();
+        let mut reached = covered;
+        let mut failure = None;
+        tokio::task::block_in_place(|| {
+            for record in &page.events {
+                let view = match RecordView::parse(&record.json) {
+                    Ok(view) => view,
+                    Err(e) => {
+                        failure = Some((record.position, format!("the record is corrupt: {e}")));
+                        break;
+                    }
+                };
+                let event = log_event(&view);
+                let reacted = self
+                    .call(&state, |state| self.plugin.react(&event, state))
+                    .and_then(|actions| {
+                        self.take_actions(&mut step, actions, &Cause::Event(&event))
+                    });
+                if let Err(error) = reacted {
+                    failure = Some((record.position, error));
+                    break;
+                }
+            }
+        });
+        if let Some((position, error)) = &failure {
+            reached = position - 1;
+            if attempts + 1 >= MAX_ATTEMPTS {
+                let event = page.events.iter().find(|e| e.position == *position);
+                let view = event.and_then(|e| RecordView::parse(&e.json).ok());
+                let parked = Parked {
+                    position: *position,
+                    stream: view.as_ref().map(|v| v.stream.to_string()).unwrap_or_default(),
+                    event_type: view.as_ref().map(|v| v.event_type.to_string()).unwrap_or_default(),
+                    error: error.clone(),
+                    attempts: attempts + 1,
+                    parked_at: now_rfc3339(),
+                };
+                crate::log::error!(
+                    "policy {} parked the event at position {position} after {} attempts: {error}",
+                    self.name,
+                    parked.attempts
+                );
+                let value = serde_json::to_vec(&parked).expect("a parked event serializes");
+                step.writes.push(write(&self.parked_space, parked_key(*position), Some(value)));
+                reached = *position;
+                failure = None;
+            }
+        }
+        step.writes.push(write(CHECKPOINTS, self.name.clone(), Some(reached.to_le_bytes().to_vec())));
+        self.commit(state, step).await?;
+        self.processed.send_replace(reached);
+        Ok(failure)
+    }
+
+    async fn dispatch_loop(self: Arc<Self>) {
+        let mut stopped = self.stopped.subscribe();
+        let mut commands_ready = self.commands.clone();
+        let commands = tokio::select! {
+            ready = commands_ready.wait_for(|c| c.is_some()) => match ready {
+                Ok(commands) => commands.clone().expect("waited for it"),
+                Err(_) => return,
+            },
+            _ = stopped.wait_for(|s| *s) => return,
+        };
+        let mut attempts = 0u32;
+        loop {
+            if *stopped.borrow() {
+                return;
+            }
+            let Some(commands) = commands.upgrade() else { return };
+            let progress = match self.dispatch_outbox(&commands).await {
+                Ok(delivered) => self.fire_timers().await.map(|fired| delivered + fired),
+                Err(error) => Err(error),
+            };
+            drop(commands);
+            match progress {
+                Ok(0) => {
+                    attempts = 0;
+                    // Nothing to do: sleep until woken, or until the next timer is due.
+                    let wait = self.next_timer_in().unwrap_or(Duration::from_secs(3600));
+                    tokio::select! {
+                        _ = self.wake.notified() => {}
+                        _ = tokio::time::sleep(wait) => {}
+                        _ = stopped.changed() => {}
+                    }
+                }
+                Ok(_) => attempts = 0,
+                Err(error) => {
+                    attempts += 1;
+                    crate::log::warning!("policy {}: delivery failed: {error}; retrying", self.name);
+                    self.set_error(Some(format!("delivery: {error}")));
+                    let _ = tokio::time::timeout(backoff(attempts), stopped.changed()).await;
+                }
+            }
+        }
+    }
+
+    /// Delivers what the outbox holds, in order; answers how many were delivered.
+    async fn dispatch_outbox(self: &Arc<Self>, commands: &Commands) -> Result<usize, String> {
+        let page = self
+            .store
+            .data_snapshot()
+            .and_then(|s| s.scan(&self.outbox_space, "", None, OUTBOX_PAGE))
+            .map_err(|e| e.to_string())?;
+        let mut delivered = 0;
+        for (id, value) in page {
+            let entry: OutboxEntry = serde_json::from_slice(&value)
+                .map_err(|e| format!("outbox entry {id} is corrupt: {e}"))?;
+            let request = CommandRequest {
+                id: Some(id.clone()),
+                stream: entry.stream.clone(),
+                command_type: entry.command_type.clone(),
+                data: entry.data.clone(),
+                metadata: entry.metadata.clone(),
+            };
+            let outcome = commands.execute(&entry.handler, request).await;
+            crate::faults::crash_point("policy-after-dispatch");
+            match outcome {
+                Ok(CommandOutcome::Applied { .. }) => {
+                    self.store
+                        .write_data(vec![write(&self.outbox_space, id, None)])
+                        .await
+                        .map_err(|e| e.to_string())?;
+                }
+                Ok(CommandOutcome::Rejected { reason, .. }) => {
+                    self.rejected(&id, &entry, &reason).await?;
+                }
+                Err(error @ (CommandError::Invalid(_) | CommandError::IdReused { .. })) => {
+                    // Delivering it again cannot help: the policy asked for something no handler
+                    // will take. It counts as a rejection, so the policy can compensate.
+                    self.rejected(&id, &entry, &error.to_string()).await?;
+                }
+                Err(error) => return Err(format!("command {id} to {}: {error}", entry.handler)),
+            }
+            delivered += 1;
+        }
+        Ok(delivered)
+    }
+
+    /// Hands a rejected command to `on-rejected`, and commits its actions with the outbox
+    /// entry's removal. A policy that fails to compensate has the rejection logged and dropped
+    /// after the last attempt, so that one command cannot stop all delivery.
+    async fn rejected(&self, id: &str, entry: &OutboxEntry, reason: &str) -> Result<(), String> {
+        let input = CommandInput {
+            id,
+            stream: &entry.stream,
+            command_type: &entry.command_type,
+            data: &entry.data,
+            metadata: &entry.metadata,
+        };
+        let correlation = correlation_of(&entry.metadata).unwrap_or_else(|| id.to_owned());
+        let cause = Cause::Rejected { id, correlation: &correlation };
+        for attempt in 1..=MAX_ATTEMPTS {
+            let _turn = self.turn.lock().await;
+            let state = self.new_state().map_err(|e| e.to_string())?;
+            let mut step = StepWrites::default();
+            let outcome = tokio::task::block_in_place(|| {
+                self.call(&state, |state| self.plugin.on_rejected(&input, reason, state))
+            })
+            .and_then(|actions| self.take_actions(&mut step, actions, &cause));
+            match outcome {
+                Ok(()) => {
+                    step.writes.push(write(&self.outbox_space, id.to_owned(), None));
+                    return self.commit(state, step).await.map_err(|e| e.to_string());
+                }
+                Err(error) if attempt == MAX_ATTEMPTS => {
+                    crate::log::error!(
+                        "policy {}: on-rejected failed for command {id} after {attempt} attempts, \
+                         the rejection is dropped: {error}",
+                        self.name
+                    );
+                    return self
+                        .store
+                        .write_data(vec![write(&self.outbox_space, id.to_owned(), None)])
+                        .await
+                        .map_err(|e| e.to_string());
+                }
+                Err(_) => {
+                    drop(_turn);
+                    tokio::time::sleep(backoff(attempt)).await;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// How long until the next timer is due.
+    fn next_timer_in(&self) -> Option<Duration> {
+        let timers = self.timers.lock().unwrap_or_else(|p| p.into_inner());
+        let due = timers.values().map(|t| t.due_ms).min()?;
+        Some(Duration::from_millis(due.saturating_sub(now_ms())))
+    }
+
+    /// Fires the timers that are due: `on-timer`, then its actions committed with the timer's
+    /// removal. Answers how many fired.
+    async fn fire_timers(&self) -> Result<usize, String> {
+        let due: Vec<(String, Timer)> = {
+            let now = now_ms();
+            let timers = self.timers.lock().unwrap_or_else(|p| p.into_inner());
+            timers
+                .iter()
+                .filter(|(_, t)| t.due_ms <= now)
+                .map(|(k, t)| (k.clone(), t.clone()))
+                .collect()
+        };
+        let mut fired = 0;
+        for (key, timer) in due {
+            let _turn = self.turn.lock().await;
+            // A reaction may have moved or cancelled it since.
+            let current = self.timers.lock().unwrap_or_else(|p| p.into_inner()).get(&key).cloned();
+            if current.as_ref() != Some(&timer) {
+                continue;
+            }
+            let state = self.new_state().map_err(|e| e.to_string())?;
+            let mut step = StepWrites::default();
+            let cause = Cause::Timer { key: &key, timer: &timer };
+            let outcome = tokio::task::block_in_place(|| {
+                self.call(&state, |state| self.plugin.on_timer(&key, &timer.payload, state))
+            });
+            // The timer is removed before the actions apply, so that one it sets again stays.
+            step.writes.push(write(&self.timers_space, key.clone(), None));
+            step.timers.push((key.clone(), None));
+            match outcome.and_then(|actions| self.take_actions(&mut step, actions, &cause)) {
+                Ok(()) => {}
+                Err(error) => {
+                    // A timer whose handler fails is not retried forever: it is dropped, like a
+                    // parked event, with the error in the log.
+                    crate::log::error!("policy {}: timer {key:?} failed and is dropped: {error}", self.name);
+                    step = StepWrites::default();
+                    step.writes.push(write(&self.timers_space, key.clone(), None));
+                    step.timers.push((key.clone(), None));
+                    let state = self.new_state().map_err(|e| e.to_string())?;
+                    self.commit(state, step).await.map_err(|e| e.to_string())?;
+                    fired += 1;
+                    continue;
+                }
+            }
+            self.commit(state, step).await.map_err(|e| e.to_string())?;
+            fired += 1;
+        }
+        Ok(fired)
+    }
+}
+
+impl Drop for PolicyRunner {
+    fn drop(&mut self) {
+        self.stopped.send_replace(true);
+    }
+}
+
+/// What a policy reacted to: it names the commands that reaction sends.
+enum Cause<'a> {
+    Event(&'a LogEvent<'a>),
+    Timer { key: &'a str, timer: &'a Timer },
+    Rejected { id: &'a str, correlation: &'a str },
+}
+
+impl Cause<'_> {
+    /// The id of the `index`th command sent: the same every time this cause is reacted to.
+    fn command_id(&self, policy: &str, index: usize) -> String {
+        match self {
+            Cause::Event(event) => format!("{policy}/{:020}/{index:04}", event.position),
+            Cause::Timer { key, timer } => {
+                format!("{policy}/timer/{}/{}/{index:04}", short_hash(key), timer.due_ms)
+            }
+            Cause::Rejected { id, .. } => {
+                format!("{policy}/rejected/{}/{index:04}", short_hash(id))
+            }
+        }
+    }
+
+    fn correlation_id(&self) -> String {
+        match self {
+            Cause::Event(event) => {
+                correlation_of(event.metadata).unwrap_or_else(|| event.id.to_owned())
+            }
+            Cause::Timer { timer, .. } => timer.correlation_id.clone(),
+            Cause::Rejected { correlation, .. } => (*correlation).to_owned(),
+        }
+    }
+
+    fn causation_id(&self) -> String {
+        match self {
+            Cause::Event(event) => event.id.to_owned(),
+            Cause::Timer { key, .. } => format!("timer:{key}"),
+            Cause::Rejected { id, .. } => (*id).to_owned(),
+        }
+    }
+}
+
+/// Why a parked event cannot be retried.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum RetryError {
+    #[error("no event is parked at position {0}")]
+    NotParked(u64),
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+}
+
+/// The data space of pauses, shared with projections.
+const PAUSES: &str = "pauses";
+
+fn write(space: &str, key: String, value: Option<Vec<u8>>) -> DataWrite {
+    DataWrite {
+        space: space.into(),
+        key,
+        value,
+    }
+}
+
+fn parked_key(position: u64) -> String {
+    format!("{position:020}")
+}
+
+fn correlation_of(metadata: &str) -> Option<String> {
+    let value: serde_json::Value = serde_json::from_str(metadata).ok()?;
+    value.get("correlation_id")?.as_str().map(str::to_owned)
+}
+
+fn short_hash(text: &str) -> String {
+    Sha256::digest(text.as_bytes())[..8]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+fn backoff(attempts: u32) -> Duration {
+    FIRST_BACKOFF
+        .saturating_mul(1 << attempts.saturating_sub(1).min(16))
+        .min(MAX_BACKOFF)
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
