@@ -1,11 +1,21 @@
-//! Write evhost command handlers in typed Rust and build them as WebAssembly components.
+//! Write evhost plugins in typed Rust and build them as WebAssembly components: command
+//! handlers, projections and policies.
 //!
-//! A handler (a *decider*) owns one category of streams (`visit` owns `visit-42`). For each
-//! command sent to one of its streams, the host folds the stream's events into a state with
-//! [`Handler::evolve`], then asks [`Handler::decide`] which events the command produces, or why
-//! it is rejected. Events and commands are Rust enums, the state is any serde type: the SDK turns
-//! them to and from the host's wire form (a type name plus JSON text), and keeps the state
-//! between calls as bytes the host caches.
+//! - A **handler** (a *decider*, [`Handler`]) owns one category of streams (`visit` owns
+//!   `visit-42`). For each command sent to one of its streams, the host folds the stream's events
+//!   into a state with [`Handler::evolve`], then asks [`Handler::decide`] which events the command
+//!   produces, or why it is rejected. Events and commands are Rust enums, the state is any serde
+//!   type: the SDK turns them to and from the host's wire form (a type name plus JSON text), and
+//!   keeps the state between calls as bytes the host caches.
+//! - A **projection** ([`Projection`]) folds the events it subscribes to into a key-value read
+//!   model, exactly once per event, and answers queries about it.
+//! - A **policy** ([`Policy`]) reacts to events, to its timers and to the rejection of commands
+//!   it sent, with [`Action`]s: commands to send, timers to set or cancel.
+//!
+//! Projections and policies keep typed values in the host's key-value [`State`], through a
+//! cache that decodes a value once per batch of events and writes each changed key back once.
+//! Everything but the WebAssembly glue compiles natively, so plugins are tested with
+//! `cargo test` (see [`testing`]) and benchmarked without WebAssembly.
 //!
 //! # Example
 //!
@@ -140,6 +150,18 @@
 //! JSON; a stream without events starts from `State::default()`. The state is decoded once and
 //! encoded once per batch of events, so keep it to what `decide` needs.
 //!
+//! # Projections and policies
+//!
+//! They are matched to events as handlers are (an event enum tagged with `type` and `data`),
+//! subscribe with `CATEGORIES` and `EVENT_TYPES`, and are exported with
+//! [`export_projection!`] and [`export_policy!`]. [`Projection`] and [`Policy`] have complete
+//! examples; [`testing`] runs them natively. An [`Envelope`] carries each event with its
+//! position, stream, version, id, metadata and time ([`Envelope::recorded_at_ms`] for timers);
+//! [`time`] converts timestamps.
+//!
+//! A projection's or a policy's error is a [`Failure`]: the host retries, then pauses the
+//! projection at the event (or parks the policy's event) for an operator.
+//!
 //! # Failures
 //!
 //! A rejection ([`Rejection`], [`reject!`], [`ensure!`]) is an expected outcome: nothing is
@@ -149,10 +171,17 @@
 
 mod codec;
 mod context;
+mod envelope;
+mod failure;
 #[cfg(target_arch = "wasm32")]
 mod guest;
 pub mod log;
+mod policy;
+mod projection;
 mod rejection;
+mod state;
+pub mod testing;
+pub mod time;
 mod wire;
 
 #[cfg(test)]
@@ -162,7 +191,12 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 pub use context::CommandContext;
+pub use envelope::{Envelope, Params};
+pub use failure::Failure;
+pub use policy::{Action, Policy, RejectedCommand, ScheduleTimer, SendCommand, Timer};
+pub use projection::Projection;
 pub use rejection::Rejection;
+pub use state::{State, StateView};
 
 /// A command handler (a decider): the events a command produces on a stream of its category,
 /// given the state folded from the stream's events so far.
@@ -251,18 +285,103 @@ macro_rules! export_handler {
         #[cfg(target_arch = "wasm32")]
         const _: () = {
             type EvhostHandlerExports = $crate::__private::Adapter<$handler>;
-            $crate::__private::bindings::export!(
-                EvhostHandlerExports with_types_in $crate::__private::bindings
+            $crate::__private::bindings::handler::export!(
+                EvhostHandlerExports with_types_in $crate::__private::bindings::handler
+            );
+        };
+    };
+}
+
+/// Makes the projection type the component's implementation of the `projection` world:
+/// `apply`, `query` and `describe` (name, kind `projection`, categories, event types,
+/// description). Invoke it once, in the plugin's crate.
+///
+/// Natively it only checks at compile time that the type is a [`Projection`] with a valid
+/// [`NAME`](Projection::NAME), [`CATEGORIES`](Projection::CATEGORIES) and
+/// [`EVENT_TYPES`](Projection::EVENT_TYPES).
+///
+/// ```compile_fail
+/// # use evhost_sdk::{Envelope, Failure, Projection, State};
+/// struct Spaced;
+///
+/// impl Projection for Spaced {
+///     const NAME: &'static str = "spaced";
+///     const EVENT_TYPES: &'static [&'static str] = &["Checked In"];
+///     type Event = serde::de::IgnoredAny;
+///     fn apply(_: &mut State<'_>, _: Envelope<'_, Self::Event>) -> Result<(), Failure> {
+///         Ok(())
+///     }
+/// }
+///
+/// evhost_sdk::export_projection!(Spaced);
+/// ```
+#[macro_export]
+macro_rules! export_projection {
+    ($projection:ty) => {
+        const _: () = $crate::__private::check_subscriber(
+            <$projection as $crate::Projection>::NAME,
+            <$projection as $crate::Projection>::CATEGORIES,
+            <$projection as $crate::Projection>::EVENT_TYPES,
+        );
+
+        #[cfg(target_arch = "wasm32")]
+        const _: () = {
+            type EvhostProjectionExports = $crate::__private::ProjectionAdapter<$projection>;
+            $crate::__private::bindings::projection::export!(
+                EvhostProjectionExports with_types_in $crate::__private::bindings::projection
+            );
+        };
+    };
+}
+
+/// Makes the policy type the component's implementation of the `policy` world: `react`,
+/// `on-timer`, `on-rejected` and `describe` (name, kind `policy`, categories, event types,
+/// description). Invoke it once, in the plugin's crate.
+///
+/// Natively it only checks at compile time that the type is a [`Policy`] with a valid
+/// [`NAME`](Policy::NAME), [`CATEGORIES`](Policy::CATEGORIES) and
+/// [`EVENT_TYPES`](Policy::EVENT_TYPES).
+///
+/// ```compile_fail
+/// # use evhost_sdk::{Action, Envelope, Failure, Policy, State};
+/// struct Dashed;
+///
+/// impl Policy for Dashed {
+///     const NAME: &'static str = "dashed";
+///     const CATEGORIES: &'static [&'static str] = &["visit-42"];
+///     type Event = serde::de::IgnoredAny;
+///     fn react(_: &mut State<'_>, _: Envelope<'_, Self::Event>) -> Result<Vec<Action>, Failure> {
+///         Ok(Vec::new())
+///     }
+/// }
+///
+/// evhost_sdk::export_policy!(Dashed);
+/// ```
+#[macro_export]
+macro_rules! export_policy {
+    ($policy:ty) => {
+        const _: () = $crate::__private::check_subscriber(
+            <$policy as $crate::Policy>::NAME,
+            <$policy as $crate::Policy>::CATEGORIES,
+            <$policy as $crate::Policy>::EVENT_TYPES,
+        );
+
+        #[cfg(target_arch = "wasm32")]
+        const _: () = {
+            type EvhostPolicyExports = $crate::__private::PolicyAdapter<$policy>;
+            $crate::__private::bindings::policy::export!(
+                EvhostPolicyExports with_types_in $crate::__private::bindings::policy
             );
         };
     };
 }
 
 /// What the wasm glue and the [`export_handler!`] macro use; also the way for native code
-/// (benchmarks) to run a handler exactly as the host does. Not a stable API.
+/// (benchmarks) to run a handler exactly as the host does (projections and policies: see
+/// [`testing`]). Not a stable API.
 #[doc(hidden)]
 pub mod __private {
     #[cfg(target_arch = "wasm32")]
-    pub use crate::guest::{Adapter, bindings};
-    pub use crate::wire::{check_names, decide, evolve};
+    pub use crate::guest::{Adapter, PolicyAdapter, ProjectionAdapter, bindings};
+    pub use crate::wire::{check_names, check_subscriber, decide, evolve};
 }

@@ -1,6 +1,6 @@
 //! Log lines in the host's log, tagged there with the plugin's name and version.
 //!
-//! In a component these call the `log.write` import of the `handler` world; natively (unit tests,
+//! In a component these call the `log.write` import (every world has it); natively (unit tests,
 //! benchmarks) they write `[level] message` to standard error.
 
 /// How severe a line is.
@@ -40,7 +40,7 @@ pub fn error(message: &str) {
 
 #[cfg(target_arch = "wasm32")]
 fn write(level: Level, message: &str) {
-    use crate::__private::bindings::evhost::plugin::log::{self as host, Level as HostLevel};
+    use crate::__private::bindings::handler::evhost::plugin::log::{self as host, Level as HostLevel};
     let level = match level {
         Level::Trace => HostLevel::Trace,
         Level::Debug => HostLevel::Debug,

@@ -101,6 +101,44 @@ pub const fn check_names(name: &str, category: &str) {
     }
 }
 
+/// Fails compilation (in a constant) unless a projection's or a policy's name, categories and
+/// event types are valid: the name as for a handler, each category as a handler's, each event
+/// type 1 to 128 characters from `[A-Za-z0-9_.:-]`.
+pub const fn check_subscriber(name: &str, categories: &[&str], event_types: &[&str]) {
+    if !is_valid_name(name.as_bytes()) {
+        panic!("NAME must be 1 to 64 characters from [a-z0-9-], starting with a letter");
+    }
+    let mut index = 0;
+    while index < categories.len() {
+        if !is_valid_category(categories[index].as_bytes()) {
+            panic!("each of CATEGORIES must be 1 to 128 bytes without '-' or control characters");
+        }
+        index += 1;
+    }
+    let mut index = 0;
+    while index < event_types.len() {
+        if !is_valid_type_name(event_types[index].as_bytes()) {
+            panic!("each of EVENT_TYPES must be 1 to 128 characters from [A-Za-z0-9_.:-]");
+        }
+        index += 1;
+    }
+}
+
+const fn is_valid_type_name(name: &[u8]) -> bool {
+    if name.is_empty() || name.len() > 128 {
+        return false;
+    }
+    let mut index = 0;
+    while index < name.len() {
+        let byte = name[index];
+        if !(byte.is_ascii_alphanumeric() || matches!(byte, b'_' | b'.' | b':' | b'-')) {
+            return false;
+        }
+        index += 1;
+    }
+    true
+}
+
 const fn is_valid_name(name: &[u8]) -> bool {
     if name.is_empty() || name.len() > 64 || !name[0].is_ascii_lowercase() {
         return false;
