@@ -43,6 +43,7 @@ impl<'a> WireEvent<'a> {
             version: self.version,
             id: self.id,
             event_type: self.event_type,
+            data: self.data,
             metadata: self.metadata,
             recorded_at: self.recorded_at,
             event,
@@ -59,6 +60,7 @@ pub struct Envelope<'a, E> {
     version: u64,
     id: &'a str,
     event_type: &'a str,
+    data: &'a str,
     metadata: &'a str,
     recorded_at: &'a str,
     event: E,
@@ -102,6 +104,11 @@ impl<'a, E> Envelope<'a, E> {
     /// `#[serde(other)]` variant).
     pub fn event_type(&self) -> &'a str {
         self.event_type
+    }
+
+    /// The event's data as JSON text, as recorded (the typed event is [`event`](Envelope::event)).
+    pub fn data_json(&self) -> &'a str {
+        self.data
     }
 
     /// When the event was recorded: RFC 3339 in UTC with microseconds
