@@ -25,18 +25,22 @@ pub(crate) struct WireEvent<'a> {
 impl<'a> WireEvent<'a> {
     /// Decodes the event into the plugin's event enum, by its type name; `plugin` names the
     /// plugin in the failure.
-    pub(crate) fn decode<E: DeserializeOwned>(self, plugin: &str) -> Result<Envelope<'a, E>, String> {
-        let event = codec::decode::<E>(self.event_type, self.data).map_err(|error| match error {
-            DecodeError::UnknownType { .. } => format!(
-                "{plugin}: the event at position {} has the unknown type {}; {error} (add a \
+    pub(crate) fn decode<E: DeserializeOwned>(
+        self,
+        plugin: &str,
+    ) -> Result<Envelope<'a, E>, String> {
+        let event =
+            codec::decode::<E>(self.event_type, self.data).map_err(|error| match error {
+                DecodeError::UnknownType { .. } => format!(
+                    "{plugin}: the event at position {} has the unknown type {}; {error} (add a \
                  #[serde(other)] unit variant to ignore other types)",
-                self.position, self.event_type
-            ),
-            DecodeError::Mismatch(_) => format!(
-                "{plugin}: the event at position {}, of type {}, does not match: {error}",
-                self.position, self.event_type
-            ),
-        })?;
+                    self.position, self.event_type
+                ),
+                DecodeError::Mismatch(_) => format!(
+                    "{plugin}: the event at position {}, of type {}, does not match: {error}",
+                    self.position, self.event_type
+                ),
+            })?;
         Ok(Envelope {
             position: self.position,
             stream: self.stream,

@@ -41,9 +41,9 @@ pub mod bindings {
 }
 
 use bindings::handler::evhost::plugin::types::{Command, Kind, NewEvent, PluginInfo, StreamEvent};
+use bindings::policy::evhost::plugin::types as policy_types;
 use bindings::projection::evhost::plugin::state as host_state;
 use bindings::projection::evhost::plugin::types as projection_types;
-use bindings::policy::evhost::plugin::types as policy_types;
 
 /// The component's implementation for the handler `H`.
 pub struct Adapter<H>(PhantomData<H>);
@@ -115,8 +115,14 @@ macro_rules! subscriber_info {
             name: <$plugin>::NAME.to_owned(),
             kind: $types::Kind::$kind,
             category: None,
-            categories: <$plugin>::CATEGORIES.iter().map(|c| (*c).to_owned()).collect(),
-            event_types: <$plugin>::EVENT_TYPES.iter().map(|t| (*t).to_owned()).collect(),
+            categories: <$plugin>::CATEGORIES
+                .iter()
+                .map(|c| (*c).to_owned())
+                .collect(),
+            event_types: <$plugin>::EVENT_TYPES
+                .iter()
+                .map(|t| (*t).to_owned())
+                .collect(),
             description: <$plugin>::DESCRIPTION.to_owned(),
         }
     };

@@ -40,7 +40,9 @@ pub fn error(message: &str) {
 
 #[cfg(target_arch = "wasm32")]
 fn write(level: Level, message: &str) {
-    use crate::__private::bindings::handler::evhost::plugin::log::{self as host, Level as HostLevel};
+    use crate::__private::bindings::handler::evhost::plugin::log::{
+        self as host, Level as HostLevel,
+    };
     let level = match level {
         Level::Trace => HostLevel::Trace,
         Level::Debug => HostLevel::Debug,

@@ -308,7 +308,9 @@ impl<'a> RejectedCommand<'a> {
 
     /// The part of the stream's name after its category and the first `-`.
     pub fn entity_id(&self) -> &'a str {
-        self.stream_id.split_once('-').map_or("", |(_, entity)| entity)
+        self.stream_id
+            .split_once('-')
+            .map_or("", |(_, entity)| entity)
     }
 
     /// The command type.
@@ -358,7 +360,9 @@ pub(crate) fn on_timer<P: Policy>(
     key: &str,
     payload: &str,
 ) -> Result<Vec<Action>, String> {
-    run::<P>(backend, |state| P::on_timer(state, Timer::new(key, payload)))
+    run::<P>(backend, |state| {
+        P::on_timer(state, Timer::new(key, payload))
+    })
 }
 
 /// Reacts to the rejection of `command` for `reason`.

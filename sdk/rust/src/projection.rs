@@ -157,7 +157,9 @@ pub(crate) fn apply<'e, P: Projection>(
         let envelope = event.decode::<P::Event>(P::NAME)?;
         P::apply(&mut state, envelope).map_err(Failure::into_message)?;
     }
-    state.commit().map_err(|failure| format!("{}: {failure}", P::NAME))
+    state
+        .commit()
+        .map_err(|failure| format!("{}: {failure}", P::NAME))
 }
 
 /// Answers a query: the JSON text of what `P::query` returns, or its failure's message.
@@ -167,7 +169,6 @@ pub(crate) fn query<P: Projection>(
     params: &[(String, String)],
 ) -> Result<String, String> {
     let state = StateView::new(backend);
-    let answer =
-        P::query(&state, path, &Params::new(params)).map_err(Failure::into_message)?;
+    let answer = P::query(&state, path, &Params::new(params)).map_err(Failure::into_message)?;
     serde_json::to_string(&answer).map_err(|error| format!("{}: {error}", P::NAME))
 }

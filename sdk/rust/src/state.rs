@@ -220,7 +220,11 @@ impl<'s> State<'s> {
 
     /// Changes the value under `key` in place, starting from `T::default()` if the key is
     /// absent, and returns what `change` returns. The key is written back when the call ends.
-    pub fn update<T, R>(&mut self, key: &str, change: impl FnOnce(&mut T) -> R) -> Result<R, Failure>
+    pub fn update<T, R>(
+        &mut self,
+        key: &str,
+        change: impl FnOnce(&mut T) -> R,
+    ) -> Result<R, Failure>
     where
         T: Default + Serialize + DeserializeOwned + 'static,
     {
@@ -418,5 +422,204 @@ impl<'s> StateView<'s> {
             }
         }
         found
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde::{Deserialize, Serialize};
+
+    use crate::testing::MemoryState;
+
+    #[derive(Debug, Default, Clone, PartialEq, Serialize, Deserialize)]
+    struct Visit {
+        room: String,
+        moves: u32,
+    }
+
+    #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+    struct RoomOnly {
+        room: String,
+    }
+
+    fn seeded(keys: &[&str]) -> MemoryState {
+        let mut memory = MemoryState::new();
+        for key in keys {
+            memory.insert(key, &Visit::default()).unwrap();
+        }
+        memory
+    }
+
+    #[test]
+    fn each_written_key_is_written_once_per_call() {
+        let mut memory = MemoryState::new();
+        memory
+            .with_state(|state| {
+                for _ in 0..100 {
+                    state.update("visit/1", |visit: &mut Visit| visit.moves += 1)?;
+                    state.update("events", |n: &mut u64| *n += 1)?;
+                }
+                Ok(())
+            })
+            .unwrap();
+        assert_eq!(memory.write_count(), 2);
+        assert_eq!(memory.get("visit/1"), Some(r#"{"room":"","moves":100}"#));
+        assert_eq!(memory.get("events"), Some("100"));
+    }
+
+    #[test]
+    fn reads_see_the_writes_of_the_call() {
+        let mut memory = seeded(&["visit/1"]);
+        memory
+            .with_state(|state| {
+                state.put(
+                    "visit/2",
+                    Visit {
+                        room: "A".into(),
+                        moves: 1,
+                    },
+                );
+                assert_eq!(state.get::<Visit>("visit/2")?.unwrap().room, "A");
+                state.delete("visit/1");
+                assert_eq!(state.get::<Visit>("visit/1")?, None);
+                assert!(!state.contains("visit/1"));
+                assert_eq!(
+                    state.get_raw("visit/2")?.as_deref(),
+                    Some(r#"{"room":"A","moves":1}"#)
+                );
+                // Another type on the same key goes through the JSON.
+                assert_eq!(
+                    state.get::<RoomOnly>("visit/2")?,
+                    Some(RoomOnly { room: "A".into() })
+                );
+                state.put_raw("raw", r#"{"room":"R","moves":3}"#);
+                assert_eq!(state.get::<Visit>("raw")?.unwrap().moves, 3);
+                Ok(())
+            })
+            .unwrap();
+        assert_eq!(memory.get("visit/1"), None);
+        assert_eq!(memory.get("raw"), Some(r#"{"room":"R","moves":3}"#));
+    }
+
+    #[test]
+    fn alter_stores_or_removes() {
+        let mut memory = seeded(&["a"]);
+        memory
+            .with_state(|state| {
+                state.alter("a", |visit: &mut Option<Visit>| *visit = None)?;
+                state.alter("b", |visit: &mut Option<Visit>| assert!(visit.is_none()))?;
+                state.alter("c", |visit: &mut Option<Visit>| {
+                    *visit = Some(Visit::default())
+                })?;
+                Ok(())
+            })
+            .unwrap();
+        assert_eq!(memory.iter().map(|(key, _)| key).collect::<Vec<_>>(), ["c"]);
+        // `b` was absent and stayed so: no write for it.
+        assert_eq!(memory.write_count(), 1 + 2);
+    }
+
+    #[test]
+    fn a_failed_call_writes_nothing() {
+        let mut memory = seeded(&["a"]);
+        let result = memory.with_state(|state| {
+            state.put("b", 1);
+            state.delete("a");
+            Err::<(), _>(crate::Failure::new("no"))
+        });
+        assert!(result.is_err());
+        assert_eq!(memory.iter().map(|(key, _)| key).collect::<Vec<_>>(), ["a"]);
+        let result = memory.with_state(|state| {
+            state.put("b", 1);
+            state.put_raw("c", "not json");
+            Ok(())
+        });
+        assert!(result.unwrap_err().message().contains("not JSON text"));
+        assert_eq!(memory.get("b"), None);
+    }
+
+    #[test]
+    fn values_that_do_not_decode_name_their_key() {
+        let mut memory = MemoryState::new();
+        memory.insert("n", &"text").unwrap();
+        let failure = memory
+            .with_state(|state| state.get::<u64>("n"))
+            .unwrap_err();
+        assert!(
+            failure
+                .message()
+                .starts_with(r#"state key "n" holds 6 bytes"#),
+            "{failure}"
+        );
+    }
+
+    #[test]
+    fn scan_merges_the_calls_writes_in_key_order() {
+        let mut memory = seeded(&["p/1", "p/2", "p/3", "p/5", "q/1"]);
+        memory
+            .with_state(|state| {
+                state.delete("p/2");
+                state.put(
+                    "p/4",
+                    Visit {
+                        room: "new".into(),
+                        moves: 0,
+                    },
+                );
+                state.update("p/5", |visit: &mut Visit| visit.moves = 5)?;
+                state.put("p/0", Visit::default());
+                let keys = |found: Vec<(String, Visit)>| {
+                    found.into_iter().map(|(key, _)| key).collect::<Vec<_>>()
+                };
+                assert_eq!(
+                    keys(state.scan("p/", None, 10)?),
+                    ["p/0", "p/1", "p/3", "p/4", "p/5"]
+                );
+                assert_eq!(keys(state.scan("p/", Some("p/1"), 2)?), ["p/3", "p/4"]);
+                assert_eq!(keys(state.scan("p/", Some("a"), 1)?), ["p/0"]);
+                assert_eq!(
+                    keys(state.scan("p/", Some("p/5"), 10)?),
+                    Vec::<String>::new()
+                );
+                let all = state.scan::<Visit>("p/", None, 10)?;
+                assert_eq!(all[4].1.moves, 5);
+                Ok(())
+            })
+            .unwrap();
+    }
+
+    #[test]
+    fn scans_page_past_the_hosts_page_size() {
+        let mut memory = MemoryState::new();
+        memory
+            .with_state(|state| {
+                for index in 0..2500 {
+                    state.put(&format!("k/{index:05}"), index);
+                }
+                Ok(())
+            })
+            .unwrap();
+        memory
+            .with_state(|state| {
+                for index in (0..2500).step_by(2) {
+                    state.delete(&format!("k/{index:05}"));
+                }
+                let found = state.scan::<u32>("k/", None, 1200)?;
+                assert_eq!(found.len(), 1200);
+                assert!(found.iter().all(|(_, value)| value % 2 == 1));
+                assert_eq!(found[1199].1, 2399);
+                assert_eq!(state.scan::<u32>("k/", None, 5000)?.len(), 1250);
+                Ok(())
+            })
+            .unwrap();
+        assert_eq!(memory.view().scan_raw("k/", None, 5000).len(), 1250);
+        assert_eq!(
+            memory
+                .view()
+                .scan::<u32>("k/", Some("k/02000"), 5000)
+                .unwrap()
+                .len(),
+            250
+        );
     }
 }

@@ -322,8 +322,12 @@ struct RecordView<'a> {
 /// Applies `records` to `state` as one batch of the projection `P`, exactly as the component's
 /// `apply` export does (one decode per event, the batch cache, one write per key written). An
 /// error writes nothing.
-pub fn apply<P: Projection>(state: &mut MemoryState, records: &[EventRecord]) -> Result<(), Failure> {
-    crate::projection::apply::<P>(state, records.iter().map(EventRecord::wire)).map_err(Failure::new)
+pub fn apply<P: Projection>(
+    state: &mut MemoryState,
+    records: &[EventRecord],
+) -> Result<(), Failure> {
+    crate::projection::apply::<P>(state, records.iter().map(EventRecord::wire))
+        .map_err(Failure::new)
 }
 
 /// Applies the host's canonical event records, one JSON object each
@@ -381,12 +385,18 @@ pub fn query<P: Projection>(
 
 /// Has the policy `P` react to `record`, as the component's `react` export does: its actions,
 /// with its writes kept in `state` (none if it fails).
-pub fn react<P: Policy>(state: &mut MemoryState, record: &EventRecord) -> Result<Vec<Action>, Failure> {
+pub fn react<P: Policy>(
+    state: &mut MemoryState,
+    record: &EventRecord,
+) -> Result<Vec<Action>, Failure> {
     crate::policy::react::<P>(state, record.wire()).map_err(Failure::new)
 }
 
 /// Fires `timer` (one the policy `P` scheduled), as the host's call of `on-timer` does.
-pub fn fire<P: Policy>(state: &mut MemoryState, timer: &ScheduleTimer) -> Result<Vec<Action>, Failure> {
+pub fn fire<P: Policy>(
+    state: &mut MemoryState,
+    timer: &ScheduleTimer,
+) -> Result<Vec<Action>, Failure> {
     crate::policy::on_timer::<P>(state, &timer.key, &timer.payload).map_err(Failure::new)
 }
 

@@ -413,3 +413,268 @@ fn names_and_categories_are_checked() {
     assert!(std::panic::catch_unwind(|| crate::__private::check_names("visit", &long)).is_err());
     crate::__private::check_names("visit", &long[1..]);
 }
+
+/// A projection and a policy, run through the wire paths by the native harness.
+mod subscribers {
+    use serde::{Deserialize, Serialize};
+    use serde_json::json;
+
+    use crate::testing::{self, EventRecord, MemoryState};
+    use crate::{Action, Envelope, Failure, Params, Policy, Projection, State, StateView};
+
+    struct Rooms;
+
+    #[derive(Debug, Deserialize)]
+    #[serde(tag = "type", content = "data")]
+    enum RoomEvent {
+        Entered { room: String },
+        Left { room: String },
+    }
+
+    #[derive(Debug, Default, Clone, PartialEq, Serialize, Deserialize)]
+    struct Room {
+        people: Vec<String>,
+        since: Option<u64>,
+        last_position: u64,
+    }
+
+    impl Projection for Rooms {
+        const NAME: &'static str = "rooms";
+        const CATEGORIES: &'static [&'static str] = &["person"];
+        type Event = RoomEvent;
+
+        fn apply(state: &mut State<'_>, event: Envelope<'_, RoomEvent>) -> Result<(), Failure> {
+            let person = event.entity_id().to_owned();
+            let position = event.position();
+            let at = event.recorded_at_ms()?;
+            match event.into_event() {
+                RoomEvent::Entered { room } => state.update(&room, |r: &mut Room| {
+                    r.people.push(person);
+                    r.since.get_or_insert(at);
+                    r.last_position = position;
+                }),
+                RoomEvent::Left { room } => state.alter(&room, |r: &mut Option<Room>| {
+                    if let Some(entry) = r {
+                        entry.people.retain(|p| *p != person);
+                        entry.last_position = position;
+                        if entry.people.is_empty() {
+                            *r = None;
+                        }
+                    }
+                }),
+            }
+        }
+
+        fn query(
+            state: &StateView<'_>,
+            path: &str,
+            params: &Params<'_>,
+        ) -> Result<serde_json::Value, Failure> {
+            let limit = params.parse::<u32>("limit")?.unwrap_or(10);
+            Ok(json!(state.scan::<Room>(path, None, limit)?))
+        }
+    }
+
+    #[test]
+    fn batches_and_single_events_fold_alike() {
+        let records = [
+            EventRecord::new(1, "person-ana", "Entered", &json!({"room": "a"})),
+            EventRecord::new(2, "person-bo", "Entered", &json!({"room": "a"})),
+            EventRecord::new(3, "person-ana", "Left", &json!({"room": "a"})),
+            EventRecord::new(4, "person-bo", "Left", &json!({"room": "a"})),
+            EventRecord::new(5, "person-bo", "Entered", &json!({"room": "b"})),
+        ];
+        let mut at_once = MemoryState::new();
+        testing::apply::<Rooms>(&mut at_once, &records).unwrap();
+        let mut one_by_one = MemoryState::new();
+        for record in &records {
+            testing::apply::<Rooms>(&mut one_by_one, std::slice::from_ref(record)).unwrap();
+        }
+        assert_eq!(
+            at_once.iter().collect::<Vec<_>>(),
+            one_by_one.iter().collect::<Vec<_>>()
+        );
+        assert_eq!(at_once.write_count(), 2, "a deleted, b written");
+        let json_records: Vec<String> = records.iter().map(EventRecord::to_json).collect();
+        let mut from_json = MemoryState::new();
+        testing::apply_json::<Rooms>(&mut from_json, &json_records).unwrap();
+        assert_eq!(from_json, at_once);
+        let answer = testing::query::<Rooms>(&at_once, "b", &[("limit", "5")]).unwrap();
+        assert_eq!(answer[0][1]["people"], json!(["bo"]));
+        assert_eq!(answer[0][1]["since"], json!(1_767_225_605_000_u64));
+    }
+
+    #[test]
+    fn undecodable_events_fail_the_batch_and_name_the_position() {
+        let mut state = MemoryState::new();
+        let error = testing::apply::<Rooms>(
+            &mut state,
+            &[
+                EventRecord::new(1, "person-ana", "Entered", &json!({"room": "a"})),
+                EventRecord::new(2, "person-ana", "Danced", &json!({})),
+            ],
+        )
+        .unwrap_err();
+        assert!(
+            error
+                .message()
+                .starts_with("rooms: the event at position 2 has the unknown type Danced; expected one of Entered, Left"),
+            "{error}"
+        );
+        let error = testing::apply::<Rooms>(
+            &mut state,
+            &[EventRecord::new(
+                3,
+                "person-ana",
+                "Entered",
+                &json!({"hall": "a"}),
+            )],
+        )
+        .unwrap_err();
+        assert!(error.message().contains("missing field `room`"), "{error}");
+        assert!(state.is_empty());
+        let error = testing::apply_json::<Rooms>(&mut state, &["{}"]).unwrap_err();
+        assert!(
+            error
+                .message()
+                .starts_with("record 0 of the batch is not an event record"),
+            "{error}"
+        );
+        let error = testing::query::<Rooms>(&state, "a", &[("limit", "many")]).unwrap_err();
+        assert!(
+            error.message().starts_with("parameter limit is \"many\""),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn envelopes_carry_the_record() {
+        struct Probe;
+        impl Projection for Probe {
+            const NAME: &'static str = "probe";
+            type Event = serde::de::IgnoredAny;
+            fn apply(
+                state: &mut State<'_>,
+                event: Envelope<'_, Self::Event>,
+            ) -> Result<(), Failure> {
+                state.put(
+                    "probe",
+                    json!({
+                        "position": event.position(), "stream": event.stream(),
+                        "category": event.category(), "entity": event.entity_id(),
+                        "version": event.version(), "id": event.id(), "type": event.event_type(),
+                        "data": event.data_json(), "at": event.recorded_at(),
+                        "ms": event.recorded_at_ms()?, "correlation": event.correlation_id(),
+                        "causation": event.causation_id(),
+                    }),
+                );
+                Ok(())
+            }
+        }
+        let mut state = MemoryState::new();
+        let record = EventRecord::new(7, "visit-4-2", "Seen", &json!({"x": 1}))
+            .version(3)
+            .id("e-7")
+            .recorded_at("2026-11-23T19:35:53.123456Z")
+            .metadata(&json!({"correlation_id": "c-1", "causation-id": "cmd-9"}));
+        testing::apply::<Probe>(&mut state, &[record]).unwrap();
+        assert_eq!(
+            state.get_as::<serde_json::Value>("probe").unwrap().unwrap(),
+            json!({
+                "position": 7, "stream": "visit-4-2", "category": "visit", "entity": "4-2",
+                "version": 3, "id": "e-7", "type": "Seen", "data": r#"{"x":1}"#,
+                "at": "2026-11-23T19:35:53.123456Z", "ms": 1_795_462_553_123_u64,
+                "correlation": "c-1", "causation": "cmd-9",
+            })
+        );
+    }
+
+    struct Echo;
+
+    #[derive(Debug, Serialize, Deserialize)]
+    #[serde(tag = "type", content = "data")]
+    enum EchoCommand {
+        Say { text: String },
+    }
+
+    impl Policy for Echo {
+        const NAME: &'static str = "echo";
+        type Event = serde::de::IgnoredAny;
+
+        fn react(
+            state: &mut State<'_>,
+            event: Envelope<'_, Self::Event>,
+        ) -> Result<Vec<Action>, Failure> {
+            state.update("reacted", |n: &mut u32| *n += 1)?;
+            Ok(vec![
+                Action::send(
+                    "echo",
+                    event.stream(),
+                    &EchoCommand::Say {
+                        text: event.event_type().into(),
+                    },
+                )?,
+                Action::cancel_timer("t"),
+            ])
+        }
+
+        fn on_rejected(
+            state: &mut State<'_>,
+            command: crate::RejectedCommand<'_>,
+            reason: &str,
+        ) -> Result<Vec<Action>, Failure> {
+            let EchoCommand::Say { text } = command.decode()?;
+            state.put("rejected", format!("{text}: {reason}"));
+            Err(Failure::new("and then it failed"))
+        }
+    }
+
+    #[test]
+    fn policies_act_and_keep_writes_only_when_they_succeed() {
+        let mut state = MemoryState::new();
+        let actions = testing::react::<Echo>(
+            &mut state,
+            &EventRecord::new(1, "echo-1", "Hi", &json!(null)),
+        )
+        .unwrap();
+        assert_eq!(actions[1], Action::CancelTimer("t".into()));
+        let Action::Send(command) = &actions[0] else {
+            panic!("{actions:?}")
+        };
+        assert_eq!(
+            (command.command_type.as_str(), command.data.as_str()),
+            ("Say", r#"{"text":"Hi"}"#)
+        );
+        let failure = testing::reject::<Echo>(&mut state, command, "no").unwrap_err();
+        assert_eq!(failure.message(), "and then it failed");
+        assert_eq!(state.get("rejected"), None);
+        assert_eq!(state.get("reacted"), Some("1"));
+        // The default on_timer takes no action.
+        let timer = crate::ScheduleTimer {
+            key: "t".into(),
+            due_ms: 0,
+            payload: "null".into(),
+        };
+        assert_eq!(testing::fire::<Echo>(&mut state, &timer).unwrap(), []);
+    }
+
+    #[test]
+    fn subscriber_names_are_checked() {
+        crate::__private::check_subscriber(
+            "visits",
+            &["visit", "patient"],
+            &["PatientCheckedIn", "a.b:c-d_e"],
+        );
+        for (name, categories, types) in [
+            ("Visits", &["visit"][..], &[][..]),
+            ("visits", &["vi-sit"][..], &[][..]),
+            ("visits", &[][..], &["Checked In"][..]),
+            ("visits", &[][..], &[""][..]),
+        ] {
+            let result = std::panic::catch_unwind(|| {
+                crate::__private::check_subscriber(name, categories, types)
+            });
+            assert!(result.is_err(), "{name:?} {categories:?} {types:?}");
+        }
+    }
+}

@@ -54,9 +54,8 @@ fn parse(text: &[u8]) -> Option<u64> {
                 .then(|| n * 10 + i64::from(byte - b'0'))
         })
     };
-    let separator = |index: usize, expected: &[u8]| {
-        text.get(index).is_some_and(|byte| expected.contains(byte))
-    };
+    let separator =
+        |index: usize, expected: &[u8]| text.get(index).is_some_and(|byte| expected.contains(byte));
     if !(separator(4, b"-") && separator(7, b"-") && separator(10, b"Tt ") && separator(13, b":"))
         || !separator(16, b":")
     {
@@ -148,7 +147,10 @@ mod tests {
             millis_from_rfc3339("2000-02-29T23:59:59.999999Z"),
             Ok(951_868_799_999)
         );
-        assert_eq!(millis_from_rfc3339("2026-11-23T19:35:53Z"), Ok(1_795_462_553_000));
+        assert_eq!(
+            millis_from_rfc3339("2026-11-23T19:35:53Z"),
+            Ok(1_795_462_553_000)
+        );
         assert_eq!(
             millis_from_rfc3339("2026-11-23T20:35:53.1+01:00"),
             Ok(1_795_462_553_100)
@@ -174,8 +176,18 @@ mod tests {
 
     #[test]
     fn formats_and_parses_back() {
-        for millis in [0, 1, 999, 951_868_799_999, 1_795_462_553_123, 4_102_444_800_000] {
-            assert_eq!(millis_from_rfc3339(&rfc3339_from_millis(millis)), Ok(millis));
+        for millis in [
+            0,
+            1,
+            999,
+            951_868_799_999,
+            1_795_462_553_123,
+            4_102_444_800_000,
+        ] {
+            assert_eq!(
+                millis_from_rfc3339(&rfc3339_from_millis(millis)),
+                Ok(millis)
+            );
         }
     }
 }
