@@ -217,6 +217,32 @@ impl Server {
         }
     }
 
+    /// Sets (or, with `None`, removes) an environment variable for the next restart.
+    pub fn set_env(&mut self, name: &str, value: Option<&str>) {
+        self.launch.env.retain(|(n, _)| n != name);
+        if let Some(value) = value {
+            self.launch.env.push((name.to_string(), value.to_string()));
+        }
+    }
+
+    /// Waits for the server to exit by itself (a crash point, say); panics if it still runs
+    /// after `timeout`. Answers whether it was killed by a signal (an abort) rather than exiting.
+    #[track_caller]
+    pub fn wait_for_crash(&mut self, timeout: Duration) -> bool {
+        let mut child = self.child.take().expect("the server is not running");
+        match wait_for_exit(&mut child, timeout) {
+            Some(status) => status.code().is_none(),
+            None => {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!(
+                    "the server did not exit within {timeout:?}; stderr:\n{}",
+                    self.stderr()
+                );
+            }
+        }
+    }
+
     /// What the server wrote to stderr so far (the last few hundred KiB).
     pub fn stderr(&self) -> String {
         self.log.lock().unwrap().clone()
@@ -393,6 +419,8 @@ pub struct Reply {
     pub status: u16,
     pub content_type: String,
     pub body: String,
+    /// The `Evhost-Position` header of a read model answer.
+    pub position: Option<u64>,
 }
 
 impl Reply {
@@ -521,11 +549,17 @@ impl Api {
             .and_then(|v| v.to_str().ok())
             .unwrap_or_default()
             .to_string();
+        let position = response
+            .headers()
+            .get("evhost-position")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse().ok());
         let body = response.text()?;
         Ok(Reply {
             status,
             content_type,
             body,
+            position,
         })
     }
 
@@ -754,6 +788,7 @@ fn parse_response(bytes: &[u8]) -> Option<Reply> {
         status,
         content_type: header("content-type").unwrap_or_default(),
         body: String::from_utf8_lossy(&body).into_owned(),
+        position: header("evhost-position").and_then(|v| v.parse().ok()),
     })
 }
 
@@ -942,6 +977,16 @@ const GUEST_PACKAGES: &[&str] = &[
     "fixture-imports-sockets",
     "fixture-kind-mismatch",
     "fixture-category-squatter",
+    "fixture-counting-projection",
+    "fixture-hostile-projection",
+    "fixture-hostile-policy",
+    "visits",
+    "rooms",
+    "survey",
+    "visit-survey",
+    "order",
+    "loyalty",
+    "order-loyalty",
 ];
 
 /// Where guests are built: a target directory of their own, so that the build does not wait
@@ -1032,6 +1077,40 @@ impl Api {
     /// `POST /handlers/{handler}/commands`.
     pub fn command(&self, handler: &str, body: &Value) -> Reply {
         self.post(&format!("/handlers/{handler}/commands"), body)
+    }
+
+    /// Waits until plugin `name` has processed position `position`, and answers its listing.
+    #[track_caller]
+    pub fn wait_for_position(&self, name: &str, position: u64, timeout: Duration) -> Value {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let plugin = self.get(&format!("/plugins/{name}")).expect(200);
+            if plugin["position"].as_u64().is_some_and(|p| p >= position) {
+                return plugin;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "plugin {name} did not reach position {position} within {timeout:?}: {plugin}"
+            );
+            thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// Waits until `check` accepts plugin `name`'s listing, and answers it.
+    #[track_caller]
+    pub fn wait_for_plugin(&self, name: &str, timeout: Duration, check: impl Fn(&Value) -> bool) -> Value {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let plugin = self.get(&format!("/plugins/{name}")).expect(200);
+            if check(&plugin) {
+                return plugin;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "plugin {name} did not reach the expected state within {timeout:?}: {plugin}"
+            );
+            thread::sleep(Duration::from_millis(20));
+        }
     }
 
     /// A counter of `/metrics` (the first line starting with `line_prefix`), as a number.

@@ -14,6 +14,8 @@ mod hostile;
 mod idempotency;
 mod model;
 mod plugins;
+mod policies;
+mod projections;
 mod race;
 mod reads;
 mod sse;

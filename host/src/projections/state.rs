@@ -166,3 +166,93 @@ impl StateAccess for BatchState {
             .collect())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::{EventStore, RedbStore, StoreOptions};
+
+    fn put(state: &BatchState, key: &str, value: &str) {
+        state.put(key.into(), value.into()).unwrap();
+    }
+
+    fn keys(entries: Vec<(String, String)>) -> Vec<String> {
+        entries.into_iter().map(|(k, _)| k).collect()
+    }
+
+    #[test]
+    fn reads_see_the_call_over_the_batch_over_the_store_and_failed_calls_vanish() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = RedbStore::open(dir.path(), &StoreOptions::default()).unwrap();
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let space: Arc<str> = "projection/test".into();
+        let committed: Vec<DataWrite> = ["a/1", "a/2", "a/3", "a/4", "b/1"]
+            .iter()
+            .map(|key| DataWrite {
+                space: space.clone(),
+                key: (*key).into(),
+                value: Some(b"0".to_vec()),
+            })
+            .collect();
+        runtime.block_on(store.write_data(committed)).unwrap();
+        // Another space with the same keys stays apart.
+        runtime
+            .block_on(store.write_data(vec![DataWrite {
+                space: "projection/other".into(),
+                key: "a/0".into(),
+                value: Some(b"9".to_vec()),
+            }]))
+            .unwrap();
+
+        let state = BatchState::writable(space.clone(), store.data_snapshot().unwrap());
+        put(&state, "a/2", "2");
+        state.delete("a/3".into()).unwrap();
+        put(&state, "a/25", "25");
+        state.call_succeeded();
+        put(&state, "a/4", "4");
+        state.delete("a/1".into()).unwrap();
+        assert_eq!(state.get("a/4").unwrap().as_deref(), Some("4"));
+        assert_eq!(
+            keys(state.scan("a/", None, 10).unwrap()),
+            ["a/2", "a/25", "a/4"]
+        );
+        // The page is cut where the store's entries end, never skipping a committed key.
+        assert_eq!(keys(state.scan("a/", None, 2).unwrap()), ["a/2", "a/25"]);
+        assert_eq!(keys(state.scan("a/", Some("a/25"), 2).unwrap()), ["a/4"]);
+        state.call_failed();
+        assert_eq!(state.get("a/4").unwrap().as_deref(), Some("0"));
+        assert_eq!(
+            keys(state.scan("a/", None, 10).unwrap()),
+            ["a/1", "a/2", "a/25", "a/4"]
+        );
+        assert_eq!(keys(state.scan("b", None, 10).unwrap()), ["b/1"]);
+
+        let writes = state.into_writes();
+        let written: Vec<(&str, Option<&[u8]>)> = writes
+            .iter()
+            .map(|w| (w.key.as_str(), w.value.as_deref()))
+            .collect();
+        assert_eq!(
+            written,
+            [
+                ("a/2", Some(&b"2"[..])),
+                ("a/25", Some(&b"25"[..])),
+                ("a/3", None)
+            ]
+        );
+        runtime.block_on(store.write_data(writes)).unwrap();
+        let snapshot = store.data_snapshot().unwrap();
+        assert_eq!(snapshot.get(&space, "a/3").unwrap(), None);
+        assert_eq!(
+            snapshot.scan(&space, "a/", Some("a/2"), 10).unwrap().len(),
+            2
+        );
+        assert_eq!(snapshot.get("projection/other", "a/0").unwrap(), Some(b"9".to_vec()));
+
+        let read_only = BatchState::read_only(space, store.data_snapshot().unwrap());
+        assert!(read_only.put("x".into(), "1".into()).is_err());
+        assert!(read_only.delete("a/1".into()).is_err());
+    }
+}
