@@ -31,6 +31,10 @@ pub enum VisitCommand {
     },
     /// Adds a clinical note: `NoteAdded`.
     AddNote { author: String, text: String },
+    /// Flags the open visit as lasting longer than expected: `VisitOverdue`. Sent by the
+    /// `visit-survey` policy when the check-in's expected stay has passed; rejected once the
+    /// visit is closed, and when it is flagged already. Any data is accepted and ignored.
+    FlagOverdue,
     /// Closes the visit: `TestCancelled` for each pending test (only if `cancel_pending_tests`;
     /// otherwise pending tests reject the command), `PatientCheckedOut`, `RoomReleased`.
     CheckOut {
@@ -59,6 +63,19 @@ pub struct CheckIn {
     /// Tests to order at arrival, each once.
     #[serde(default)]
     pub tests: Vec<String>,
+    /// The hospital (site) of the emergency department; `main` if not given.
+    #[serde(default = "default_hospital")]
+    pub hospital: String,
+    /// How long the visit is expected to last, in seconds; none for the usual stay.
+    #[serde(default)]
+    pub expected_stay_seconds: Option<u64>,
+}
+
+/// The hospital of a check-in that names none.
+pub const DEFAULT_HOSPITAL: &str = "main";
+
+pub(crate) fn default_hospital() -> String {
+    DEFAULT_HOSPITAL.to_owned()
 }
 
 impl CheckIn {
@@ -68,6 +85,16 @@ impl CheckIn {
         require("patient_name", &self.patient_name)?;
         require("complaint", &self.complaint)?;
         require("room", &self.room)?;
+        require("hospital", &self.hospital)?;
+        ensure!(
+            !self.hospital.contains('/'),
+            "hospital {} contains '/'; expected a name without it",
+            self.hospital
+        );
+        ensure!(
+            self.expected_stay_seconds != Some(0),
+            "expected_stay_seconds is 0; expected at least 1, or none"
+        );
         ensure!(
             TRIAGE_LEVELS.contains(&self.triage_level),
             "triage_level is {}; expected {} (most urgent) to {}",

@@ -63,6 +63,10 @@ pub(crate) fn decide(
             require("text", &text)?;
             Ok(vec![VisitEvent::NoteAdded { author, text }])
         }
+        VisitCommand::FlagOverdue => {
+            ensure!(!state.overdue, "the visit is already flagged as overdue");
+            Ok(vec![VisitEvent::VisitOverdue])
+        }
         VisitCommand::CheckOut {
             disposition,
             summary,
@@ -89,6 +93,8 @@ fn check_in_decision(state: &VisitState, check_in: CheckIn) -> Result<Vec<VisitE
         room,
         physician,
         tests,
+        hospital,
+        expected_stay_seconds,
     } = check_in;
     let mut events = Vec::with_capacity(3 + tests.len());
     events.push(VisitEvent::PatientCheckedIn {
@@ -96,6 +102,8 @@ fn check_in_decision(state: &VisitState, check_in: CheckIn) -> Result<Vec<VisitE
         patient_name,
         complaint,
         triage_level,
+        hospital,
+        expected_stay_seconds,
     });
     events.push(VisitEvent::RoomAssigned { room });
     if let Some(physician) = physician {

@@ -13,6 +13,12 @@ pub enum VisitEvent {
         complaint: String,
         /// 1 (resuscitation, most urgent) to 5 (non-urgent), as in the Emergency Severity Index.
         triage_level: u8,
+        /// The hospital (site); `main` in events recorded before hospitals were named.
+        #[serde(default = "crate::command::default_hospital")]
+        hospital: String,
+        /// How long the visit is expected to last, in seconds, if the check-in said.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        expected_stay_seconds: Option<u64>,
     },
     /// The patient now occupies `room`.
     RoomAssigned { room: String },
@@ -32,6 +38,8 @@ pub enum VisitEvent {
     TestCancelled { test: String },
     /// A clinical note.
     NoteAdded { author: String, text: String },
+    /// The visit has lasted longer than expected (flagged once).
+    VisitOverdue,
     /// The visit ended.
     PatientCheckedOut {
         disposition: Disposition,

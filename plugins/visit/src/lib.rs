@@ -19,7 +19,7 @@ mod tests;
 
 use evhost_sdk::{CommandContext, Handler, Rejection};
 
-pub use command::{CheckIn, VisitCommand};
+pub use command::{CheckIn, DEFAULT_HOSPITAL, VisitCommand};
 pub use event::{Disposition, VisitEvent};
 pub use state::{Stage, TestStatus, VisitState};
 

@@ -22,6 +22,9 @@ pub struct VisitState {
     /// Every test ordered in this visit, by name, with where it stands.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub tests: BTreeMap<String, TestStatus>,
+    /// Flagged as lasting longer than expected.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub overdue: bool,
 }
 
 /// Where a visit stands.
@@ -82,6 +85,7 @@ impl VisitState {
                 self.tests.insert(test, TestStatus::Cancelled);
             }
             VisitEvent::NoteAdded { .. } => {}
+            VisitEvent::VisitOverdue => self.overdue = true,
             VisitEvent::PatientCheckedOut { .. } => self.stage = Stage::CheckedOut,
         }
     }

@@ -32,6 +32,8 @@ fn check_in() -> CheckIn {
         room: "A-12".into(),
         physician: Some("dr-okafor".into()),
         tests: vec!["ecg".into(), "troponin".into()],
+        hospital: "north".into(),
+        expected_stay_seconds: Some(7200),
     }
 }
 
@@ -76,6 +78,7 @@ fn every_command_but_check_in() -> Vec<VisitCommand> {
             author: "nurse-li".into(),
             text: "pain 6/10".into(),
         },
+        VisitCommand::FlagOverdue,
         VisitCommand::CheckOut {
             disposition: Disposition::Admitted,
             summary: None,
@@ -95,6 +98,8 @@ fn check_in_produces_the_whole_visit_in_order() {
                 patient_name: "Ana Lima".into(),
                 complaint: "chest pain".into(),
                 triage_level: 2,
+                hospital: "north".into(),
+                expected_stay_seconds: Some(7200),
             },
             VisitEvent::RoomAssigned {
                 room: "A-12".into()
@@ -195,6 +200,8 @@ fn a_test_can_be_ordered_again_after_its_result() {
             patient_name: "Bo".into(),
             complaint: "fever".into(),
             triage_level: 4,
+            hospital: "main".into(),
+            expected_stay_seconds: None,
         },
         VisitEvent::TestOrdered {
             test: "lactate".into(),
@@ -435,6 +442,27 @@ fn rejects_invalid_check_in_data() {
             },
             "test ecg is listed twice; expected each test once",
         ),
+        (
+            CheckIn {
+                hospital: " ".into(),
+                ..check_in()
+            },
+            "hospital is empty; expected a value",
+        ),
+        (
+            CheckIn {
+                hospital: "north/east".into(),
+                ..check_in()
+            },
+            "hospital north/east contains '/'; expected a name without it",
+        ),
+        (
+            CheckIn {
+                expected_stay_seconds: Some(0),
+                ..check_in()
+            },
+            "expected_stay_seconds is 0; expected at least 1, or none",
+        ),
     ];
     for (check_in, reason) in cases {
         assert_eq!(
@@ -518,7 +546,7 @@ fn check_in_over_the_wire() {
     );
     assert_eq!(
         events[0].1,
-        r#"{"patient_id":"p-1001","patient_name":"Ana Lima","complaint":"chest pain","triage_level":2}"#
+        r#"{"patient_id":"p-1001","patient_name":"Ana Lima","complaint":"chest pain","triage_level":2,"hospital":"main"}"#
     );
     let state =
         evolve::<VisitHandler>(None, events.iter().map(|(t, d)| (t.as_str(), d.as_str()))).unwrap();
@@ -541,7 +569,7 @@ fn malformed_commands_are_rejected_with_the_reason() {
     assert_eq!(
         reason,
         "unknown command type Discharge; expected one of CheckIn, AssignRoom, AssignPhysician, \
-         OrderTest, RecordTest, AddNote, CheckOut"
+         OrderTest, RecordTest, AddNote, FlagOverdue, CheckOut"
     );
 }
 
@@ -551,4 +579,59 @@ fn state_survives_the_wire_round_trip() {
     let bytes = serde_json::to_vec(&state).unwrap();
     let decoded: VisitState = serde_json::from_slice(&bytes).unwrap();
     assert_eq!(decoded, state);
+}
+
+#[test]
+fn an_open_visit_is_flagged_overdue_once() {
+    let state = checked_in();
+    let events = when(&state, VisitCommand::FlagOverdue).unwrap();
+    assert_eq!(events, [VisitEvent::VisitOverdue]);
+    let state = given(
+        when(&VisitState::default(), VisitCommand::CheckIn(check_in()))
+            .unwrap()
+            .into_iter()
+            .chain(events)
+            .collect(),
+    );
+    assert!(state.overdue);
+    assert_eq!(
+        rejected(&state, VisitCommand::FlagOverdue),
+        "the visit is already flagged as overdue"
+    );
+    assert_eq!(
+        rejected(&checked_out(), VisitCommand::FlagOverdue),
+        "patient p-1001 is checked out; the visit is closed"
+    );
+    assert_eq!(
+        rejected(&VisitState::default(), VisitCommand::FlagOverdue),
+        "patient is not checked in"
+    );
+}
+
+#[test]
+fn check_ins_without_hospital_or_stay_keep_working() {
+    // The payload callers sent before hospitals and expected stays existed.
+    let events = decide_wire(None, "CheckIn", CHECK_IN).unwrap();
+    let checked_in: serde_json::Value = serde_json::from_str(&events[0].1).unwrap();
+    assert_eq!(checked_in["hospital"], "main");
+    assert!(checked_in.get("expected_stay_seconds").is_none());
+    // Events recorded before then fold as in the hospital `main`.
+    let old = r#"{"patient_id":"p-1","patient_name":"Bo","complaint":"fever","triage_level":4}"#;
+    let state = evolve::<VisitHandler>(None, [("PatientCheckedIn", old)]).unwrap();
+    let state: VisitState = serde_json::from_slice(&state).unwrap();
+    assert_eq!(state.stage, Stage::CheckedIn);
+}
+
+#[test]
+fn check_ins_carry_hospital_and_expected_stay_over_the_wire() {
+    let data = CHECK_IN.replacen('{', r#"{"hospital": "north", "expected_stay_seconds": 5400, "#, 1);
+    let events = decide_wire(None, "CheckIn", &data).unwrap();
+    assert_eq!(
+        events[0].1,
+        r#"{"patient_id":"p-1001","patient_name":"Ana Lima","complaint":"chest pain","triage_level":2,"hospital":"north","expected_stay_seconds":5400}"#
+    );
+    let state =
+        evolve::<VisitHandler>(None, events.iter().map(|(t, d)| (t.as_str(), d.as_str()))).unwrap();
+    let flagged = decide_wire(Some(&state), "FlagOverdue", "null").unwrap();
+    assert_eq!(flagged, [("VisitOverdue".to_owned(), "null".to_owned())]);
 }
