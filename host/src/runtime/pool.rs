@@ -196,16 +196,19 @@ impl<W: WorldExports> InstancePool<W> {
     }
 }
 
-/// The first line of a trap's message, with a hint where the guest's own message is.
+/// What a failed call says: the trap's kind, with a hint where a panic's message is, or the
+/// host's own reason (a state write that breaks a rule), without the wasm backtrace that wraps
+/// either.
 fn trap_message(error: &wasmtime::Error) -> String {
-    let message = error.to_string();
-    let first = message.lines().next().unwrap_or("unknown trap").to_owned();
-    if matches!(
-        error.downcast_ref::<Trap>(),
-        Some(Trap::UnreachableCodeReached)
-    ) {
-        format!("{first} (a panic or abort; the plugin's stderr is in the host log)")
-    } else {
-        first
+    match error.downcast_ref::<Trap>() {
+        Some(Trap::UnreachableCodeReached) => format!(
+            "{} (a panic or abort; the plugin's stderr is in the host log)",
+            Trap::UnreachableCodeReached
+        ),
+        Some(trap) => trap.to_string(),
+        None => {
+            let cause = error.root_cause().to_string();
+            cause.lines().next().unwrap_or("unknown trap").to_owned()
+        }
     }
 }
