@@ -624,7 +624,11 @@ fn check_ins_without_hospital_or_stay_keep_working() {
 
 #[test]
 fn check_ins_carry_hospital_and_expected_stay_over_the_wire() {
-    let data = CHECK_IN.replacen('{', r#"{"hospital": "north", "expected_stay_seconds": 5400, "#, 1);
+    let data = CHECK_IN.replacen(
+        '{',
+        r#"{"hospital": "north", "expected_stay_seconds": 5400, "#,
+        1,
+    );
     let events = decide_wire(None, "CheckIn", &data).unwrap();
     assert_eq!(
         events[0].1,
