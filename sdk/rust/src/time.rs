@@ -56,8 +56,11 @@ fn parse(text: &[u8]) -> Option<u64> {
     };
     let separator =
         |index: usize, expected: &[u8]| text.get(index).is_some_and(|byte| expected.contains(byte));
-    if !(separator(4, b"-") && separator(7, b"-") && separator(10, b"Tt ") && separator(13, b":"))
-        || !separator(16, b":")
+    let separators = [(4, b"-"), (7, b"-"), (13, b":"), (16, b":")];
+    if !separator(10, b"Tt ")
+        || !separators
+            .iter()
+            .all(|(index, expected)| separator(*index, *expected))
     {
         return None;
     }
