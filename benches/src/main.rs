@@ -13,6 +13,7 @@ mod memory;
 mod nats;
 mod plugins;
 mod postgres;
+mod projections;
 mod report;
 mod workload;
 
@@ -69,12 +70,13 @@ struct Args {
     #[arg(long, default_value_t = 0)]
     memory_events: u64,
     /// The systems to benchmark; `plugins` is the visit handler on evhost: commands/s, `evolve`
-    /// in WebAssembly against native, and loading.
+    /// in WebAssembly against native, and loading; `projections` the visits projection: catch-up
+    /// against native, memory, append to visible.
     #[arg(
         long,
         value_enum,
         value_delimiter = ',',
-        default_value = "evhost,postgres,nats,plugins"
+        default_value = "evhost,postgres,nats,plugins,projections"
     )]
     systems: Vec<Kind>,
     /// The evhost binary (default: `evhost` next to this program).
@@ -88,6 +90,9 @@ struct Args {
     /// wasm32-wasip2 -p visit` puts it, `../wasm32-wasip2/release/visit.wasm` from this program).
     #[arg(long)]
     visit_wasm: Option<PathBuf>,
+    /// The visits projection component (default: next to the visit handler's).
+    #[arg(long)]
+    visits_wasm: Option<PathBuf>,
     /// Report the plugin benchmarks as failed with this reason instead of running them (the bench
     /// script passes this when the component does not build).
     #[arg(long)]
@@ -133,6 +138,7 @@ enum Kind {
     Postgres,
     Nats,
     Plugins,
+    Projections,
 }
 
 fn main() -> ExitCode {
@@ -184,8 +190,14 @@ async fn run(args: Args) -> Result<()> {
         .systems
         .contains(&Kind::Plugins)
         .then(|| prepare_plugins(&args, &work).map_err(|error| format!("{error:#}")));
+    let projections = if args.systems.contains(&Kind::Projections) {
+        Some(prepare_projections(&args, &work).await.map_err(|error| format!("{error:#}")))
+    } else {
+        None
+    };
     let mut all_rounds = Vec::new();
     let mut plugin_rounds = Vec::new();
+    let mut projection_rounds = Vec::new();
     for round in 0..rounds {
         eprintln!("round {} of {rounds}", round + 1);
         let mut runs = Vec::new();
@@ -207,6 +219,18 @@ async fn run(args: Args) -> Result<()> {
                     }
                     None => unreachable!("prepared when the systems include plugins"),
                 }),
+                Kind::Projections => projection_rounds.push(match &projections {
+                    Some(Ok(projections)) => projections.round().await,
+                    Some(Err(error)) => {
+                        eprintln!("projections: failed: {error}");
+                        projections::ProjectionRound {
+                            catch_up: Err(error.clone()),
+                            native: Err(error.clone()),
+                            visible: Err(error.clone()),
+                        }
+                    }
+                    None => unreachable!("prepared when the systems include projections"),
+                }),
             }
         }
         all_rounds.push(runs);
@@ -215,7 +239,13 @@ async fn run(args: Args) -> Result<()> {
     if temporary {
         let _ = std::fs::remove_dir_all(&work);
     }
-    let text = report::render(&runs, &plugin_rounds, &settings, &args.command);
+    let text = report::render(
+        &runs,
+        &plugin_rounds,
+        &projection_rounds,
+        &settings,
+        &args.command,
+    );
     println!("{text}");
     if let Some(dir) = args.report.parent() {
         std::fs::create_dir_all(dir)?;
@@ -253,6 +283,23 @@ fn prepare_plugins(args: &Args, work: &Path) -> Result<Plugins> {
     };
     let timeout = Duration::from_secs_f64(args.timeout);
     Plugins::prepare(binary, component, work, timeout)
+}
+
+async fn prepare_projections(args: &Args, work: &Path) -> Result<projections::Projections> {
+    if let Some(error) = &args.plugins_error {
+        anyhow::bail!("{error}");
+    }
+    let binary = evhost_binary(args)?;
+    let component = match &args.visits_wasm {
+        Some(component) => component.clone(),
+        None => std::env::current_exe()?
+            .parent()
+            .and_then(Path::parent)
+            .context("this program is not in a target directory")?
+            .join("wasm32-wasip2/release/visits.wasm"),
+    };
+    let timeout = Duration::from_secs_f64(args.timeout);
+    projections::Projections::prepare(binary, &component, work, timeout).await
 }
 
 fn failed(kind: SystemKind, name: &str, error: &anyhow::Error) -> SystemRun {

@@ -337,6 +337,8 @@ fn long_visit(count: usize) -> Vec<VisitEvent> {
         patient_name: "Ana Lima".to_owned(),
         complaint: "chest pain radiating to the left arm".to_owned(),
         triage_level: 2,
+        hospital: visit::DEFAULT_HOSPITAL.to_owned(),
+        expected_stay_seconds: None,
     };
     let cycles = (0..).flat_map(|cycle: usize| {
         let room = ROOMS[cycle % ROOMS.len()].to_owned();

@@ -155,6 +155,7 @@ impl SystemRun {
 pub(crate) fn render(
     runs: &[SystemRun],
     plugins: &[PluginRound],
+    projections: &[crate::projections::ProjectionRound],
     settings: &Settings,
     command: &str,
 ) -> String {
@@ -197,6 +198,7 @@ pub(crate) fn render(
     let _ = writeln!(out);
     write_memory(&mut out, runs);
     write_plugins(&mut out, plugins, settings);
+    crate::projections::write_section(&mut out, projections);
     write_targets(&mut out, runs, plugins);
     write_notes(&mut out, runs, plugins, settings);
     out
@@ -730,6 +732,7 @@ mod tests {
         let text = render(
             &[],
             &rounds,
+            &[],
             &settings,
             "bash benches/run.sh --systems plugins",
         );
