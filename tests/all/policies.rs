@@ -118,11 +118,17 @@ fn timers_fire_after_a_restart() {
     std::thread::sleep(Duration::from_millis(2_500));
     server.restart();
     let api = server.api();
-    let events = wait_for_events(&api, "visit-t1", 4);
-    let overdue = events
-        .iter()
-        .find(|e| e["type"] == "VisitOverdue")
-        .unwrap_or_else(|| panic!("no VisitOverdue in {events:?}"));
+    // Check-in and room, then the reminder the timer sends once the host is back.
+    let events = wait_for_events(&api, "visit-t1", 3);
+    let overdue = &events[2];
+    assert_eq!(overdue["type"], "VisitOverdue", "{events:?}");
+    assert!(
+        overdue["metadata"]["causation_id"]
+            .as_str()
+            .unwrap()
+            .starts_with("visit-survey/timer/"),
+        "{overdue}"
+    );
     let check_in = &events[0];
     assert_eq!(overdue["metadata"]["correlation_id"], check_in["metadata"]["correlation_id"]);
 }
