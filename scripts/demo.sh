@@ -1,17 +1,22 @@
 #!/usr/bin/env bash
-# The main job, end to end: build evhost and the example handler, start the host on its embedded
-# default (one redb file in a data directory), deploy the `visit` handler, drive hospital visits
-# through commands (CLI and plain HTTP), show rejections, idempotent retries and the live log,
-# restart the host to show the plugin coming back from its compiled cache, then stop cleanly.
+# The main job, end to end: build evhost and the example plugins, start the host on its embedded
+# default (one redb file in a data directory), deploy the hospital (the `visit` handler, the
+# `visits` and `rooms` projections, the `visit-survey` policy with the `survey` handler) and the
+# loyalty saga (`order`, `loyalty`, `order-loyalty`), drive hospital visits through commands (CLI
+# and plain HTTP), read the read models with reads that wait for the write before them, watch a
+# policy's timer and its commands, see the saga compensate a rejection, restart the host to show
+# the plugins coming back from their compiled cache, then stop cleanly.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 toolchain=$(sed -n 's/^channel *= *"\(.*\)"/\1/p' rust-toolchain.toml)
 rustup target add wasm32-wasip2 --toolchain "$toolchain"
 cargo build --release --locked -p evhost
-cargo build --release --locked --target wasm32-wasip2 -p visit
+plugins=(visit visits rooms survey visit-survey order loyalty order-loyalty)
+cargo build --release --locked --target wasm32-wasip2 $(printf -- '-p %s ' "${plugins[@]}")
 evhost=target/release/evhost
-plugin=target/wasm32-wasip2/release/visit.wasm
+wasm=target/wasm32-wasip2/release
+plugin=$wasm/visit.wasm
 data=$(mktemp -d)
 log="$data/host.log"
 host=
@@ -43,9 +48,18 @@ refused() {
 start_host
 echo "== evhost is listening on $EVHOST_URL"
 
-echo "== deploy the visit handler ($(wc -c < "$plugin") bytes of WebAssembly)"
+echo "== deploy the visit handler ($(wc -c < "$plugin") bytes of WebAssembly), then the rest"
 "$evhost" deploy "$plugin"
+for name in "${plugins[@]:1}"; do
+  "$evhost" deploy "$wasm/${name//-/_}.wasm"
+done
 "$evhost" plugins
+
+# get PATH: a read over HTTP, with the position the answer reflects.
+get() {
+  curl -s -D "$data/headers" "$EVHOST_URL$1"
+  echo "   (Evhost-Position: $(sed -n 's/^evhost-position: *//Ip' "$data/headers" | tr -d '\r'))"
+}
 
 echo "== follow the live log of the visit category in the background"
 "$evhost" tail --from 1 --category visit > "$data/tail" &
@@ -55,6 +69,10 @@ echo "== Ana checks in: one command carries the whole visit, several events are 
 "$evhost" command visit visit-1001 CheckIn --id checkin-1001 '{"patient_id": "p-1001",
   "patient_name": "Ana Lima", "complaint": "chest pain", "triage_level": 2, "room": "A-12",
   "physician": "dr-okafor", "tests": ["ecg", "troponin"]}'
+
+echo "== the visits projection, read with min_position: it waits until the check-in is applied"
+position=$(curl -s "$EVHOST_URL/commands/checkin-1001" | sed -n 's/.*"position":\([0-9]*\).*/\1/p')
+get "/projections/visits/keys/visit/1001?min_position=$position"
 
 echo "== a client retries the check-in with the same command id: the recorded outcome, nothing new"
 "$evhost" command visit visit-1001 CheckIn --id checkin-1001 '{"patient_id": "p-1001",
@@ -74,12 +92,26 @@ echo "== results come in, the patient moves and leaves"
 "$evhost" command visit visit-1001 CheckOut --metadata '{"correlation_id": "transfer-77"}' \
   '{"disposition": "admitted", "summary": "to cardiology"}'
 
-echo "== a second visit, over plain HTTP"
-curl -s -X POST "$EVHOST_URL/handlers/visit/commands" -H 'content-type: application/json' \
+echo "== the policy saw the check-out: the survey handler prepared a survey (its command id names the cause)"
+for _ in $(seq 50); do
+  curl -sf "$EVHOST_URL/streams/survey-1001" > /dev/null && break
+  sleep 0.1
+done
+"$evhost" read survey-1001
+
+echo "== a second visit, over plain HTTP, expected to stay 2 seconds"
+answer=$(curl -s -X POST "$EVHOST_URL/handlers/visit/commands" -H 'content-type: application/json' \
   -d '{"id": "checkin-1002", "stream": "visit-1002", "type": "CheckIn", "data": {"patient_id": "p-1002",
        "patient_name": "Bo Chen", "complaint": "sprained ankle", "triage_level": 4, "room": "C-2",
-       "tests": ["x-ray"]}}'
-echo
+       "hospital": "main", "tests": ["x-ray"], "expected_stay_seconds": 2}}')
+echo "$answer"
+position=$(echo "$answer" | sed -n 's/.*"position":\([0-9]*\)}$/\1/p')
+echo "== who is in the hospital now, and its rooms (both read after the check-in)"
+get "/projections/visits/query/in-hospital?hospital=main&min_position=$position"
+get "/projections/rooms/query/rooms?hospital=main&min_position=$position"
+echo "== the stay runs past 2 seconds: the policy's timer flags the visit overdue"
+sleep 3
+"$evhost" read visit-1002
 echo "== what the host recorded about the check-in command"
 curl -s "$EVHOST_URL/commands/checkin-1002"; echo
 
@@ -92,6 +124,22 @@ start_host
 curl -s "$EVHOST_URL/metrics" | grep -E '^evhost_plugin_(compilations|cache_loads)_total'
 "$evhost" command visit visit-1002 RecordTest '{"test": "x-ray", "result": "no fracture"}'
 "$evhost" command visit visit-1002 CheckOut '{"disposition": "discharged"}'
+
+echo "== the loyalty saga: Cy earns 50 points, orders with 30 (reserved, confirmed), then with 40 more"
+"$evhost" command loyalty loyalty-cy EarnPoints '{"points": 50}'
+"$evhost" command order order-501 PlaceOrder '{"customer_id": "cy", "total_cents": 2500, "points": 30}'
+"$evhost" command order order-502 PlaceOrder '{"customer_id": "cy", "total_cents": 9000, "points": 40}'
+for _ in $(seq 50); do
+  "$evhost" read order-502 | grep -q OrderCancelled && break
+  sleep 0.1
+done
+echo "== order-501 was confirmed; order-502's reservation was rejected, so the policy cancelled it"
+"$evhost" read order-501
+"$evhost" read order-502
+"$evhost" read loyalty-cy
+
+echo "== the plugins: status, and the position and lag of each projection and policy"
+"$evhost" plugins
 
 echo "== the global log, check-ins only"
 "$evhost" read --type PatientCheckedIn

@@ -132,9 +132,14 @@ pub(super) fn list(args: PluginsArgs) -> anyhow::Result<()> {
         writeln!(out, "no plugins deployed")?;
     }
     for plugin in &plugins {
+        // Projections and policies follow the log: where they are, and how far behind.
+        let progress = match (plugin["position"].as_u64(), plugin["lag"].as_u64()) {
+            (Some(position), Some(lag)) => format!("  position {position}, lag {lag}"),
+            _ => String::new(),
+        };
         writeln!(
             out,
-            "{:<24} {:<10} {:<8} {}",
+            "{:<24} {:<10} {:<11} {}{progress}",
             plugin["name"].as_str().unwrap_or("?"),
             plugin["kind"].as_str().unwrap_or("?"),
             plugin["status"].as_str().unwrap_or("?"),
