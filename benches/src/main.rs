@@ -191,7 +191,11 @@ async fn run(args: Args) -> Result<()> {
         .contains(&Kind::Plugins)
         .then(|| prepare_plugins(&args, &work).map_err(|error| format!("{error:#}")));
     let projections = if args.systems.contains(&Kind::Projections) {
-        Some(prepare_projections(&args, &work).await.map_err(|error| format!("{error:#}")))
+        Some(
+            prepare_projections(&args, &work)
+                .await
+                .map_err(|error| format!("{error:#}")),
+        )
     } else {
         None
     };

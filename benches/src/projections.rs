@@ -79,8 +79,8 @@ impl Projections {
         work: &Path,
         timeout: Duration,
     ) -> Result<Self> {
-        let component = std::fs::read(component)
-            .with_context(|| format!("reading {}", component.display()))?;
+        let component =
+            std::fs::read(component).with_context(|| format!("reading {}", component.display()))?;
         let filled = work.join("projections-filled");
         let _ = std::fs::remove_dir_all(&filled);
         let server = Server::start(&binary, &filled, work, timeout).await?;
@@ -172,16 +172,25 @@ pub(crate) fn medians(
     rounds: &[ProjectionRound],
 ) -> (Option<&CatchUp>, Option<f64>, Option<(Duration, Duration)>) {
     let catch_up = median_by(
-        rounds.iter().filter_map(|r| r.catch_up.as_ref().ok()).collect(),
+        rounds
+            .iter()
+            .filter_map(|r| r.catch_up.as_ref().ok())
+            .collect(),
         |c| Some(c.rate()),
     );
     let native = median_by(
-        rounds.iter().filter_map(|r| r.native.as_ref().ok()).collect(),
+        rounds
+            .iter()
+            .filter_map(|r| r.native.as_ref().ok())
+            .collect(),
         |n| Some(**n),
     )
     .copied();
     let visible = median_by(
-        rounds.iter().filter_map(|r| r.visible.as_ref().ok()).collect(),
+        rounds
+            .iter()
+            .filter_map(|r| r.visible.as_ref().ok())
+            .collect(),
         |v| Some(percentile(v, 0.99).as_secs_f64()),
     )
     .map(|v| (percentile(v, 0.5), percentile(v, 0.99)));
@@ -262,7 +271,10 @@ async fn fill(addr: std::net::SocketAddr) -> Result<()> {
                 let path = format!("/streams/{stream}");
                 let (status, answer) = http.send(Method::POST, &path, Some(body.clone())).await?;
                 if status != StatusCode::CREATED {
-                    bail!("append {index} to {stream}: {status} {}", String::from_utf8_lossy(&answer));
+                    bail!(
+                        "append {index} to {stream}: {status} {}",
+                        String::from_utf8_lossy(&answer)
+                    );
                 }
             }
         }));
@@ -306,7 +318,10 @@ async fn native(addr: std::net::SocketAddr) -> Result<f64> {
         }
     }
     if state.len() < VISITS {
-        bail!("the native fold kept {} keys for {VISITS} visits", state.len());
+        bail!(
+            "the native fold kept {} keys for {VISITS} visits",
+            state.len()
+        );
     }
     Ok(events as f64 / folding.as_secs_f64())
 }
@@ -354,29 +369,6 @@ fn copy_dir(from: &Path, to: &Path) -> Result<()> {
     Ok(())
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn every_check_out_follows_its_check_in() {
-        let appends = appends();
-        assert_eq!(appends.len(), VISITS * 2);
-        let first = appends.iter().position(|(s, _)| s == "visit-7").unwrap();
-        let last = appends.iter().rposition(|(s, _)| s == "visit-7").unwrap();
-        assert!(first < last);
-        assert!(appends[first].1.contains("PatientCheckedIn"));
-        assert!(appends[last].1.contains("PatientCheckedOut"));
-    }
-
-    #[test]
-    fn percentiles_pick_the_sample_at_or_above() {
-        let samples: Vec<Duration> = (1..=100).map(Duration::from_millis).collect();
-        assert_eq!(percentile(&samples, 0.5), Duration::from_millis(50));
-        assert_eq!(percentile(&samples, 0.99), Duration::from_millis(99));
-    }
-}
-
 /// The report's section on projections; nothing when they did not run.
 pub(crate) fn write_section(out: &mut String, rounds: &[ProjectionRound]) {
     use std::fmt::Write;
@@ -404,10 +396,14 @@ pub(crate) fn write_section(out: &mut String, rounds: &[ProjectionRound]) {
                 "| catch-up, deploy to caught up (events/s) | {:.0} |",
                 c.rate()
             );
-            let _ = writeln!(out, "| catch-up time (s) | {:.2} |", c.elapsed.as_secs_f64());
-            let rss = c
-                .peak_rss
-                .map_or("n/a".to_owned(), |b| format!("{:.0}", b as f64 / (1 << 20) as f64));
+            let _ = writeln!(
+                out,
+                "| catch-up time (s) | {:.2} |",
+                c.elapsed.as_secs_f64()
+            );
+            let rss = c.peak_rss.map_or("n/a".to_owned(), |b| {
+                format!("{:.0}", b as f64 / (1 << 20) as f64)
+            });
             let _ = writeln!(out, "| server peak resident memory (MiB) | {rss} |");
         }
         None => {
@@ -416,9 +412,16 @@ pub(crate) fn write_section(out: &mut String, rounds: &[ProjectionRound]) {
     }
     match native {
         Some(n) => {
-            let _ = writeln!(out, "| native fold, same code and batches (events/s) | {n:.0} |");
+            let _ = writeln!(
+                out,
+                "| native fold, same code and batches (events/s) | {n:.0} |"
+            );
             if let Some(c) = catch_up {
-                let _ = writeln!(out, "| WebAssembly catch-up ÷ native fold | {:.2} |", c.rate() / n);
+                let _ = writeln!(
+                    out,
+                    "| WebAssembly catch-up ÷ native fold | {:.2} |",
+                    c.rate() / n
+                );
             }
         }
         None => {
@@ -451,9 +454,48 @@ pub(crate) fn write_section(out: &mut String, rounds: &[ProjectionRound]) {
             Ok(text) => text.clone(),
             Err(error) => format!("failed: {error}"),
         };
-        let catch_up = describe(&round.catch_up.as_ref().map(|c| format!("{:.0} events/s", c.rate())).map_err(Clone::clone));
-        let native = describe(&round.native.as_ref().map(|n| format!("{n:.0} events/s")).map_err(Clone::clone));
-        let _ = writeln!(out, "- Round {}: catch-up {catch_up}; native {native}.", n + 1);
+        let catch_up = describe(
+            &round
+                .catch_up
+                .as_ref()
+                .map(|c| format!("{:.0} events/s", c.rate()))
+                .map_err(Clone::clone),
+        );
+        let native = describe(
+            &round
+                .native
+                .as_ref()
+                .map(|n| format!("{n:.0} events/s"))
+                .map_err(Clone::clone),
+        );
+        let _ = writeln!(
+            out,
+            "- Round {}: catch-up {catch_up}; native {native}.",
+            n + 1
+        );
     }
     let _ = writeln!(out);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_check_out_follows_its_check_in() {
+        let appends = appends();
+        assert_eq!(appends.len(), VISITS * 2);
+        let first = appends.iter().position(|(s, _)| s == "visit-7").unwrap();
+        let last = appends.iter().rposition(|(s, _)| s == "visit-7").unwrap();
+        assert!(first < last);
+        assert!(appends[first].1.contains("PatientCheckedIn"));
+        assert!(appends[last].1.contains("PatientCheckedOut"));
+    }
+
+    #[test]
+    fn percentiles_pick_the_sample_at_or_above() {
+        let samples: Vec<Duration> = (1..=100).map(Duration::from_millis).collect();
+        assert_eq!(percentile(&samples, 0.5), Duration::from_millis(50));
+        assert_eq!(percentile(&samples, 0.99), Duration::from_millis(99));
+    }
 }

@@ -5,8 +5,8 @@
 mod api;
 mod cli;
 mod commands;
-mod log;
 mod faults;
+mod log;
 mod plugins;
 mod policies;
 mod projections;

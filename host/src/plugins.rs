@@ -448,22 +448,21 @@ impl Plugins {
                 wanted,
             });
         }
-        entry.active.clone().ok_or_else(|| HandlerLookupError::Failed {
-            name: name.to_owned(),
-            error: entry
-                .error
-                .clone()
-                .unwrap_or_else(|| "no version is active".into()),
-        })
+        entry
+            .active
+            .clone()
+            .ok_or_else(|| HandlerLookupError::Failed {
+                name: name.to_owned(),
+                error: entry
+                    .error
+                    .clone()
+                    .unwrap_or_else(|| "no version is active".into()),
+            })
     }
 
     /// Makes a loaded version the one that serves: a handler is ready at once, a projection
     /// starts its runner.
-    fn activate(
-        &self,
-        loaded: Loaded,
-        version: &str,
-    ) -> Result<Active, DeployError> {
+    fn activate(&self, loaded: Loaded, version: &str) -> Result<Active, DeployError> {
         let Loaded { info, plugin, .. } = loaded;
         let plugin = plugin.relabel(&label(&info.name, version));
         Ok(match plugin {
@@ -473,17 +472,15 @@ impl Plugins {
                 version: version.to_owned(),
                 plugin,
             })),
-            PluginCalls::Projection(plugin) => {
-                match self.running(&info.name, version) {
-                    Some(running) => running,
-                    None => Active::Projection(ProjectionRunner::start(
-                        plugin,
-                        info,
-                        version,
-                        self.store.clone(),
-                    )?),
-                }
-            }
+            PluginCalls::Projection(plugin) => match self.running(&info.name, version) {
+                Some(running) => running,
+                None => Active::Projection(ProjectionRunner::start(
+                    plugin,
+                    info,
+                    version,
+                    self.store.clone(),
+                )?),
+            },
             PluginCalls::Policy(plugin) => match self.running(&info.name, version) {
                 Some(running) => running,
                 None => {

@@ -31,8 +31,8 @@ use crate::projections::state::BatchState;
 use crate::projections::{CHECKPOINTS, log_event, read_checkpoint};
 use crate::runtime::{CommandInput, LogEvent, PolicyAction, PolicyPlugin, Reaction};
 use crate::store::{
-    DataWrite, EventStore, LogFilter, RecordView, StorageError, now_rfc3339,
-    validate_event_type, validate_stream_name,
+    DataWrite, EventStore, LogFilter, RecordView, StorageError, now_rfc3339, validate_event_type,
+    validate_stream_name,
 };
 
 /// Most events one step reacts to before it commits.
@@ -239,21 +239,37 @@ impl PolicyRunner {
     /// Forgets a parked event.
     pub(crate) async fn skip(&self, position: u64) -> Result<bool, StorageError> {
         let key = parked_key(position);
-        if self.store.data_snapshot()?.get(&self.parked_space, &key)?.is_none() {
+        if self
+            .store
+            .data_snapshot()?
+            .get(&self.parked_space, &key)?
+            .is_none()
+        {
             return Ok(false);
         }
         self.store
             .write_data(vec![write(&self.parked_space, key, None)])
             .await?;
-        crate::log::warning!("policy {}: parked event {position} skipped by an operator", self.name);
+        crate::log::warning!(
+            "policy {}: parked event {position} skipped by an operator",
+            self.name
+        );
         Ok(true)
     }
 
     /// Reacts to a parked event again; on success its actions are committed and it leaves the
     /// parked list. Answers the error when it fails again (it stays parked).
-    pub(crate) async fn retry(self: &Arc<Self>, position: u64) -> Result<Option<String>, RetryError> {
+    pub(crate) async fn retry(
+        self: &Arc<Self>,
+        position: u64,
+    ) -> Result<Option<String>, RetryError> {
         let key = parked_key(position);
-        if self.store.data_snapshot()?.get(&self.parked_space, &key)?.is_none() {
+        if self
+            .store
+            .data_snapshot()?
+            .get(&self.parked_space, &key)?
+            .is_none()
+        {
             return Err(RetryError::NotParked(position));
         }
         let page = self.store.read_log(position, 1, &LogFilter::default())?;
@@ -269,7 +285,9 @@ impl PolicyRunner {
             self.call(&state, |state| self.plugin.react(&event, state))
         });
         let mut step = StepWrites::default();
-        match outcome.and_then(|actions| self.take_actions(&mut step, actions, &Cause::Event(&event))) {
+        match outcome
+            .and_then(|actions| self.take_actions(&mut step, actions, &Cause::Event(&event)))
+        {
             Ok(()) => {
                 step.writes.push(write(&self.parked_space, key, None));
                 self.commit(state, step).await?;
@@ -496,8 +514,14 @@ impl PolicyRunner {
                 let view = event.and_then(|e| RecordView::parse(&e.json).ok());
                 let parked = Parked {
                     position: *position,
-                    stream: view.as_ref().map(|v| v.stream.to_string()).unwrap_or_default(),
-                    event_type: view.as_ref().map(|v| v.event_type.to_string()).unwrap_or_default(),
+                    stream: view
+                        .as_ref()
+                        .map(|v| v.stream.to_string())
+                        .unwrap_or_default(),
+                    event_type: view
+                        .as_ref()
+                        .map(|v| v.event_type.to_string())
+                        .unwrap_or_default(),
                     error: error.clone(),
                     attempts: attempts + 1,
                     parked_at: now_rfc3339(),
@@ -508,12 +532,20 @@ impl PolicyRunner {
                     parked.attempts
                 );
                 let value = serde_json::to_vec(&parked).expect("a parked event serializes");
-                step.writes.push(write(&self.parked_space, parked_key(*position), Some(value)));
+                step.writes.push(write(
+                    &self.parked_space,
+                    parked_key(*position),
+                    Some(value),
+                ));
                 reached = *position;
                 failure = None;
             }
         }
-        step.writes.push(write(CHECKPOINTS, self.name.clone(), Some(reached.to_le_bytes().to_vec())));
+        step.writes.push(write(
+            CHECKPOINTS,
+            self.name.clone(),
+            Some(reached.to_le_bytes().to_vec()),
+        ));
         self.commit(state, step).await?;
         self.processed.send_replace(reached);
         Ok(failure)
@@ -534,7 +566,9 @@ impl PolicyRunner {
             if *stopped.borrow() {
                 return;
             }
-            let Some(commands) = commands.upgrade() else { return };
+            let Some(commands) = commands.upgrade() else {
+                return;
+            };
             let progress = match self.dispatch_outbox(&commands).await {
                 Ok(delivered) => self.fire_timers().await.map(|fired| delivered + fired),
                 Err(error) => Err(error),
@@ -554,7 +588,10 @@ impl PolicyRunner {
                 Ok(_) => attempts = 0,
                 Err(error) => {
                     attempts += 1;
-                    crate::log::warning!("policy {}: delivery failed: {error}; retrying", self.name);
+                    crate::log::warning!(
+                        "policy {}: delivery failed: {error}; retrying",
+                        self.name
+                    );
                     self.set_error(Some(format!("delivery: {error}")));
                     let _ = tokio::time::timeout(backoff(attempts), stopped.changed()).await;
                 }
@@ -616,18 +653,24 @@ impl PolicyRunner {
             metadata: &entry.metadata,
         };
         let correlation = correlation_of(&entry.metadata).unwrap_or_else(|| id.to_owned());
-        let cause = Cause::Rejected { id, correlation: &correlation };
+        let cause = Cause::Rejected {
+            id,
+            correlation: &correlation,
+        };
         for attempt in 1..=MAX_ATTEMPTS {
             let _turn = self.turn.lock().await;
             let state = self.new_state().map_err(|e| e.to_string())?;
             let mut step = StepWrites::default();
             let outcome = tokio::task::block_in_place(|| {
-                self.call(&state, |state| self.plugin.on_rejected(&input, reason, state))
+                self.call(&state, |state| {
+                    self.plugin.on_rejected(&input, reason, state)
+                })
             })
             .and_then(|actions| self.take_actions(&mut step, actions, &cause));
             match outcome {
                 Ok(()) => {
-                    step.writes.push(write(&self.outbox_space, id.to_owned(), None));
+                    step.writes
+                        .push(write(&self.outbox_space, id.to_owned(), None));
                     return self.commit(state, step).await.map_err(|e| e.to_string());
                 }
                 Err(error) if attempt == MAX_ATTEMPTS => {
@@ -674,27 +717,42 @@ impl PolicyRunner {
         for (key, timer) in due {
             let _turn = self.turn.lock().await;
             // A reaction may have moved or cancelled it since.
-            let current = self.timers.lock().unwrap_or_else(|p| p.into_inner()).get(&key).cloned();
+            let current = self
+                .timers
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .get(&key)
+                .cloned();
             if current.as_ref() != Some(&timer) {
                 continue;
             }
             let state = self.new_state().map_err(|e| e.to_string())?;
             let mut step = StepWrites::default();
-            let cause = Cause::Timer { key: &key, timer: &timer };
+            let cause = Cause::Timer {
+                key: &key,
+                timer: &timer,
+            };
             let outcome = tokio::task::block_in_place(|| {
-                self.call(&state, |state| self.plugin.on_timer(&key, &timer.payload, state))
+                self.call(&state, |state| {
+                    self.plugin.on_timer(&key, &timer.payload, state)
+                })
             });
             // The timer is removed before the actions apply, so that one it sets again stays.
-            step.writes.push(write(&self.timers_space, key.clone(), None));
+            step.writes
+                .push(write(&self.timers_space, key.clone(), None));
             step.timers.push((key.clone(), None));
             match outcome.and_then(|actions| self.take_actions(&mut step, actions, &cause)) {
                 Ok(()) => {}
                 Err(error) => {
                     // A timer whose handler fails is not retried forever: it is dropped, like a
                     // parked event, with the error in the log.
-                    crate::log::error!("policy {}: timer {key:?} failed and is dropped: {error}", self.name);
+                    crate::log::error!(
+                        "policy {}: timer {key:?} failed and is dropped: {error}",
+                        self.name
+                    );
                     step = StepWrites::default();
-                    step.writes.push(write(&self.timers_space, key.clone(), None));
+                    step.writes
+                        .push(write(&self.timers_space, key.clone(), None));
                     step.timers.push((key.clone(), None));
                     let state = self.new_state().map_err(|e| e.to_string())?;
                     self.commit(state, step).await.map_err(|e| e.to_string())?;
@@ -728,7 +786,11 @@ impl Cause<'_> {
         match self {
             Cause::Event(event) => format!("{policy}/{:020}/{index:04}", event.position),
             Cause::Timer { key, timer } => {
-                format!("{policy}/timer/{}/{}/{index:04}", short_hash(key), timer.due_ms)
+                format!(
+                    "{policy}/timer/{}/{}/{index:04}",
+                    short_hash(key),
+                    timer.due_ms
+                )
             }
             Cause::Rejected { id, .. } => {
                 format!("{policy}/rejected/{}/{index:04}", short_hash(id))

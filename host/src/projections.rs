@@ -335,19 +335,26 @@ impl ProjectionRunner {
             let step = match step {
                 Ok(Ok(step)) => step,
                 Ok(Err(error)) => {
-                    self.storage_failed(&error, &mut attempts, &mut control).await;
+                    self.storage_failed(&error, &mut attempts, &mut control)
+                        .await;
                     continue;
                 }
                 Err(panic) => {
                     crate::log::error!("projection {}: a batch panicked: {panic}", self.name);
-                    self.storage_failed(&StorageError::Engine(panic.to_string()), &mut attempts, &mut control).await;
+                    self.storage_failed(
+                        &StorageError::Engine(panic.to_string()),
+                        &mut attempts,
+                        &mut control,
+                    )
+                    .await;
                     continue;
                 }
             };
             if !step.writes.is_empty()
                 && let Err(error) = self.store.write_data(step.writes).await
             {
-                self.storage_failed(&error, &mut attempts, &mut control).await;
+                self.storage_failed(&error, &mut attempts, &mut control)
+                    .await;
                 continue;
             }
             self.processed.send_replace(step.covered);
@@ -360,7 +367,8 @@ impl ProjectionRunner {
                 }
                 Some((position, error)) => {
                     attempts += 1;
-                    self.event_failed(position, error, attempts, &mut control).await;
+                    self.event_failed(position, error, attempts, &mut control)
+                        .await;
                 }
             }
         }
@@ -409,7 +417,10 @@ impl ProjectionRunner {
         // A pause that cannot be saved still holds in this process; after a restart the event
         // fails again and pauses again.
         if let Err(error) = self.save_pause(Some(&pause)).await {
-            crate::log::error!("projection {}: the pause cannot be saved: {error}", self.name);
+            crate::log::error!(
+                "projection {}: the pause cannot be saved: {error}",
+                self.name
+            );
         }
         crate::log::error!(
             "projection {} paused at position {position} after {attempts} attempts",
@@ -459,8 +470,15 @@ impl ProjectionRunner {
         ));
         let (covered, failure) = match self.apply(&events, &state) {
             Ok(()) => (covered, None),
-            Err(error) if events.len() == 1 => (from.max(events[0].position) - 1, Some((events[0].position, error))),
-            Err(_) => self.apply_one_by_one(&events, &state).map_or((covered, None), |(position, error)| (position - 1, Some((position, error)))),
+            Err(error) if events.len() == 1 => (
+                from.max(events[0].position) - 1,
+                Some((events[0].position, error)),
+            ),
+            Err(_) => self
+                .apply_one_by_one(&events, &state)
+                .map_or((covered, None), |(position, error)| {
+                    (position - 1, Some((position, error)))
+                }),
         };
         let state = Arc::into_inner(state).expect("the plugin returns the state after its call");
         let mut writes = state.into_writes();

@@ -1098,7 +1098,12 @@ impl Api {
 
     /// Waits until `check` accepts plugin `name`'s listing, and answers it.
     #[track_caller]
-    pub fn wait_for_plugin(&self, name: &str, timeout: Duration, check: impl Fn(&Value) -> bool) -> Value {
+    pub fn wait_for_plugin(
+        &self,
+        name: &str,
+        timeout: Duration,
+        check: impl Fn(&Value) -> bool,
+    ) -> Value {
         let deadline = Instant::now() + timeout;
         loop {
             let plugin = self.get(&format!("/plugins/{name}")).expect(200);

@@ -92,7 +92,9 @@ fn a_crash_between_dispatch_and_bookkeeping_does_not_execute_twice() {
     assert_eq!(events_now.len(), 1, "{events_now:?}");
     let correlation = &events[0]["metadata"]["correlation_id"];
     let causation = events[0]["metadata"]["causation_id"].as_str().unwrap();
-    let command = api.get(&format!("/commands/{}", urlencode(causation))).expect(200);
+    let command = api
+        .get(&format!("/commands/{}", urlencode(causation)))
+        .expect(200);
     assert_eq!(command["outcome"], "applied");
     assert!(causation.starts_with("hostile-policy/"), "{causation}");
     // The command carries the correlation of the event that caused it, and names it.
@@ -130,7 +132,10 @@ fn timers_fire_after_a_restart() {
         "{overdue}"
     );
     let check_in = &events[0];
-    assert_eq!(overdue["metadata"]["correlation_id"], check_in["metadata"]["correlation_id"]);
+    assert_eq!(
+        overdue["metadata"]["correlation_id"],
+        check_in["metadata"]["correlation_id"]
+    );
 }
 
 #[test]
@@ -150,7 +155,10 @@ fn a_checkout_prepares_a_survey_and_cancels_the_reminder() {
     assert_eq!(survey[0]["type"], "SurveyPrepared");
     std::thread::sleep(Duration::from_millis(1_500));
     let visit = api.stream_events("visit-s1");
-    assert!(visit.iter().all(|e| e["type"] != "VisitOverdue"), "{visit:?}");
+    assert!(
+        visit.iter().all(|e| e["type"] != "VisitOverdue"),
+        "{visit:?}"
+    );
 }
 
 #[test]
@@ -190,9 +198,16 @@ fn a_rejected_reservation_cancels_the_order() {
         cancelled["data"].to_string().contains("not enough points"),
         "{cancelled}"
     );
-    assert_eq!(cancelled["metadata"]["correlation_id"], order[0]["metadata"]["correlation_id"]);
+    assert_eq!(
+        cancelled["metadata"]["correlation_id"],
+        order[0]["metadata"]["correlation_id"]
+    );
     assert_eq!(api.stream_events("loyalty-c1").len(), 2);
-    assert!(api.stream_events("order-o1").iter().all(|e| e["type"] != "OrderCancelled"));
+    assert!(
+        api.stream_events("order-o1")
+            .iter()
+            .all(|e| e["type"] != "OrderCancelled")
+    );
 }
 
 #[test]
@@ -222,26 +237,49 @@ fn poison_and_hostile_reactions_are_parked_and_the_policy_goes_on() {
         .map(|p| p["position"].as_u64().unwrap())
         .collect();
     assert_eq!(positions, vec![poison, looping]);
-    assert!(parked[0]["error"].as_str().unwrap().contains("poison"), "{parked}");
-    assert!(parked[1]["error"].as_str().unwrap().contains("time budget"), "{parked}");
+    assert!(
+        parked[0]["error"].as_str().unwrap().contains("poison"),
+        "{parked}"
+    );
+    assert!(
+        parked[1]["error"].as_str().unwrap().contains("time budget"),
+        "{parked}"
+    );
     let listed = api.get("/plugins/hostile-policy").expect(200);
     assert_eq!(listed["parked"], 2);
     assert_eq!(listed["status"], "running");
 
     // A retry that fails again keeps it parked; a skip forgets it.
     let retried = api
-        .post(&format!("/plugins/hostile-policy/parked/{poison}/retry"), &json!({}))
+        .post(
+            &format!("/plugins/hostile-policy/parked/{poison}/retry"),
+            &json!({}),
+        )
         .expect(200);
     assert!(retried["retry_error"].as_str().unwrap().contains("poison"));
-    api.post(&format!("/plugins/hostile-policy/parked/{looping}/skip"), &json!({}))
-        .expect(200);
+    api.post(
+        &format!("/plugins/hostile-policy/parked/{looping}/skip"),
+        &json!({}),
+    )
+    .expect(200);
     assert_error(
-        &api.post(&format!("/plugins/hostile-policy/parked/{looping}/skip"), &json!({})),
+        &api.post(
+            &format!("/plugins/hostile-policy/parked/{looping}/skip"),
+            &json!({}),
+        ),
         404,
         "not_found",
     );
     let parked = api.get("/plugins/hostile-policy/parked").expect(200);
     assert_eq!(parked.as_array().unwrap().len(), 1);
-    assert_error(&api.post("/plugins/counter/pause", &json!({})), 400, "invalid_request");
-    assert_error(&api.post("/plugins/nothing/pause", &json!({})), 404, "plugin_not_found");
+    assert_error(
+        &api.post("/plugins/counter/pause", &json!({})),
+        400,
+        "invalid_request",
+    );
+    assert_error(
+        &api.post("/plugins/nothing/pause", &json!({})),
+        404,
+        "plugin_not_found",
+    );
 }

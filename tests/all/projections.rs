@@ -23,7 +23,10 @@ fn append_increments(api: &Api, count: u64, streams: u64) -> BTreeMap<String, u6
             .map(|i| {
                 let by = (appended + i) % 7 + 1;
                 *totals.entry(stream.clone()).or_insert(0) += by;
-                event("Incremented", json!({"by": by, "total": 0, "build": "test"}))
+                event(
+                    "Incremented",
+                    json!({"by": by, "total": 0, "build": "test"}),
+                )
             })
             .collect();
         appended += batch.len() as u64;
@@ -35,9 +38,15 @@ fn append_increments(api: &Api, count: u64, streams: u64) -> BTreeMap<String, u6
 /// The projection's `events` count and `total/<stream>` keys, read at `min_position`.
 fn counted(api: &Api, min_position: u64) -> (u64, BTreeMap<String, u64>) {
     let path = |key: &str| {
-        format!("/projections/counting-projection/keys/{key}?min_position={min_position}&timeout_ms=60000")
+        format!(
+            "/projections/counting-projection/keys/{key}?min_position={min_position}&timeout_ms=60000"
+        )
     };
-    let events = api.get(&path("events")).expect(200).as_u64().expect("a count");
+    let events = api
+        .get(&path("events"))
+        .expect(200)
+        .as_u64()
+        .expect("a count");
     let mut totals = BTreeMap::new();
     let mut after: Option<String> = None;
     loop {
@@ -89,7 +98,11 @@ fn a_projection_catches_up_from_position_one_then_follows_appends() {
     let position = appended["last_position"].as_u64().unwrap();
     let started = Instant::now();
     api.wait_for_position("counting-projection", position, Duration::from_secs(10));
-    assert!(started.elapsed() < Duration::from_secs(2), "took {:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "took {:?}",
+        started.elapsed()
+    );
     let reply = api.get("/projections/counting-projection/keys/total/counter-9");
     assert_eq!(reply.expect(200), json!(5));
     assert!(reply.position.expect("Evhost-Position") >= position);
@@ -97,7 +110,11 @@ fn a_projection_catches_up_from_position_one_then_follows_appends() {
     // Events outside the subscription move the position too, without changing the state.
     let other = api.append_ok("visit-1", json!([event("Noted", json!({}))]));
     let other_position = other["last_position"].as_u64().unwrap();
-    api.wait_for_position("counting-projection", other_position, Duration::from_secs(10));
+    api.wait_for_position(
+        "counting-projection",
+        other_position,
+        Duration::from_secs(10),
+    );
     assert_eq!(counted(&api, other_position).0, 3_001);
 }
 
@@ -121,7 +138,10 @@ fn kill_9_during_catch_up_leaves_every_event_applied_exactly_once() {
         assert!(Instant::now() < deadline, "the projection never started");
         std::thread::sleep(Duration::from_millis(2));
     };
-    assert!(killed_at < head, "the catch-up ended before the kill ({killed_at} of {head})");
+    assert!(
+        killed_at < head,
+        "the catch-up ended before the kill ({killed_at} of {head})"
+    );
     server.restart();
     let api = server.api();
     let (events, totals) = counted(&api, head);
@@ -161,7 +181,11 @@ fn reads_answer_clear_errors() {
         "plugin_not_found",
     );
     api.deploy_guest("fixture-counter");
-    assert_error(&api.get("/projections/counter/keys/a"), 400, "invalid_request");
+    assert_error(
+        &api.get("/projections/counter/keys/a"),
+        400,
+        "invalid_request",
+    );
     api.deploy_guest("fixture-counting-projection");
     assert_error(
         &api.get("/projections/counting-projection/keys/no-such-key"),
@@ -199,7 +223,11 @@ fn reads_answer_clear_errors() {
         404,
         "not_found",
     );
-    assert_error(&api.post("/projections/counting-projection/keys/a", &json!({})), 405, "method_not_allowed");
+    assert_error(
+        &api.post("/projections/counting-projection/keys/a", &json!({})),
+        405,
+        "method_not_allowed",
+    );
 }
 
 #[test]
@@ -233,7 +261,9 @@ fn listings_page_in_key_order_and_queries_reach_the_plugin() {
     let expected: Vec<String> = (0..25).map(|n| format!("total/counter-{n:02}")).collect();
     assert_eq!(keys, expected);
 
-    let count = api.get(&format!("/projections/counting-projection/query/events?min_position={head}"));
+    let count = api.get(&format!(
+        "/projections/counting-projection/query/events?min_position={head}"
+    ));
     assert_eq!(count.expect(200), json!(25));
     assert!(count.position.is_some());
     assert_error(
@@ -252,30 +282,53 @@ fn a_poison_event_pauses_the_projection_until_it_is_skipped() {
     let poison = api.append_ok("hostile-1", json!([event("Poison", json!({}))]))["last_position"]
         .as_u64()
         .unwrap();
-    let after = api.append_ok("hostile-1", json!([event("Ping", json!({"n": 2}))]))["last_position"]
-        .as_u64()
-        .unwrap();
+    let after =
+        api.append_ok("hostile-1", json!([event("Ping", json!({"n": 2}))]))["last_position"]
+            .as_u64()
+            .unwrap();
     let paused = api.wait_for_plugin("hostile-projection", Duration::from_secs(30), |p| {
         p["status"] == "paused"
     });
     assert_eq!(paused["position"], poison - 1, "{paused}");
-    assert!(paused["error"].as_str().unwrap().contains("poison"), "{paused}");
+    assert!(
+        paused["error"].as_str().unwrap().contains("poison"),
+        "{paused}"
+    );
     assert_eq!(paused["parked"], 1);
     let parked = api.get("/plugins/hostile-projection/parked").expect(200);
     assert_eq!(parked[0]["position"], poison);
     // The event before the poison is applied; the one after waits.
-    assert_eq!(api.get("/projections/hostile-projection/keys/count").expect(200), json!(1));
+    assert_eq!(
+        api.get("/projections/hostile-projection/keys/count")
+            .expect(200),
+        json!(1)
+    );
 
     // Retrying fails again and pauses again; a skip moves on.
-    assert_error(&api.post("/plugins/hostile-projection/parked/1/skip", &json!({})), 404, "not_found");
-    api.post(&format!("/plugins/hostile-projection/parked/{poison}/skip"), &json!({}))
-        .expect(200);
+    assert_error(
+        &api.post("/plugins/hostile-projection/parked/1/skip", &json!({})),
+        404,
+        "not_found",
+    );
+    api.post(
+        &format!("/plugins/hostile-projection/parked/{poison}/skip"),
+        &json!({}),
+    )
+    .expect(200);
     api.wait_for_position("hostile-projection", after, Duration::from_secs(10));
-    assert_eq!(api.get("/projections/hostile-projection/keys/count").expect(200), json!(2));
-    assert_eq!(api.get("/plugins/hostile-projection").expect(200)["status"], "running");
+    assert_eq!(
+        api.get("/projections/hostile-projection/keys/count")
+            .expect(200),
+        json!(2)
+    );
+    assert_eq!(
+        api.get("/plugins/hostile-projection").expect(200)["status"],
+        "running"
+    );
 
     // An operator's pause holds until resume, also across a restart.
-    api.post("/plugins/hostile-projection/pause", &json!({})).expect(200);
+    api.post("/plugins/hostile-projection/pause", &json!({}))
+        .expect(200);
     let next = api.append_ok("hostile-1", json!([event("Ping", json!({"n": 3}))]))["last_position"]
         .as_u64()
         .unwrap();
@@ -283,7 +336,8 @@ fn a_poison_event_pauses_the_projection_until_it_is_skipped() {
     let listed = api.get("/plugins/hostile-projection").expect(200);
     assert_eq!(listed["status"], "paused");
     assert_eq!(listed["position"], after);
-    api.post("/plugins/hostile-projection/resume", &json!({})).expect(200);
+    api.post("/plugins/hostile-projection/resume", &json!({}))
+        .expect(200);
     api.wait_for_position("hostile-projection", next, Duration::from_secs(10));
 }
 
@@ -292,11 +346,15 @@ fn hostile_projections_stop_only_themselves() {
     let server = Launch::default().start();
     let api = server.api();
     let wasm = crate::harness::guest_wasm("fixture-hostile-projection");
-    api.deploy(&wasm, "timeout_ms=200&memory_mib=32").expect(201);
+    api.deploy(&wasm, "timeout_ms=200&memory_mib=32")
+        .expect(201);
     api.deploy_guest("fixture-counting-projection");
     api.deploy_guest("fixture-counter");
     for hostile in ["Loop", "Allocate", "Panic", "BadWrite"] {
-        api.append_ok(&format!("hostile-{hostile}"), json!([event(hostile, json!({}))]));
+        api.append_ok(
+            &format!("hostile-{hostile}"),
+            json!([event(hostile, json!({}))]),
+        );
     }
     // The others go on while the hostile one retries and pauses.
     let reply = api.command(
@@ -317,8 +375,11 @@ fn hostile_projections_stop_only_themselves() {
     let mut reasons = vec![error.to_string()];
     for _ in 0..3 {
         let position = paused_position(&api);
-        api.post(&format!("/plugins/hostile-projection/parked/{position}/skip"), &json!({}))
-            .expect(200);
+        api.post(
+            &format!("/plugins/hostile-projection/parked/{position}/skip"),
+            &json!({}),
+        )
+        .expect(200);
         let paused = api.wait_for_plugin("hostile-projection", Duration::from_secs(60), |p| {
             p["status"] == "paused" && p["position"].as_u64() >= Some(position)
         });

@@ -51,7 +51,10 @@ pub(super) async fn read(
                 format!("projection {name:?} has no key {key:?}"),
             )
         })?;
-        return Ok(positioned(raw_json_response(StatusCode::OK, value), position));
+        return Ok(positioned(
+            raw_json_response(StatusCode::OK, value),
+            position,
+        ));
     }
     if tail == "keys" {
         let mut allowed = READ_PARAMETERS.to_vec();
@@ -166,10 +169,9 @@ async fn reader_of(
 }
 
 fn positioned(mut response: Response<Body>, position: u64) -> Response<Body> {
-    response.headers_mut().insert(
-        POSITION_HEADER,
-        HeaderValue::from(position),
-    );
+    response
+        .headers_mut()
+        .insert(POSITION_HEADER, HeaderValue::from(position));
     response
 }
 
@@ -185,12 +187,8 @@ pub(super) async fn control(
     let name = percent_decode(raw_name, false, "the plugin name")?;
     let runner = app.plugins.runner(&name).map_err(lookup_error)?;
     let get = request.method == http::Method::GET;
-    let no_route = || {
-        ApiError::not_found(
-            "not_found",
-            format!("no route for {}", request.uri.path()),
-        )
-    };
+    let no_route =
+        || ApiError::not_found("not_found", format!("no route for {}", request.uri.path()));
     let not_parked = |position: u64| {
         ApiError::not_found(
             "not_found",
@@ -212,7 +210,9 @@ pub(super) async fn control(
         ("parked", true) => {
             let parked = match &runner {
                 Active::Projection(r) => serde_json::to_value(r.parked()),
-                Active::Policy(r) => serde_json::to_value(tokio::task::block_in_place(|| r.parked())?),
+                Active::Policy(r) => {
+                    serde_json::to_value(tokio::task::block_in_place(|| r.parked())?)
+                }
                 Active::Handler(_) => unreachable!("runner() answers projections and policies"),
             };
             return Ok(json_response(
@@ -227,7 +227,9 @@ pub(super) async fn control(
                 .and_then(|rest| rest.split_once('/'))
                 .ok_or_else(no_route)?;
             let position: u64 = raw_position.parse().map_err(|_| {
-                ApiError::invalid(format!("a parked position is a number, not {raw_position:?}"))
+                ApiError::invalid(format!(
+                    "a parked position is a number, not {raw_position:?}"
+                ))
             })?;
             match (verb, get, &runner) {
                 ("skip" | "retry", true, _) => return Err(ApiError::MethodNotAllowed),

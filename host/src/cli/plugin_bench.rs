@@ -75,7 +75,11 @@ pub(super) fn run(args: PluginBenchArgs) -> anyhow::Result<()> {
         // Loading checks the plugin with `describe`, leaving that instance idle for reuse; a
         // relabelled plugin has no idle instance, so its first call pays an instantiation.
         let PluginCalls::Handler(handler) = plugin.plugin.relabel("bench") else {
-            anyhow::bail!("{} is a {}; plugin-bench measures handlers", plugin.info.name, plugin.info.kind);
+            anyhow::bail!(
+                "{} is a {}; plugin-bench measures handlers",
+                plugin.info.name,
+                plugin.info.kind
+            );
         };
         let started = Instant::now();
         handler.describe().map_err(|e| anyhow::anyhow!("{e}"))?;

@@ -249,7 +249,10 @@ mod tests {
             snapshot.scan(&space, "a/", Some("a/2"), 10).unwrap().len(),
             2
         );
-        assert_eq!(snapshot.get("projection/other", "a/0").unwrap(), Some(b"9".to_vec()));
+        assert_eq!(
+            snapshot.get("projection/other", "a/0").unwrap(),
+            Some(b"9".to_vec())
+        );
 
         let read_only = BatchState::read_only(space, store.data_snapshot().unwrap());
         assert!(read_only.put("x".into(), "1".into()).is_err());

@@ -29,7 +29,7 @@ pub(crate) struct CommandInput<'a> {
 }
 
 impl CommandInput<'_> {
-    pub(super) fn to_binding(&self) -> bindings::Command {
+    pub(super) fn to_binding(self) -> bindings::Command {
         bindings::Command {
             id: self.id.to_owned(),
             stream_id: self.stream.to_owned(),
@@ -62,7 +62,10 @@ impl WorldExports for HandlerExports {
         HandlerPre::new(pre.clone()).map(drop)
     }
 
-    fn bind(store: &mut Store<PluginState>, instance: &ComponentInstance) -> wasmtime::Result<Self> {
+    fn bind(
+        store: &mut Store<PluginState>,
+        instance: &ComponentInstance,
+    ) -> wasmtime::Result<Self> {
         let bindings = Handler::new(&mut *store, instance)?;
         let evolve = instance
             .get_func(&mut *store, "evolve")
@@ -116,7 +119,7 @@ impl HandlerPlugin {
         self.pool.describe()
     }
 
-/// Folds `events` into `state`.
+    /// Folds `events` into `state`.
     pub(crate) fn evolve(
         &self,
         state: Option<&[u8]>,
@@ -141,15 +144,16 @@ impl HandlerPlugin {
                 }
             })
             .collect();
-        self.pool.call(None, |instance| {
-            let evolve = instance
-                .exports
-                .evolve
-                .typed::<EvolveParams<'_>, (Result<Vec<u8>, String>,)>(&instance.store)?;
-            let (result,) = evolve.call(&mut instance.store, (state, &types, &events))?;
-            Ok(result)
-        })?
-        .map_err(|reason| PluginFailure::Returned(format!("evolve failed: {reason}")))
+        self.pool
+            .call(None, |instance| {
+                let evolve = instance
+                    .exports
+                    .evolve
+                    .typed::<EvolveParams<'_>, (Result<Vec<u8>, String>,)>(&instance.store)?;
+                let (result,) = evolve.call(&mut instance.store, (state, &types, &events))?;
+                Ok(result)
+            })?
+            .map_err(|reason| PluginFailure::Returned(format!("evolve failed: {reason}")))
     }
 
     /// Decides a command: the events to append, or the plugin's reason to reject it.

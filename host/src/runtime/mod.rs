@@ -159,7 +159,6 @@ impl PluginCalls {
             PluginCalls::Policy(p) => PluginCalls::Policy(p.relabel(label)),
         }
     }
-
 }
 
 /// A plugin that passed validation, ready for calls.

@@ -46,7 +46,10 @@ impl WorldExports for PolicyExports {
         PolicyPre::new(pre.clone()).map(drop)
     }
 
-    fn bind(store: &mut Store<PluginState>, instance: &ComponentInstance) -> wasmtime::Result<Self> {
+    fn bind(
+        store: &mut Store<PluginState>,
+        instance: &ComponentInstance,
+    ) -> wasmtime::Result<Self> {
         let bindings = Policy::new(&mut *store, instance)?;
         let react = instance
             .get_func(&mut *store, "react")

@@ -30,10 +30,8 @@ pub(super) trait WorldExports: Sized + Send + 'static {
     fn check(pre: &InstancePre<PluginState>) -> wasmtime::Result<()>;
 
     /// Binds the exports of a new instance.
-    fn bind(
-        store: &mut Store<PluginState>,
-        instance: &ComponentInstance,
-    ) -> wasmtime::Result<Self>;
+    fn bind(store: &mut Store<PluginState>, instance: &ComponentInstance)
+    -> wasmtime::Result<Self>;
 
     /// Calls `meta.describe`.
     fn describe(&self, store: &mut Store<PluginState>) -> wasmtime::Result<bindings::PluginInfo>;

@@ -43,7 +43,10 @@ impl WorldExports for ProjectionExports {
         ProjectionPre::new(pre.clone()).map(drop)
     }
 
-    fn bind(store: &mut Store<PluginState>, instance: &ComponentInstance) -> wasmtime::Result<Self> {
+    fn bind(
+        store: &mut Store<PluginState>,
+        instance: &ComponentInstance,
+    ) -> wasmtime::Result<Self> {
         let bindings = Projection::new(&mut *store, instance)?;
         let apply = instance
             .get_func(&mut *store, "apply")

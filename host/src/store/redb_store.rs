@@ -36,8 +36,8 @@ use super::rows::{
 };
 use super::{
     AppendError, AppendFuture, AppendOutcome, AppendRecordsFuture, AppendRequest, AppendResult,
-    DataFuture, DataSnapshot, DataWrite, Direction, EventStore, LogFilter, LogPage, RecordedEvent, StorageError, StoreStats,
-    StoredCommand, StreamPage,
+    DataFuture, DataSnapshot, DataWrite, Direction, EventStore, LogFilter, LogPage, RecordedEvent,
+    StorageError, StoreStats, StoredCommand, StreamPage,
 };
 
 /// The log and its position indexes, in one ordered tree so that a commit touches one table root
