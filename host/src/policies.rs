@@ -301,6 +301,7 @@ impl PolicyRunner {
         Ok(Arc::new(BatchState::writable(
             self.state_space.clone(),
             self.store.data_snapshot()?,
+            None,
         )))
     }
 
@@ -395,7 +396,7 @@ impl PolicyRunner {
     /// and wakes the dispatcher.
     async fn commit(&self, state: Arc<BatchState>, step: StepWrites) -> Result<(), StorageError> {
         let state = Arc::into_inner(state).expect("no call holds the state after it returns");
-        let mut writes = state.into_writes();
+        let (mut writes, _) = state.into_writes();
         writes.extend(step.writes);
         self.store.write_data(writes).await?;
         {

@@ -25,9 +25,10 @@ use tokio::sync::watch;
 
 use crate::runtime::{LogEvent, MAX_SCAN_ENTRIES, PluginFailure, PluginInfo, ProjectionPlugin};
 use crate::store::{
-    DataSnapshot, DataWrite, EventStore, LogFilter, RecordView, StorageError, now_rfc3339,
+    DataFuture, DataSnapshot, DataWrite, EventStore, LogFilter, RecordView, StorageError,
+    now_rfc3339,
 };
-use state::BatchState;
+use state::{BatchState, Overlay};
 
 /// Most events one `apply` call receives.
 const BATCH_EVENTS: usize = 2_048;
@@ -113,6 +114,15 @@ struct Step {
     covered: u64,
     /// The event that failed, and why.
     failure: Option<(u64, String)>,
+    /// The state writes, for the batch applied while these commit.
+    overlay: Arc<Overlay>,
+}
+
+/// A batch handed to the writer, and what the next batch must see of it.
+struct Committing {
+    commit: DataFuture,
+    covered: u64,
+    overlay: Arc<Overlay>,
 }
 
 impl ProjectionRunner {
@@ -307,8 +317,15 @@ impl ProjectionRunner {
         let mut head = self.store.watch_head();
         let mut control = self.control.subscribe();
         let mut attempts = 0u32;
+        // The batch whose commit is under way while the next one is applied.
+        let mut committing: Option<Committing> = None;
         loop {
             let command = *control.borrow_and_update();
+            if command != Control::Run
+                && let Some(batch) = committing.take()
+            {
+                self.finish(batch, &mut attempts, &mut control).await;
+            }
             match command {
                 Control::Stop => return,
                 Control::Pause => {
@@ -320,9 +337,16 @@ impl ProjectionRunner {
                 }
                 Control::Run => {}
             }
-            let from = self.position() + 1;
+            let from = committing
+                .as_ref()
+                .map_or_else(|| self.position(), |batch| batch.covered)
+                + 1;
             head.borrow_and_update();
             if from > self.store.head() {
+                if let Some(batch) = committing.take() {
+                    self.finish(batch, &mut attempts, &mut control).await;
+                    continue;
+                }
                 self.status().catching_up = false;
                 tokio::select! {
                     changed = head.changed() => if changed.is_err() { return },
@@ -331,7 +355,15 @@ impl ProjectionRunner {
                 continue;
             }
             let runner = self.clone();
-            let step = tokio::task::spawn_blocking(move || runner.step(from)).await;
+            let prior = committing.as_ref().map(|batch| batch.overlay.clone());
+            let step = tokio::task::spawn_blocking(move || runner.step(from, prior)).await;
+            // The batch before this one must be durable before this one is sent: if it failed,
+            // this one was applied over writes that never happened, and is dropped.
+            if let Some(batch) = committing.take()
+                && !self.finish(batch, &mut attempts, &mut control).await
+            {
+                continue;
+            }
             let step = match step {
                 Ok(Ok(step)) => step,
                 Ok(Err(error)) => {
@@ -350,28 +382,61 @@ impl ProjectionRunner {
                     continue;
                 }
             };
-            if !step.writes.is_empty()
-                && let Err(error) = self.store.write_data(step.writes).await
-            {
-                self.storage_failed(&error, &mut attempts, &mut control)
-                    .await;
-                continue;
-            }
-            self.processed.send_replace(step.covered);
             match step.failure {
+                None if step.writes.is_empty() => {
+                    // Nothing matched: the position moves without a commit.
+                    self.processed.send_replace(step.covered);
+                    self.succeeded(step.covered, &mut attempts);
+                }
                 None => {
-                    attempts = 0;
-                    let mut status = self.status();
-                    status.error = None;
-                    status.catching_up = step.covered < self.store.head();
+                    committing = Some(Committing {
+                        commit: self.store.write_data(step.writes),
+                        covered: step.covered,
+                        overlay: step.overlay,
+                    });
                 }
                 Some((position, error)) => {
+                    if !step.writes.is_empty()
+                        && let Err(error) = self.store.write_data(step.writes).await
+                    {
+                        self.storage_failed(&error, &mut attempts, &mut control)
+                            .await;
+                        continue;
+                    }
+                    self.processed.send_replace(step.covered);
                     attempts += 1;
                     self.event_failed(position, error, attempts, &mut control)
                         .await;
                 }
             }
         }
+    }
+
+    /// Waits for a batch's commit; answers whether it is durable.
+    async fn finish(
+        &self,
+        batch: Committing,
+        attempts: &mut u32,
+        control: &mut watch::Receiver<Control>,
+    ) -> bool {
+        match batch.commit.await {
+            Ok(()) => {
+                self.processed.send_replace(batch.covered);
+                self.succeeded(batch.covered, attempts);
+                true
+            }
+            Err(error) => {
+                self.storage_failed(&error, attempts, control).await;
+                false
+            }
+        }
+    }
+
+    fn succeeded(&self, covered: u64, attempts: &mut u32) {
+        *attempts = 0;
+        let mut status = self.status();
+        status.error = None;
+        status.catching_up = covered < self.store.head();
     }
 
     /// Waits before the next attempt after a storage error; those are retried without end.
@@ -430,8 +495,9 @@ impl ProjectionRunner {
         self.control.send_replace(Control::Pause);
     }
 
-    /// Reads and applies the batch that starts at `from`. Blocks on the store and the plugin.
-    fn step(&self, from: u64) -> Result<Step, StorageError> {
+    /// Reads and applies the batch that starts at `from`, over the writes of the batch still
+    /// committing (`prior`). Blocks on the store and the plugin.
+    fn step(&self, from: u64, prior: Option<Arc<Overlay>>) -> Result<Step, StorageError> {
         let page = self.store.read_log(from, BATCH_EVENTS, &self.filter)?;
         let mut covered = match page.next {
             Some(next) => next - 1,
@@ -452,6 +518,7 @@ impl ProjectionRunner {
                 writes: Vec::new(),
                 covered,
                 failure: None,
+                overlay: Arc::default(),
             });
         }
         let views = events_in
@@ -467,6 +534,7 @@ impl ProjectionRunner {
         let state = Arc::new(BatchState::writable(
             self.space.clone(),
             self.store.data_snapshot()?,
+            prior,
         ));
         let (covered, failure) = match self.apply(&events, &state) {
             Ok(()) => (covered, None),
@@ -481,7 +549,7 @@ impl ProjectionRunner {
                 }),
         };
         let state = Arc::into_inner(state).expect("the plugin returns the state after its call");
-        let mut writes = state.into_writes();
+        let (mut writes, overlay) = state.into_writes();
         if failure.is_none() || !writes.is_empty() {
             writes.push(self.checkpoint_write(covered));
         }
@@ -489,6 +557,7 @@ impl ProjectionRunner {
             writes,
             covered,
             failure,
+            overlay,
         })
     }
 

@@ -11,7 +11,7 @@ use crate::runtime::StateAccess;
 use crate::store::{DataSnapshot, DataWrite};
 
 /// Writes not yet committed: a value, or `None` for a removal.
-type Overlay = BTreeMap<String, Option<String>>;
+pub(crate) type Overlay = BTreeMap<String, Option<String>>;
 
 #[derive(Default)]
 struct Layers {
@@ -25,16 +25,25 @@ struct Layers {
 pub(crate) struct BatchState {
     space: Arc<str>,
     snapshot: Box<dyn DataSnapshot>,
+    /// The writes of the batch before, still being committed when the snapshot was taken.
+    prior: Option<Arc<Overlay>>,
     layers: Mutex<Layers>,
     read_only: bool,
 }
 
 impl BatchState {
-    /// State for calls that write: the writes collect until [`BatchState::into_writes`].
-    pub(crate) fn writable(space: Arc<str>, snapshot: Box<dyn DataSnapshot>) -> Self {
+    /// State for calls that write, over `snapshot` and the writes of the batch before
+    /// (`prior`), which the snapshot may not show yet: the writes collect until
+    /// [`BatchState::into_writes`].
+    pub(crate) fn writable(
+        space: Arc<str>,
+        snapshot: Box<dyn DataSnapshot>,
+        prior: Option<Arc<Overlay>>,
+    ) -> Self {
         BatchState {
             space,
             snapshot,
+            prior,
             layers: Mutex::default(),
             read_only: false,
         }
@@ -44,7 +53,7 @@ impl BatchState {
     pub(crate) fn read_only(space: Arc<str>, snapshot: Box<dyn DataSnapshot>) -> Self {
         BatchState {
             read_only: true,
-            ..BatchState::writable(space, snapshot)
+            ..BatchState::writable(space, snapshot, None)
         }
     }
 
@@ -64,18 +73,20 @@ impl BatchState {
         self.layers().call.clear();
     }
 
-    /// The batch's writes, in key order.
-    pub(crate) fn into_writes(self) -> Vec<DataWrite> {
+    /// The batch's writes, in key order, as the store takes them and as the next batch sees
+    /// them while they commit.
+    pub(crate) fn into_writes(self) -> (Vec<DataWrite>, Arc<Overlay>) {
         let layers = self.layers.into_inner().unwrap_or_else(|p| p.into_inner());
-        layers
+        let writes = layers
             .batch
-            .into_iter()
+            .iter()
             .map(|(key, value)| DataWrite {
                 space: self.space.clone(),
-                key,
-                value: value.map(String::into_bytes),
+                key: key.clone(),
+                value: value.as_ref().map(|v| v.as_bytes().to_vec()),
             })
-            .collect()
+            .collect();
+        (writes, Arc::new(layers.batch))
     }
 
     fn committed(&self, key: &str) -> Result<Option<String>, String> {
@@ -103,7 +114,8 @@ impl StateAccess for BatchState {
     fn get(&self, key: &str) -> Result<Option<String>, String> {
         {
             let layers = self.layers();
-            if let Some(value) = layers.call.get(key).or_else(|| layers.batch.get(key)) {
+            let pending = layers.call.get(key).or_else(|| layers.batch.get(key));
+            if let Some(value) = pending.or_else(|| self.prior.as_ref()?.get(key)) {
                 return Ok(value.clone());
             }
         }
@@ -128,11 +140,12 @@ impl StateAccess for BatchState {
             Some(after) if after >= prefix => Bound::Excluded(after),
             _ => Bound::Included(prefix),
         };
-        // The uncommitted writes in range, the call's over the batch's.
+        // The uncommitted writes in range: the call's over the batch's over the batch before.
         let mut pending = Overlay::new();
         {
             let layers = self.layers();
-            for layer in [&layers.batch, &layers.call] {
+            let prior = self.prior.as_deref();
+            for layer in prior.into_iter().chain([&layers.batch, &layers.call]) {
                 let in_range = layer
                     .range::<str, _>((start, Bound::Unbounded))
                     .take_while(|(key, _)| key.starts_with(prefix));
@@ -206,7 +219,17 @@ mod tests {
             }]))
             .unwrap();
 
-        let state = BatchState::writable(space.clone(), store.data_snapshot().unwrap());
+        let prior: Overlay = [
+            ("b/2".to_owned(), Some("2".to_owned())),
+            ("b/1".to_owned(), None),
+        ]
+        .into_iter()
+        .collect();
+        let state = BatchState::writable(
+            space.clone(),
+            store.data_snapshot().unwrap(),
+            Some(Arc::new(prior)),
+        );
         put(&state, "a/2", "2");
         state.delete("a/3".into()).unwrap();
         put(&state, "a/25", "25");
@@ -227,9 +250,12 @@ mod tests {
             keys(state.scan("a/", None, 10).unwrap()),
             ["a/1", "a/2", "a/25", "a/4"]
         );
-        assert_eq!(keys(state.scan("b", None, 10).unwrap()), ["b/1"]);
+        // The batch before is seen over the store: b/1 removed, b/2 added.
+        assert_eq!(keys(state.scan("b", None, 10).unwrap()), ["b/2"]);
+        assert_eq!(state.get("b/1").unwrap(), None);
 
-        let writes = state.into_writes();
+        let (writes, overlay) = state.into_writes();
+        assert_eq!(overlay.len(), writes.len());
         let written: Vec<(&str, Option<&[u8]>)> = writes
             .iter()
             .map(|w| (w.key.as_str(), w.value.as_deref()))
