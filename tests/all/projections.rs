@@ -92,6 +92,14 @@ fn a_projection_catches_up_from_position_one_then_follows_appends() {
     assert_eq!(entry["status"], "running");
     assert_eq!(entry["position"], head);
     assert_eq!(entry["lag"], 0);
+    let gauge = |name: &str| {
+        api.metric(&format!(
+            "{name}{{plugin=\"counting-projection\",kind=\"projection\"}} "
+        ))
+    };
+    assert_eq!(gauge("evhost_plugin_position"), head as f64);
+    assert_eq!(gauge("evhost_plugin_lag"), 0.0);
+    assert_eq!(gauge("evhost_plugin_paused"), 0.0);
 
     // Live: an append is visible without any read asking for it.
     let appended = api.append_ok("counter-9", json!([event("Incremented", json!({"by": 5}))]));

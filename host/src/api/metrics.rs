@@ -152,6 +152,53 @@ impl Metrics {
 }
 
 /// Appends the counters of plugin loading and of commands.
+/// Gauges of the projections and policies in `listing` (as `GET /plugins` shows them): the
+/// position each has processed, its lag behind the head, and whether it is paused. Plugin names
+/// are `[a-z0-9-]`, so they need no escaping as label values.
+pub(crate) fn render_runners(out: &mut String, listing: &[serde_json::Value]) {
+    let runners: Vec<(&str, &str, u64, u64, bool)> = listing
+        .iter()
+        .filter_map(|plugin| {
+            Some((
+                plugin["name"].as_str()?,
+                plugin["kind"].as_str()?,
+                plugin["position"].as_u64()?,
+                plugin["lag"].as_u64()?,
+                plugin["status"] == "paused",
+            ))
+        })
+        .collect();
+    let families: [(&str, &str, fn(&(&str, &str, u64, u64, bool)) -> u64); 3] = [
+        (
+            "evhost_plugin_position",
+            "The last log position a projection or policy has processed.",
+            |r| r.2,
+        ),
+        (
+            "evhost_plugin_lag",
+            "How many positions a projection or policy is behind the head.",
+            |r| r.3,
+        ),
+        (
+            "evhost_plugin_paused",
+            "1 while a projection or policy is paused.",
+            |r| u64::from(r.4),
+        ),
+    ];
+    for (name, help, value) in families {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge");
+        for runner in &runners {
+            let _ = writeln!(
+                out,
+                "{name}{{plugin=\"{}\",kind=\"{}\"}} {}",
+                runner.0,
+                runner.1,
+                value(runner)
+            );
+        }
+    }
+}
+
 pub(crate) fn render_plugins(out: &mut String, loads: &LoadCounters, commands: &CommandCounters) {
     let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
     let mut family = |name: &str, help: &str, values: &[(&str, u64)]| {

@@ -315,6 +315,7 @@ fn health(app: &App) -> Response<Body> {
 fn metrics(app: &App) -> Response<Body> {
     let mut text = app.metrics.render(app.store.stats(), app.store.head());
     metrics::render_plugins(&mut text, &app.plugins.counters, &app.commands.counters);
+    metrics::render_runners(&mut text, &app.plugins.list());
     Response::builder()
         .status(StatusCode::OK)
         .header(CONTENT_TYPE, "text/plain; version=0.0.4")

@@ -237,26 +237,41 @@ impl RedbStore {
         })
     }
 
+    /// The records at `positions` (ascending). Runs of consecutive positions, which a filter
+    /// that matches most of the log yields, are read with one range scan each rather than one
+    /// lookup per event.
     fn read_events(
         log: &impl ReadableTable<(u64, u64), &'static [u8]>,
         positions: impl IntoIterator<Item = u64>,
     ) -> Result<Vec<RecordedEvent>, StorageError> {
-        positions
-            .into_iter()
-            .map(|position| {
-                let record = log
-                    .get((EVENTS, position))
-                    .map_err(engine)?
-                    .ok_or_else(|| StorageError::Corrupt {
-                        position,
-                        reason: "an index points at a missing event".into(),
-                    })?;
-                Ok(RecordedEvent {
-                    position,
+        let missing = |position| StorageError::Corrupt {
+            position,
+            reason: "an index points at a missing event".into(),
+        };
+        let mut events = Vec::new();
+        let mut positions = positions.into_iter().peekable();
+        while let Some(first) = positions.next() {
+            let mut last = first;
+            while positions.peek() == Some(&(last + 1)) {
+                last += 1;
+                positions.next();
+            }
+            let before = events.len();
+            for entry in log
+                .range((EVENTS, first)..=(EVENTS, last))
+                .map_err(engine)?
+            {
+                let (key, record) = entry.map_err(engine)?;
+                events.push(RecordedEvent {
+                    position: key.value().1,
                     json: record.value().to_vec(),
-                })
-            })
-            .collect()
+                });
+            }
+            if events.len() - before != (last - first + 1) as usize {
+                return Err(missing(first));
+            }
+        }
+        Ok(events)
     }
 }
 
