@@ -414,11 +414,7 @@ impl Plugins {
 
     /// The active version of a handler.
     pub(crate) fn handler(&self, name: &str) -> Result<Arc<ActiveHandler>, HandlerLookupError> {
-        let entries = self.read_entries();
-        let entry = entries
-            .get(name)
-            .ok_or_else(|| HandlerLookupError::NotFound(name.to_owned()))?;
-        match Self::active(entry, name, PluginKind::Handler)? {
+        match self.active(name, |_| PluginKind::Handler)? {
             Active::Handler(handler) => Ok(handler),
             _ => unreachable!("a handler's entry holds a handler"),
         }
@@ -429,18 +425,24 @@ impl Plugins {
         &self,
         name: &str,
     ) -> Result<Arc<ProjectionRunner>, HandlerLookupError> {
-        let entries = self.read_entries();
-        let entry = entries
-            .get(name)
-            .ok_or_else(|| HandlerLookupError::NotFound(name.to_owned()))?;
-        match Self::active(entry, name, PluginKind::Projection)? {
+        match self.active(name, |_| PluginKind::Projection)? {
             Active::Projection(runner) => Ok(runner),
             _ => unreachable!("a projection's entry holds a projection"),
         }
     }
 
-    /// The active version of a plugin that must be of kind `wanted`.
-    fn active(entry: &Entry, name: &str, wanted: PluginKind) -> Result<Active, HandlerLookupError> {
+    /// The active version of plugin `name`, which must be of the kind `wanted` names given its
+    /// own kind.
+    fn active(
+        &self,
+        name: &str,
+        wanted: impl FnOnce(PluginKind) -> PluginKind,
+    ) -> Result<Active, HandlerLookupError> {
+        let entries = self.read_entries();
+        let entry = entries
+            .get(name)
+            .ok_or_else(|| HandlerLookupError::NotFound(name.to_owned()))?;
+        let wanted = wanted(entry.record.kind);
         if entry.record.kind != wanted {
             return Err(HandlerLookupError::WrongKind {
                 name: name.to_owned(),
@@ -521,15 +523,10 @@ impl Plugins {
 
     /// The active version of a projection or policy, for its operator controls.
     pub(crate) fn runner(&self, name: &str) -> Result<Active, HandlerLookupError> {
-        let entries = self.read_entries();
-        let entry = entries
-            .get(name)
-            .ok_or_else(|| HandlerLookupError::NotFound(name.to_owned()))?;
-        let wanted = match entry.record.kind {
+        self.active(name, |kind| match kind {
             PluginKind::Handler => PluginKind::Projection,
             kind => kind,
-        };
-        Self::active(entry, name, wanted)
+        })
     }
 
     /// Every plugin, as `GET /plugins` lists them, by name.

@@ -31,8 +31,8 @@ use crate::projections::state::BatchState;
 use crate::projections::{CHECKPOINTS, log_event, read_checkpoint};
 use crate::runtime::{CommandInput, LogEvent, PolicyAction, PolicyPlugin, Reaction};
 use crate::store::{
-    DataWrite, EventStore, LogFilter, RecordView, StorageError, now_rfc3339, validate_event_type,
-    validate_stream_name,
+    DataSnapshot, DataWrite, EventStore, LogFilter, RecordView, StorageError, now_rfc3339,
+    validate_event_type, validate_stream_name,
 };
 
 /// Most events one step reacts to before it commits.
@@ -126,18 +126,10 @@ impl PolicyRunner {
         let snapshot = store.data_snapshot()?;
         let checkpoint = read_checkpoint(&*snapshot, name)?;
         let timers_space: Arc<str> = format!("timers/{name}").into();
-        let mut timers = BTreeMap::new();
-        let mut after: Option<String> = None;
-        loop {
-            let page = snapshot.scan(&timers_space, "", after.as_deref(), 1000)?;
-            let Some((last, _)) = page.last() else { break };
-            after = Some(last.clone());
-            for (key, value) in page {
-                if let Ok(timer) = serde_json::from_slice::<Timer>(&value) {
-                    timers.insert(key, timer);
-                }
-            }
-        }
+        let timers = scan_all(&*snapshot, &timers_space)?
+            .into_iter()
+            .filter_map(|(key, value)| Some((key, serde_json::from_slice::<Timer>(&value).ok()?)))
+            .collect();
         let paused = snapshot.get(PAUSES, name)?.is_some();
         let runner = Arc::new(PolicyRunner {
             name: name.to_owned(),
@@ -222,29 +214,16 @@ impl PolicyRunner {
     /// The events parked, by position.
     pub(crate) fn parked(&self) -> Result<Vec<Parked>, StorageError> {
         let snapshot = self.store.data_snapshot()?;
-        let mut parked = Vec::new();
-        let mut after: Option<String> = None;
-        loop {
-            let page = snapshot.scan(&self.parked_space, "", after.as_deref(), 1000)?;
-            let Some((last, _)) = page.last() else { break };
-            after = Some(last.clone());
-            parked.extend(
-                page.into_iter()
-                    .filter_map(|(_, value)| serde_json::from_slice::<Parked>(&value).ok()),
-            );
-        }
-        Ok(parked)
+        Ok(scan_all(&*snapshot, &self.parked_space)?
+            .into_iter()
+            .filter_map(|(_, value)| serde_json::from_slice::<Parked>(&value).ok())
+            .collect())
     }
 
     /// Forgets a parked event.
     pub(crate) async fn skip(&self, position: u64) -> Result<bool, StorageError> {
         let key = parked_key(position);
-        if self
-            .store
-            .data_snapshot()?
-            .get(&self.parked_space, &key)?
-            .is_none()
-        {
+        if !self.is_parked(&key)? {
             return Ok(false);
         }
         self.store
@@ -264,12 +243,7 @@ impl PolicyRunner {
         position: u64,
     ) -> Result<Option<String>, RetryError> {
         let key = parked_key(position);
-        if self
-            .store
-            .data_snapshot()?
-            .get(&self.parked_space, &key)?
-            .is_none()
-        {
+        if !self.is_parked(&key)? {
             return Err(RetryError::NotParked(position));
         }
         let page = self.store.read_log(position, 1, &LogFilter::default())?;
@@ -295,6 +269,11 @@ impl PolicyRunner {
             }
             Err(error) => Ok(Some(error)),
         }
+    }
+
+    fn is_parked(&self, key: &str) -> Result<bool, StorageError> {
+        let snapshot = self.store.data_snapshot()?;
+        Ok(snapshot.get(&self.parked_space, key)?.is_some())
     }
 
     fn new_state(&self) -> Result<Arc<BatchState>, StorageError> {
@@ -835,6 +814,22 @@ fn write(space: &str, key: String, value: Option<Vec<u8>>) -> DataWrite {
         space: space.into(),
         key,
         value,
+    }
+}
+
+/// Every entry of a data space, in key order.
+fn scan_all(
+    snapshot: &dyn DataSnapshot,
+    space: &str,
+) -> Result<Vec<(String, Vec<u8>)>, StorageError> {
+    let mut entries: Vec<(String, Vec<u8>)> = Vec::new();
+    loop {
+        let after = entries.last().map(|(key, _)| key.as_str());
+        let page = snapshot.scan(space, "", after, 1000)?;
+        if page.is_empty() {
+            return Ok(entries);
+        }
+        entries.extend(page);
     }
 }
 

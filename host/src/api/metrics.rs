@@ -152,37 +152,47 @@ impl Metrics {
 }
 
 /// Appends the counters of plugin loading and of commands.
+/// What `/metrics` shows of one projection or policy.
+struct RunnerGauges<'a> {
+    name: &'a str,
+    kind: &'a str,
+    position: u64,
+    lag: u64,
+    paused: bool,
+}
+
 /// Gauges of the projections and policies in `listing` (as `GET /plugins` shows them): the
 /// position each has processed, its lag behind the head, and whether it is paused. Plugin names
 /// are `[a-z0-9-]`, so they need no escaping as label values.
 pub(crate) fn render_runners(out: &mut String, listing: &[serde_json::Value]) {
-    let runners: Vec<(&str, &str, u64, u64, bool)> = listing
+    let runners: Vec<RunnerGauges<'_>> = listing
         .iter()
         .filter_map(|plugin| {
-            Some((
-                plugin["name"].as_str()?,
-                plugin["kind"].as_str()?,
-                plugin["position"].as_u64()?,
-                plugin["lag"].as_u64()?,
-                plugin["status"] == "paused",
-            ))
+            Some(RunnerGauges {
+                name: plugin["name"].as_str()?,
+                kind: plugin["kind"].as_str()?,
+                position: plugin["position"].as_u64()?,
+                lag: plugin["lag"].as_u64()?,
+                paused: plugin["status"] == "paused",
+            })
         })
         .collect();
-    let families: [(&str, &str, fn(&(&str, &str, u64, u64, bool)) -> u64); 3] = [
+    type Gauge = fn(&RunnerGauges<'_>) -> u64;
+    let families: [(&str, &str, Gauge); 3] = [
         (
             "evhost_plugin_position",
             "The last log position a projection or policy has processed.",
-            |r| r.2,
+            |r| r.position,
         ),
         (
             "evhost_plugin_lag",
             "How many positions a projection or policy is behind the head.",
-            |r| r.3,
+            |r| r.lag,
         ),
         (
             "evhost_plugin_paused",
             "1 while a projection or policy is paused.",
-            |r| u64::from(r.4),
+            |r| u64::from(r.paused),
         ),
     ];
     for (name, help, value) in families {
@@ -191,8 +201,8 @@ pub(crate) fn render_runners(out: &mut String, listing: &[serde_json::Value]) {
             let _ = writeln!(
                 out,
                 "{name}{{plugin=\"{}\",kind=\"{}\"}} {}",
-                runner.0,
-                runner.1,
+                runner.name,
+                runner.kind,
                 value(runner)
             );
         }
