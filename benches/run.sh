@@ -1,18 +1,20 @@
 #!/usr/bin/env bash
 # Benchmarks evhost against PostgreSQL and NATS JetStream on this machine, and its plugins (the
-# visit handler), in one run:
+# visit handler, the visits projection), in one run:
 #
 #   bash benches/run.sh [--quick] [more evhost-bench options, see --help]
 #
 #   --quick               one round, 3 s per timed workload (default: 3 rounds of 5 s)
-#   --systems LIST        what to run, comma-separated, of evhost, postgres, nats, plugins (default:
-#                         all); PostgreSQL and NATS are installed and started only if listed, so
-#                         `bash benches/run.sh --quick --systems plugins` runs just the plugin
-#                         benchmarks, in about half a minute once built
+#   --systems LIST        what to run, comma-separated, of evhost, postgres, nats, plugins,
+#                         projections (default: all); PostgreSQL and NATS are installed and
+#                         started only if listed, so `bash benches/run.sh --quick --systems
+#                         plugins` runs just the handler benchmarks, in about half a minute once
+#                         built, and `--systems projections` the projection's (filling its log
+#                         of a million events takes about a minute)
 #   --memory-events N     also fill a store with N events and report evhost's memory
 #
 # Installs PostgreSQL and nats-server from Debian's packages if they are missing, builds the
-# release binaries and the visit component (wasm32-wasip2, adding that target to the toolchain if
+# release binaries and the visit and visits components (wasm32-wasip2, adding that target to the toolchain if
 # needed), starts a throwaway PostgreSQL cluster and a NATS server on loopback, runs evhost-bench
 # (which starts evhost itself), and stops and removes all of it on exit, failure included. The
 # report is printed and written to target/bench-report.md.
@@ -133,12 +135,12 @@ if ! cargo build --release -p evhost -p evhost-bench; then
     evhost_error=(--evhost-error "cargo build --release -p evhost failed")
 fi
 plugins_error=()
-if wants plugins; then
+if wants plugins || wants projections; then
     # The toolchain is the one rust-toolchain.toml names; its wasm32-wasip2 target may be missing.
     toolchain=$(sed -n 's/^channel *= *"\(.*\)"$/\1/p' rust-toolchain.toml)
-    build_visit=(cargo build --release --locked --target wasm32-wasip2 -p visit)
+    build_visit=(cargo build --release --locked --target wasm32-wasip2 -p visit -p visits)
     if ! { rustup target add wasm32-wasip2 --toolchain "$toolchain" && "${build_visit[@]}"; }; then
-        log "the visit component did not build; benchmarking without it"
+        log "the visit components did not build; benchmarking without them"
         plugins_error=(--plugins-error "${build_visit[*]} failed")
     fi
 fi
@@ -188,6 +190,7 @@ log "running evhost-bench"
 "$target/release/evhost-bench" \
     --evhost "$target/release/evhost" \
     --visit-wasm "$target/wasm32-wasip2/release/visit.wasm" \
+    --visits-wasm "$target/wasm32-wasip2/release/visits.wasm" \
     --work-dir "$work/evhost" \
     "${services[@]}" \
     --report "$target/bench-report.md" \
