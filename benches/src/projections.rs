@@ -449,6 +449,43 @@ pub(crate) fn write_section(out: &mut String, rounds: &[ProjectionRound]) {
          the append until `GET /projections/visits/keys/visit/<id>?min_position=<its position>` \
          answers; this includes the append's own durable commit.\n"
     );
+    let _ = writeln!(out, "| Target | Measured | Met |");
+    let _ = writeln!(out, "|---|---|---|");
+    let verdict = |met: Option<bool>| match met {
+        Some(true) => "yes",
+        Some(false) => "no",
+        None => "—",
+    };
+    let rate = catch_up.map(CatchUp::rate);
+    let _ = writeln!(
+        out,
+        "| catch-up of visits ≥ 500 000 events/s | {} | {} |",
+        rate.map_or("failed".to_owned(), |r| format!("{r:.0} events/s")),
+        verdict(rate.map(|r| r >= 500_000.0))
+    );
+    let ratio = rate.zip(native).map(|(wasm, native)| wasm / native);
+    let _ = writeln!(
+        out,
+        "| WebAssembly ≥ ⅓ of native | {} | {} |",
+        ratio.map_or("failed".to_owned(), |r| format!("{r:.2}")),
+        verdict(ratio.map(|r| r >= 1.0 / 3.0))
+    );
+    let p99 = visible.map(|(_, p99)| p99.as_secs_f64() * 1e3);
+    let _ = writeln!(
+        out,
+        "| append to visible p99 ≤ 10 ms | {} | {} |",
+        p99.map_or("failed".to_owned(), |ms| format!("{ms:.2} ms")),
+        verdict(p99.map(|ms| ms <= 10.0))
+    );
+    let rss = catch_up
+        .and_then(|c| c.peak_rss)
+        .map(|b| b as f64 / (1 << 20) as f64);
+    let _ = writeln!(
+        out,
+        "| peak resident memory of the catch-up < 300 MiB | {} | {} |\n",
+        rss.map_or("not measured".to_owned(), |mib| format!("{mib:.0} MiB")),
+        verdict(rss.map(|mib| mib < 300.0))
+    );
     for (n, round) in rounds.iter().enumerate() {
         let describe = |r: &Result<String, String>| match r {
             Ok(text) => text.clone(),
@@ -490,6 +527,37 @@ mod tests {
         assert!(first < last);
         assert!(appends[first].1.contains("PatientCheckedIn"));
         assert!(appends[last].1.contains("PatientCheckedOut"));
+    }
+
+    #[test]
+    fn the_section_states_each_target() {
+        let round = ProjectionRound {
+            catch_up: Ok(CatchUp {
+                events: 1_000_000,
+                elapsed: Duration::from_secs(10),
+                peak_rss: Some(200 << 20),
+            }),
+            native: Ok(200_000.0),
+            visible: Ok((1..=100).map(Duration::from_millis).collect()),
+        };
+        let mut text = String::new();
+        write_section(&mut text, &[round]);
+        assert!(
+            text.contains("| catch-up of visits ≥ 500 000 events/s | 100000 events/s | no |"),
+            "{text}"
+        );
+        assert!(
+            text.contains("| WebAssembly ≥ ⅓ of native | 0.50 | yes |"),
+            "{text}"
+        );
+        assert!(
+            text.contains("| append to visible p99 ≤ 10 ms | 99.00 ms | no |"),
+            "{text}"
+        );
+        assert!(
+            text.contains("| peak resident memory of the catch-up < 300 MiB | 200 MiB | yes |"),
+            "{text}"
+        );
     }
 
     #[test]
