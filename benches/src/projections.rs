@@ -37,7 +37,7 @@ const FILL_CLIENTS: usize = 16;
 /// How far check-outs trail check-ins, in visits: the log interleaves many open visits.
 const OPEN_VISITS: usize = 1_000;
 /// Events per native `apply` call: the host's batch (`BATCH_EVENTS` in host/src/projections.rs).
-const NATIVE_BATCH: usize = 2_048;
+const NATIVE_BATCH: usize = 8_192;
 /// Append-to-visible samples per round.
 const LATENCY_SAMPLES: usize = 500;
 

@@ -31,7 +31,7 @@ use crate::store::{
 use state::{BatchState, Overlay};
 
 /// Most events one `apply` call receives.
-const BATCH_EVENTS: usize = 2_048;
+const BATCH_EVENTS: usize = 8_192;
 /// Most bytes of records one `apply` call receives (at least one event).
 const BATCH_BYTES: usize = 8 << 20;
 /// Attempts at a failing event before the projection pauses at it.
