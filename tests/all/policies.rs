@@ -283,3 +283,34 @@ fn poison_and_hostile_reactions_are_parked_and_the_policy_goes_on() {
         "plugin_not_found",
     );
 }
+
+#[test]
+fn a_paused_policy_reacts_once_resumed_also_across_a_restart() {
+    let mut server = Server::start();
+    let api = server.api();
+    api.deploy_guest("fixture-counter");
+    api.deploy_guest("fixture-hostile-policy");
+    let paused = api
+        .post("/plugins/hostile-policy/pause", &json!({}))
+        .expect(200);
+    assert_eq!(paused["status"], "paused");
+    let position = api.append_ok("hostile-z", json!([event("Ping", json!({}))]))["last_position"]
+        .as_u64()
+        .unwrap();
+    server.restart();
+    let api = server.api();
+    std::thread::sleep(Duration::from_millis(300));
+    let listed = api.get("/plugins/hostile-policy").expect(200);
+    assert_eq!(listed["status"], "paused", "{listed}");
+    assert_eq!(listed["lag"], 1);
+    assert_eq!(api.get("/streams/counter-z").status, 404);
+    api.post("/plugins/hostile-policy/resume", &json!({}))
+        .expect(200);
+    api.wait_for_position("hostile-policy", position, SETTLE);
+    assert_eq!(wait_for_events(&api, "counter-z", 1).len(), 1);
+    assert_error(
+        &api.get("/plugins/hostile-policy/pause"),
+        405,
+        "method_not_allowed",
+    );
+}

@@ -313,6 +313,17 @@ fn a_poison_event_pauses_the_projection_until_it_is_skipped() {
     );
 
     // Retrying fails again and pauses again; a skip moves on.
+    let retried = api
+        .post(
+            &format!("/plugins/hostile-projection/parked/{poison}/retry"),
+            &json!({}),
+        )
+        .expect(200);
+    assert_ne!(retried["status"], "paused", "{retried}");
+    let again = api.wait_for_plugin("hostile-projection", Duration::from_secs(30), |p| {
+        p["status"] == "paused"
+    });
+    assert_eq!(again["position"], poison - 1, "{again}");
     assert_error(
         &api.post("/plugins/hostile-projection/parked/1/skip", &json!({})),
         404,
