@@ -195,10 +195,11 @@ fn reads_answer_clear_errors() {
         "invalid_request",
     );
     api.deploy_guest("fixture-counting-projection");
-    assert_error(
-        &api.get("/projections/counting-projection/keys/no-such-key"),
-        404,
-        "key_not_found",
+    let missing = api.get("/projections/counting-projection/keys/no-such-key");
+    assert_error(&missing, 404, "key_not_found");
+    assert!(
+        missing.position.is_some(),
+        "an absent key says at which position"
     );
     let head = api.head();
     let reply = api.get(&format!(
@@ -274,11 +275,20 @@ fn listings_page_in_key_order_and_queries_reach_the_plugin() {
     ));
     assert_eq!(count.expect(200), json!(25));
     assert!(count.position.is_some());
-    assert_error(
-        &api.get("/projections/counting-projection/query/no-such-query"),
-        400,
-        "query_rejected",
+    let refused = api.get("/projections/counting-projection/query/no-such-query");
+    assert_error(&refused, 400, "query_rejected");
+    assert!(
+        refused.json()["error"]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("unknown query")
     );
+    assert!(refused.position.is_some());
+    // Parameters reach the plugin decoded; the host's own are not among them.
+    let total = api.get(&format!(
+        "/projections/counting-projection/query/total?stream=counter%2D03&min_position={head}"
+    ));
+    assert_eq!(total.expect(200), json!(4));
 }
 
 #[test]

@@ -15,7 +15,7 @@ use hyper::body::Incoming;
 
 use super::error::ApiError;
 use super::query::{Query, pairs_except, percent_decode};
-use super::{App, Body, json_response, raw_json_response};
+use super::{App, Body, error_response, json_response, raw_json_response};
 use crate::plugins::{Active, HandlerLookupError};
 use crate::policies::RetryError;
 use crate::projections::{ControlError, ProjectionRunner, StateReader};
@@ -45,16 +45,18 @@ pub(super) async fn read(
         let query = Query::parse(raw_query, READ_PARAMETERS)?;
         let (reader, position) = reader(app, &name, &query).await?;
         let value = tokio::task::block_in_place(|| reader.get(&key))?;
-        let value = value.ok_or_else(|| {
-            ApiError::not_found(
-                "key_not_found",
-                format!("projection {name:?} has no key {key:?}"),
-            )
-        })?;
-        return Ok(positioned(
-            raw_json_response(StatusCode::OK, value),
-            position,
-        ));
+        // An absent key is an answer about the state too: it carries the position it holds at.
+        let response = match value {
+            Some(value) => raw_json_response(StatusCode::OK, value),
+            None => error_response(
+                app,
+                ApiError::not_found(
+                    "key_not_found",
+                    format!("projection {name:?} has no key {key:?} at position {position}"),
+                ),
+            ),
+        };
+        return Ok(positioned(response, position));
     }
     if tail == "keys" {
         let mut allowed = READ_PARAMETERS.to_vec();
@@ -93,7 +95,10 @@ pub(super) async fn read(
         let answer = tokio::task::block_in_place(|| runner.query(reader, &path, &params));
         let json = match answer {
             Ok(Ok(json)) => json,
-            Ok(Err(reason)) => return Err(ApiError::QueryRejected(reason)),
+            Ok(Err(reason)) => {
+                let refused = error_response(app, ApiError::QueryRejected(reason));
+                return Ok(positioned(refused, position));
+            }
             Err(failure) => {
                 return Err(ApiError::PluginFailed(format!(
                     "projection {name} failed to answer the query: {failure}"
