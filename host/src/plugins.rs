@@ -488,11 +488,11 @@ impl Plugins {
                 None => {
                     // A policy has one state and one checkpoint across versions: the version it
                     // replaces finishes its step before this one starts from that checkpoint.
-                    if let Some(Active::Policy(previous)) = self
+                    let previous = self
                         .read_entries()
                         .get(&info.name)
-                        .and_then(|entry| entry.active.clone())
-                    {
+                        .and_then(|entry| entry.active.clone());
+                    if let Some(Active::Policy(previous)) = previous {
                         previous.stop_and_wait();
                     }
                     let filter = LogFilter {
