@@ -314,3 +314,51 @@ fn a_paused_policy_reacts_once_resumed_also_across_a_restart() {
         "method_not_allowed",
     );
 }
+
+/// The same component with a custom section appended: the same behaviour under another version.
+fn another_build(wasm: &[u8]) -> Vec<u8> {
+    let name = b"evhost-test-build";
+    let payload = b"2";
+    let mut section = vec![name.len() as u8];
+    section.extend_from_slice(name);
+    section.extend_from_slice(payload);
+    let mut bytes = wasm.to_vec();
+    bytes.push(0); // custom section id
+    bytes.push(section.len() as u8); // its size, one LEB128 byte
+    bytes.extend_from_slice(&section);
+    bytes
+}
+
+#[test]
+fn a_new_policy_version_continues_from_the_checkpoint() {
+    let server = Server::start();
+    let api = server.api();
+    api.deploy_guest("fixture-counter");
+    let first = api.deploy_guest("fixture-hostile-policy");
+    let position = api.append_ok("hostile-v", json!([event("Ping", json!({}))]))["last_position"]
+        .as_u64()
+        .unwrap();
+    wait_for_events(&api, "counter-v", 1);
+    api.wait_for_position("hostile-policy", position, SETTLE);
+
+    let wasm = crate::harness::guest_wasm("fixture-hostile-policy");
+    let deployed = api.deploy(&another_build(&wasm), "").expect(201);
+    assert_ne!(deployed["version"], first.as_str());
+    let listed = api.get("/plugins/hostile-policy").expect(200);
+    assert_eq!(listed["active_version"], deployed["version"]);
+    // It starts where the old version stopped: history is not reacted to again.
+    assert!(listed["position"].as_u64().unwrap() >= position, "{listed}");
+    let next = api.append_ok("hostile-v", json!([event("Ping", json!({}))]))["last_position"]
+        .as_u64()
+        .unwrap();
+    let events = wait_for_events(&api, "counter-v", 2);
+    api.wait_for_position("hostile-policy", next, SETTLE);
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(api.stream_events("counter-v").len(), 2, "{events:?}");
+    // A version that reacted to the first event again would have delivered its command again,
+    // and the handler would have answered from its record.
+    assert_eq!(
+        api.metric("evhost_commands_total{outcome=\"replayed\"} "),
+        0.0
+    );
+}
