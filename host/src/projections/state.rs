@@ -65,7 +65,12 @@ impl BatchState {
     pub(crate) fn call_succeeded(&self) {
         let mut layers = self.layers();
         let call = std::mem::take(&mut layers.call);
-        layers.batch.extend(call);
+        // Most batches are one call: its writes become the batch's without being sorted again.
+        if layers.batch.is_empty() {
+            layers.batch = call;
+        } else {
+            layers.batch.extend(call);
+        }
     }
 
     /// Forgets the writes of the call that just failed.

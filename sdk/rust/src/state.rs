@@ -13,7 +13,7 @@
 //! another goes through its JSON once, so mixing types on a key costs but never misleads.
 
 use std::any::Any;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::ops::Bound;
 
 use serde::Serialize;
@@ -154,14 +154,16 @@ fn decode_value<T: DeserializeOwned>(key: &str, text: &str) -> Result<T, Failure
 /// ```
 pub struct State<'s> {
     backend: &'s mut dyn Backend,
-    cache: BTreeMap<String, Slot>,
+    /// Keyed by hash: every access looks a key up, while only scans and the write-back need
+    /// key order, and they sort what they take.
+    cache: HashMap<String, Slot>,
 }
 
 impl<'s> State<'s> {
     pub(crate) fn new(backend: &'s mut dyn Backend) -> Self {
         State {
             backend,
-            cache: BTreeMap::new(),
+            cache: HashMap::new(),
         }
     }
 
@@ -293,12 +295,24 @@ impl<'s> State<'s> {
                 Some(cursor) if cursor.as_str() >= prefix => Bound::Excluded(cursor.as_str()),
                 _ => Bound::Included(prefix),
             };
-            for (key, slot) in self.cache.range::<str, _>((lower, Bound::Unbounded)) {
-                if !key.starts_with(prefix) || upper.as_ref().is_some_and(|upper| key > upper) {
-                    break;
-                }
-                if let Some(value) = slot.cloned::<T>(key)? {
-                    window.insert(key.clone(), value);
+            let in_window = |key: &str| {
+                key.starts_with(prefix)
+                    && match lower {
+                        Bound::Excluded(lower) => key > lower,
+                        Bound::Included(lower) => key >= lower,
+                        Bound::Unbounded => true,
+                    }
+                    && upper.as_deref().is_none_or(|upper| key <= upper)
+            };
+            for (key, slot) in self.cache.iter().filter(|(key, _)| in_window(key)) {
+                match slot.cloned::<T>(key)? {
+                    Some(value) => {
+                        window.insert(key.clone(), value);
+                    }
+                    // Removed in this call: the stored value no longer counts.
+                    None => {
+                        window.remove(key);
+                    }
                 }
             }
             found.extend(window);
@@ -313,13 +327,14 @@ impl<'s> State<'s> {
 
     /// Hands the writes of the call to the backend: each key written at least once, once.
     pub(crate) fn commit(self) -> Result<(), Failure> {
-        let mut writes = Vec::new();
-        for (key, slot) in self.cache {
-            if slot.dirty {
-                let value = (slot.encode)(&*slot.value)
-                    .map_err(|failure| Failure::new(format!("state key {key:?}: {failure}")))?;
-                writes.push(Write { key, value });
-            }
+        let mut dirty: Vec<(String, Slot)> =
+            self.cache.into_iter().filter(|(_, s)| s.dirty).collect();
+        dirty.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        let mut writes = Vec::with_capacity(dirty.len());
+        for (key, slot) in dirty {
+            let value = (slot.encode)(&*slot.value)
+                .map_err(|failure| Failure::new(format!("state key {key:?}: {failure}")))?;
+            writes.push(Write { key, value });
         }
         if writes.is_empty() {
             return Ok(());
