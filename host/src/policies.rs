@@ -23,13 +23,12 @@ use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 use tokio::sync::{Notify, watch};
 
 use crate::commands::{CommandError, CommandOutcome, CommandRequest, Commands};
 use crate::projections::state::BatchState;
-use crate::projections::{CHECKPOINTS, log_event, read_checkpoint};
-use crate::runtime::{CommandInput, LogEvent, PolicyAction, PolicyPlugin, Reaction};
+use crate::projections::{PAUSES, checkpoint_write, log_event, read_checkpoint};
+use crate::runtime::{CommandInput, LogEvent, PolicyAction, PolicyPlugin, content_hash};
 use crate::store::{
     DataSnapshot, DataWrite, EventStore, LogFilter, RecordView, StorageError, now_rfc3339,
     validate_event_type, validate_stream_name,
@@ -39,8 +38,7 @@ use crate::store::{
 const BATCH_EVENTS: usize = 256;
 /// Attempts at an event's reaction before it is parked.
 const MAX_ATTEMPTS: u32 = 4;
-/// The wait before the second attempt; it doubles with each attempt after, up to the maximum.
-const FIRST_BACKOFF: Duration = Duration::from_millis(100);
+/// The longest wait between attempts (the first is 100 ms, doubling with each attempt after).
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
 /// Outbox entries one dispatcher pass reads.
 const OUTBOX_PAGE: usize = 100;
@@ -88,6 +86,9 @@ struct StepWrites {
 
 /// Why a reaction cannot be used.
 type Failure = String;
+
+/// What precedes a policy's own error in the reason a reaction failed.
+const REFUSAL: &str = "the policy returned an error";
 
 /// One active policy and the tasks that run it.
 pub(crate) struct PolicyRunner {
@@ -256,7 +257,7 @@ impl PolicyRunner {
         let state = self.new_state()?;
         let event = log_event(&view);
         let outcome = tokio::task::block_in_place(|| {
-            self.call(&state, |state| self.plugin.react(&event, state))
+            state.call(REFUSAL, |state| self.plugin.react(&event, state))
         });
         let mut step = StepWrites::default();
         match outcome
@@ -282,24 +283,6 @@ impl PolicyRunner {
             self.store.data_snapshot()?,
             None,
         )))
-    }
-
-    /// Calls the policy with `state`, keeping the call's writes only when it succeeds.
-    fn call(
-        &self,
-        state: &Arc<BatchState>,
-        f: impl FnOnce(Arc<BatchState>) -> Result<Reaction, crate::runtime::PluginFailure>,
-    ) -> Result<Vec<PolicyAction>, Failure> {
-        let outcome = match f(state.clone()) {
-            Ok(Ok(actions)) => Ok(actions),
-            Ok(Err(reason)) => Err(format!("the policy returned an error: {reason}")),
-            Err(failure) => Err(failure.to_string()),
-        };
-        match &outcome {
-            Ok(_) => state.call_succeeded(),
-            Err(_) => state.call_failed(),
-        }
-        outcome
     }
 
     /// Turns actions into outbox and timer writes; an action that breaks a rule fails them all.
@@ -476,8 +459,8 @@ impl PolicyRunner {
                     }
                 };
                 let event = log_event(&view);
-                let reacted = self
-                    .call(&state, |state| self.plugin.react(&event, state))
+                let reacted = state
+                    .call(REFUSAL, |state| self.plugin.react(&event, state))
                     .and_then(|actions| {
                         self.take_actions(&mut step, actions, &Cause::Event(&event))
                     });
@@ -521,11 +504,8 @@ impl PolicyRunner {
                 failure = None;
             }
         }
-        step.writes.push(write(
-            CHECKPOINTS,
-            self.name.clone(),
-            Some(reached.to_le_bytes().to_vec()),
-        ));
+        step.writes
+            .push(checkpoint_write(self.name.clone(), reached));
         self.commit(state, step).await?;
         self.processed.send_replace(reached);
         Ok(failure)
@@ -642,7 +622,7 @@ impl PolicyRunner {
             let state = self.new_state().map_err(|e| e.to_string())?;
             let mut step = StepWrites::default();
             let outcome = tokio::task::block_in_place(|| {
-                self.call(&state, |state| {
+                state.call(REFUSAL, |state| {
                     self.plugin.on_rejected(&input, reason, state)
                 })
             })
@@ -713,7 +693,7 @@ impl PolicyRunner {
                 timer: &timer,
             };
             let outcome = tokio::task::block_in_place(|| {
-                self.call(&state, |state| {
+                state.call(REFUSAL, |state| {
                     self.plugin.on_timer(&key, &timer.payload, state)
                 })
             });
@@ -806,9 +786,6 @@ pub(crate) enum RetryError {
     Storage(#[from] StorageError),
 }
 
-/// The data space of pauses, shared with projections.
-const PAUSES: &str = "pauses";
-
 fn write(space: &str, key: String, value: Option<Vec<u8>>) -> DataWrite {
     DataWrite {
         space: space.into(),
@@ -842,17 +819,13 @@ fn correlation_of(metadata: &str) -> Option<String> {
     value.get("correlation_id")?.as_str().map(str::to_owned)
 }
 
+/// The first 16 hex digits of the SHA-256 of `text`.
 fn short_hash(text: &str) -> String {
-    Sha256::digest(text.as_bytes())[..8]
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    content_hash(text.as_bytes())[..16].to_owned()
 }
 
 fn backoff(attempts: u32) -> Duration {
-    FIRST_BACKOFF
-        .saturating_mul(1 << attempts.saturating_sub(1).min(16))
-        .min(MAX_BACKOFF)
+    crate::projections::backoff(attempts, MAX_BACKOFF)
 }
 
 fn now_ms() -> u64 {

@@ -41,10 +41,12 @@ const FIRST_BACKOFF: Duration = Duration::from_millis(100);
 /// The longest wait between attempts after a storage error.
 const MAX_BACKOFF: Duration = Duration::from_secs(10);
 
-/// The data space of checkpoints: `name/version` → the last position processed.
+/// The data space of checkpoints: `name/version` → the last position processed (a policy's key
+/// is its name).
 pub(crate) const CHECKPOINTS: &str = "checkpoints";
-/// The data space of pauses: `name/version` → [`Pause`] while the version is paused.
-const PAUSES: &str = "pauses";
+/// The data space of pauses: `name/version` → [`Pause`] while the version is paused (a policy's
+/// key is its name).
+pub(crate) const PAUSES: &str = "pauses";
 
 /// Why and where a projection stopped.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -449,9 +451,7 @@ impl ProjectionRunner {
         *attempts += 1;
         crate::log::error!("projection {}: {error}; retrying", self.name);
         self.status().error = Some(error.to_string());
-        let wait = FIRST_BACKOFF
-            .saturating_mul(1 << (*attempts - 1).min(16))
-            .min(MAX_BACKOFF);
+        let wait = backoff(*attempts, MAX_BACKOFF);
         let _ = tokio::time::timeout(wait, control.changed()).await;
     }
 
@@ -469,7 +469,7 @@ impl ProjectionRunner {
         );
         if attempts < MAX_ATTEMPTS {
             self.status().error = Some(format!("at position {position}: {error}"));
-            let wait = FIRST_BACKOFF.saturating_mul(1 << (attempts - 1));
+            let wait = backoff(attempts, MAX_BACKOFF);
             let _ = tokio::time::timeout(wait, control.changed()).await;
             return;
         }
@@ -577,29 +577,13 @@ impl ProjectionRunner {
     }
 
     fn apply(&self, events: &[LogEvent<'_>], state: &Arc<BatchState>) -> Result<(), String> {
-        let outcome = self.plugin.apply(events, state.clone());
-        match outcome {
-            Ok(Ok(())) => {
-                state.call_succeeded();
-                Ok(())
-            }
-            Ok(Err(reason)) => {
-                state.call_failed();
-                Err(format!("apply returned an error: {reason}"))
-            }
-            Err(failure) => {
-                state.call_failed();
-                Err(failure.to_string())
-            }
-        }
+        state.call("apply returned an error", |state| {
+            self.plugin.apply(events, state)
+        })
     }
 
     fn checkpoint_write(&self, position: u64) -> DataWrite {
-        DataWrite {
-            space: CHECKPOINTS.into(),
-            key: self.key.clone(),
-            value: Some(position.to_le_bytes().to_vec()),
-        }
+        checkpoint_write(self.key.clone(), position)
     }
 }
 
@@ -632,6 +616,23 @@ impl StateReader {
         let limit = limit.min(MAX_SCAN_ENTRIES as usize);
         self.snapshot.scan(&self.space, prefix, after, limit)
     }
+}
+
+/// The write that stores `position` as the checkpoint under `key`.
+pub(crate) fn checkpoint_write(key: String, position: u64) -> DataWrite {
+    DataWrite {
+        space: CHECKPOINTS.into(),
+        key,
+        value: Some(position.to_le_bytes().to_vec()),
+    }
+}
+
+/// The wait before attempt `attempts + 1`: [`FIRST_BACKOFF`], doubling with each attempt, at
+/// most `max`.
+pub(crate) fn backoff(attempts: u32, max: Duration) -> Duration {
+    FIRST_BACKOFF
+        .saturating_mul(1 << attempts.saturating_sub(1).min(16))
+        .min(max)
 }
 
 /// The checkpoint stored under `key`, or 0.

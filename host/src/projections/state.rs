@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use std::ops::Bound;
 use std::sync::{Arc, Mutex};
 
-use crate::runtime::StateAccess;
+use crate::runtime::{PluginFailure, StateAccess};
 use crate::store::{DataSnapshot, DataWrite};
 
 /// Writes not yet committed: a value, or `None` for a removal.
@@ -61,8 +61,27 @@ impl BatchState {
         self.layers.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Runs one plugin call with this state behind its `state` import, keeping the call's
+    /// writes only if it succeeds. A plugin's own error comes back after `refusal`.
+    pub(crate) fn call<T>(
+        self: &Arc<Self>,
+        refusal: &str,
+        f: impl FnOnce(Arc<BatchState>) -> Result<Result<T, String>, PluginFailure>,
+    ) -> Result<T, String> {
+        let outcome = match f(self.clone()) {
+            Ok(Ok(answer)) => Ok(answer),
+            Ok(Err(reason)) => Err(format!("{refusal}: {reason}")),
+            Err(failure) => Err(failure.to_string()),
+        };
+        match &outcome {
+            Ok(_) => self.call_succeeded(),
+            Err(_) => self.call_failed(),
+        }
+        outcome
+    }
+
     /// Keeps the writes of the call that just succeeded.
-    pub(crate) fn call_succeeded(&self) {
+    fn call_succeeded(&self) {
         let mut layers = self.layers();
         let call = std::mem::take(&mut layers.call);
         // Most batches are one call: its writes become the batch's without being sorted again.
@@ -74,7 +93,7 @@ impl BatchState {
     }
 
     /// Forgets the writes of the call that just failed.
-    pub(crate) fn call_failed(&self) {
+    fn call_failed(&self) {
         self.layers().call.clear();
     }
 

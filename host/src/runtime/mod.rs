@@ -31,7 +31,7 @@ use wasmtime::component::{Component, HasSelf, Linker};
 use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
 
 pub(crate) use handler::{CommandInput, EventInput, HandlerPlugin, NewEvent};
-pub(crate) use policy::{PolicyAction, PolicyPlugin, Reaction};
+pub(crate) use policy::{PolicyAction, PolicyPlugin};
 use pool::InstancePool;
 pub(crate) use projection::{LogEvent, ProjectionPlugin};
 use sandbox::PluginState;
