@@ -100,7 +100,7 @@ pub(crate) struct ActiveHandler {
 
 /// The loaded active version of a plugin.
 #[derive(Clone)]
-pub(crate) enum Active {
+enum Active {
     Handler(Arc<ActiveHandler>),
     Projection(Arc<ProjectionRunner>),
     Policy(Arc<PolicyRunner>),
@@ -123,6 +123,15 @@ impl Active {
         }
     }
 
+    /// What the version runs in the background, if it is a projection or a policy.
+    fn runner(&self) -> Option<Runner> {
+        match self {
+            Active::Handler(_) => None,
+            Active::Projection(runner) => Some(Runner::Projection(runner.clone())),
+            Active::Policy(runner) => Some(Runner::Policy(runner.clone())),
+        }
+    }
+
     /// Ends what the version runs in the background.
     fn retire(&self) {
         match self {
@@ -130,6 +139,39 @@ impl Active {
             Active::Projection(runner) => runner.stop(),
             Active::Policy(runner) => runner.stop(),
         }
+    }
+}
+
+/// The active version of a projection or a policy: the runner that follows the log for it.
+pub(crate) enum Runner {
+    Projection(Arc<ProjectionRunner>),
+    Policy(Arc<PolicyRunner>),
+}
+
+impl Runner {
+    /// Stops it after the step in progress, until [`Runner::resume`]; the pause is stored.
+    pub(crate) async fn pause(&self) -> Result<(), StorageError> {
+        match self {
+            Runner::Projection(runner) => runner.pause().await,
+            Runner::Policy(runner) => runner.pause().await,
+        }
+    }
+
+    pub(crate) async fn resume(&self) -> Result<(), StorageError> {
+        match self {
+            Runner::Projection(runner) => runner.resume().await,
+            Runner::Policy(runner) => runner.resume().await,
+        }
+    }
+
+    /// Its status, the last position it processed, and the error to show, with the log at
+    /// `head`.
+    pub(crate) fn progress(&self, head: u64) -> (&'static str, u64, Option<String>) {
+        let ((status, error), position) = match self {
+            Runner::Projection(runner) => (runner.state(), runner.position()),
+            Runner::Policy(runner) => (runner.state(head), runner.position()),
+        };
+        (status, position, error)
     }
 }
 
@@ -522,11 +564,14 @@ impl Plugins {
     }
 
     /// The active version of a projection or policy, for its operator controls.
-    pub(crate) fn runner(&self, name: &str) -> Result<Active, HandlerLookupError> {
-        self.active(name, |kind| match kind {
+    pub(crate) fn runner(&self, name: &str) -> Result<Runner, HandlerLookupError> {
+        let active = self.active(name, |kind| match kind {
             PluginKind::Handler => PluginKind::Projection,
             kind => kind,
-        })
+        })?;
+        Ok(active
+            .runner()
+            .expect("a projection's or a policy's version has a runner"))
     }
 
     /// Every plugin, as `GET /plugins` lists them, by name.
@@ -593,17 +638,14 @@ impl Plugins {
 /// The fields every listing shows. A handler has no subscription, hence no position or lag.
 fn summary(entry: &Entry, head: u64) -> serde_json::Value {
     let record = &entry.record;
-    let (status, position, error) = match (&entry.error, &entry.active) {
+    let runner = entry.active.as_ref().and_then(Active::runner);
+    let (status, position, error) = match (&entry.error, runner) {
         (Some(error), _) => ("failed", None, Some(error.clone())),
-        (None, Some(Active::Projection(runner))) => {
-            let (status, error) = runner.state();
-            (status, Some(runner.position()), error)
+        (None, Some(runner)) => {
+            let (status, position, error) = runner.progress(head);
+            (status, Some(position), error)
         }
-        (None, Some(Active::Policy(runner))) => {
-            let (status, error) = runner.state(head);
-            (status, Some(runner.position()), error)
-        }
-        (None, _) => ("running", None, None),
+        (None, None) => ("running", None, None),
     };
     serde_json::json!({
         "name": record.name,

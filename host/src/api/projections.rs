@@ -16,7 +16,7 @@ use hyper::body::Incoming;
 use super::error::ApiError;
 use super::query::{Query, pairs_except, percent_decode};
 use super::{App, Body, error_response, json_response, raw_json_response};
-use crate::plugins::{Active, HandlerLookupError};
+use crate::plugins::{HandlerLookupError, Runner};
 use crate::policies::RetryError;
 use crate::projections::{ControlError, ProjectionRunner, StateReader};
 
@@ -202,23 +202,14 @@ pub(super) async fn control(
     };
     let mut retry_error = None;
     match (action, get) {
-        ("pause", false) => match &runner {
-            Active::Projection(r) => r.pause().await?,
-            Active::Policy(r) => r.pause().await?,
-            Active::Handler(_) => unreachable!("runner() answers projections and policies"),
-        },
-        ("resume", false) => match &runner {
-            Active::Projection(r) => r.resume().await?,
-            Active::Policy(r) => r.resume().await?,
-            Active::Handler(_) => unreachable!("runner() answers projections and policies"),
-        },
+        ("pause", false) => runner.pause().await?,
+        ("resume", false) => runner.resume().await?,
         ("parked", true) => {
             let parked = match &runner {
-                Active::Projection(r) => serde_json::to_value(r.parked()),
-                Active::Policy(r) => {
+                Runner::Projection(r) => serde_json::to_value(r.parked()),
+                Runner::Policy(r) => {
                     serde_json::to_value(tokio::task::block_in_place(|| r.parked())?)
                 }
-                Active::Handler(_) => unreachable!("runner() answers projections and policies"),
             };
             return Ok(json_response(
                 StatusCode::OK,
@@ -238,24 +229,24 @@ pub(super) async fn control(
             })?;
             match (verb, get, &runner) {
                 ("skip" | "retry", true, _) => return Err(ApiError::MethodNotAllowed),
-                ("skip", false, Active::Projection(r)) => {
+                ("skip", false, Runner::Projection(r)) => {
                     r.skip(position).await.map_err(|e| match e {
                         ControlError::NotParked(p) => not_parked(p),
                         ControlError::Storage(storage) => storage.into(),
                     })?;
                 }
-                ("retry", false, Active::Projection(r)) => {
+                ("retry", false, Runner::Projection(r)) => {
                     if !r.parked().iter().any(|p| p.position == Some(position)) {
                         return Err(not_parked(position));
                     }
                     r.resume().await?;
                 }
-                ("skip", false, Active::Policy(r)) => {
+                ("skip", false, Runner::Policy(r)) => {
                     if !r.skip(position).await? {
                         return Err(not_parked(position));
                     }
                 }
-                ("retry", false, Active::Policy(r)) => {
+                ("retry", false, Runner::Policy(r)) => {
                     retry_error = r.retry(position).await.map_err(|e| match e {
                         RetryError::NotParked(p) => not_parked(p),
                         RetryError::Storage(storage) => storage.into(),
@@ -265,17 +256,7 @@ pub(super) async fn control(
             }
         }
     }
-    let (status, position, error) = match &runner {
-        Active::Projection(r) => {
-            let (status, error) = r.state();
-            (status, r.position(), error)
-        }
-        Active::Policy(r) => {
-            let (status, error) = r.state(app.store.head());
-            (status, r.position(), error)
-        }
-        Active::Handler(_) => unreachable!("runner() answers projections and policies"),
-    };
+    let (status, position, error) = runner.progress(app.store.head());
     let mut body = serde_json::json!({
         "name": name,
         "status": status,
