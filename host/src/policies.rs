@@ -256,13 +256,15 @@ impl PolicyRunner {
         let _turn = self.turn.lock().await;
         let state = self.new_state()?;
         let event = log_event(&view);
-        let outcome = tokio::task::block_in_place(|| {
-            state.call(REFUSAL, |state| self.plugin.react(&event, state))
-        });
         let mut step = StepWrites::default();
-        match outcome
-            .and_then(|actions| self.take_actions(&mut step, actions, &Cause::Event(&event)))
-        {
+        let outcome = tokio::task::block_in_place(|| {
+            state.call(
+                REFUSAL,
+                |state| self.plugin.react(&event, state),
+                |actions| self.take_actions(&mut step, actions, &Cause::Event(&event)),
+            )
+        });
+        match outcome {
             Ok(()) => {
                 step.writes.push(write(&self.parked_space, key, None));
                 self.commit(state, step).await?;
@@ -459,11 +461,11 @@ impl PolicyRunner {
                     }
                 };
                 let event = log_event(&view);
-                let reacted = state
-                    .call(REFUSAL, |state| self.plugin.react(&event, state))
-                    .and_then(|actions| {
-                        self.take_actions(&mut step, actions, &Cause::Event(&event))
-                    });
+                let reacted = state.call(
+                    REFUSAL,
+                    |state| self.plugin.react(&event, state),
+                    |actions| self.take_actions(&mut step, actions, &Cause::Event(&event)),
+                );
                 if let Err(error) = reacted {
                     failure = Some((record.position, error));
                     break;
@@ -622,11 +624,12 @@ impl PolicyRunner {
             let state = self.new_state().map_err(|e| e.to_string())?;
             let mut step = StepWrites::default();
             let outcome = tokio::task::block_in_place(|| {
-                state.call(REFUSAL, |state| {
-                    self.plugin.on_rejected(&input, reason, state)
-                })
-            })
-            .and_then(|actions| self.take_actions(&mut step, actions, &cause));
+                state.call(
+                    REFUSAL,
+                    |state| self.plugin.on_rejected(&input, reason, state),
+                    |actions| self.take_actions(&mut step, actions, &cause),
+                )
+            });
             match outcome {
                 Ok(()) => {
                     step.writes
@@ -692,33 +695,24 @@ impl PolicyRunner {
                 key: &key,
                 timer: &timer,
             };
-            let outcome = tokio::task::block_in_place(|| {
-                state.call(REFUSAL, |state| {
-                    self.plugin.on_timer(&key, &timer.payload, state)
-                })
-            });
             // The timer is removed before the actions apply, so that one it sets again stays.
             step.writes
                 .push(write(&self.timers_space, key.clone(), None));
             step.timers.push((key.clone(), None));
-            match outcome.and_then(|actions| self.take_actions(&mut step, actions, &cause)) {
-                Ok(()) => {}
-                Err(error) => {
-                    // A timer whose handler fails is not retried forever: it is dropped, like a
-                    // parked event, with the error in the log.
-                    crate::log::error!(
-                        "policy {}: timer {key:?} failed and is dropped: {error}",
-                        self.name
-                    );
-                    step = StepWrites::default();
-                    step.writes
-                        .push(write(&self.timers_space, key.clone(), None));
-                    step.timers.push((key.clone(), None));
-                    let state = self.new_state().map_err(|e| e.to_string())?;
-                    self.commit(state, step).await.map_err(|e| e.to_string())?;
-                    fired += 1;
-                    continue;
-                }
+            let outcome = tokio::task::block_in_place(|| {
+                state.call(
+                    REFUSAL,
+                    |state| self.plugin.on_timer(&key, &timer.payload, state),
+                    |actions| self.take_actions(&mut step, actions, &cause),
+                )
+            });
+            // A timer whose call fails is not retried forever: it is dropped, with the error in
+            // the log; the failed call left no writes and no actions, only the removal.
+            if let Err(error) = outcome {
+                crate::log::error!(
+                    "policy {}: timer {key:?} failed and is dropped: {error}",
+                    self.name
+                );
             }
             self.commit(state, step).await.map_err(|e| e.to_string())?;
             fired += 1;

@@ -577,9 +577,11 @@ impl ProjectionRunner {
     }
 
     fn apply(&self, events: &[LogEvent<'_>], state: &Arc<BatchState>) -> Result<(), String> {
-        state.call("apply returned an error", |state| {
-            self.plugin.apply(events, state)
-        })
+        state.call(
+            "apply returned an error",
+            |state| self.plugin.apply(events, state),
+            Ok,
+        )
     }
 
     fn checkpoint_write(&self, position: u64) -> DataWrite {

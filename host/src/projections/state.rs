@@ -61,15 +61,17 @@ impl BatchState {
         self.layers.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Runs one plugin call with this state behind its `state` import, keeping the call's
-    /// writes only if it succeeds. A plugin's own error comes back after `refusal`.
-    pub(crate) fn call<T>(
+    /// Runs one plugin call with this state behind its `state` import, and `accept` on its
+    /// answer; the call's writes are kept only if both succeed, so an answer the host cannot
+    /// use leaves no more behind than a trap. A plugin's own error comes back after `refusal`.
+    pub(crate) fn call<T, U>(
         self: &Arc<Self>,
         refusal: &str,
         f: impl FnOnce(Arc<BatchState>) -> Result<Result<T, String>, PluginFailure>,
-    ) -> Result<T, String> {
+        accept: impl FnOnce(T) -> Result<U, String>,
+    ) -> Result<U, String> {
         let outcome = match f(self.clone()) {
-            Ok(Ok(answer)) => Ok(answer),
+            Ok(Ok(answer)) => accept(answer),
             Ok(Err(reason)) => Err(format!("{refusal}: {reason}")),
             Err(failure) => Err(failure.to_string()),
         };
@@ -303,6 +305,44 @@ mod tests {
             snapshot.get("projection/other", "a/0").unwrap(),
             Some(b"9".to_vec())
         );
+
+        // An answer the host refuses drops the call's writes, as a plugin's own error does.
+        let state = Arc::new(BatchState::writable(
+            space.clone(),
+            store.data_snapshot().unwrap(),
+            None,
+        ));
+        let refused = state.call(
+            "refused",
+            |state| {
+                put(&state, "a/9", "9");
+                Ok(Ok(()))
+            },
+            |()| Err::<(), _>("unusable answer".to_owned()),
+        );
+        assert_eq!(refused, Err("unusable answer".to_owned()));
+        assert_eq!(state.get("a/9").unwrap(), None);
+        let own_error = state.call(
+            "refused",
+            |state| {
+                put(&state, "a/9", "9");
+                Ok(Err::<(), _>("no".to_owned()))
+            },
+            Ok,
+        );
+        assert_eq!(own_error, Err("refused: no".to_owned()));
+        assert_eq!(state.get("a/9").unwrap(), None);
+        state
+            .call(
+                "refused",
+                |state| {
+                    put(&state, "a/9", "9");
+                    Ok(Ok(()))
+                },
+                Ok,
+            )
+            .unwrap();
+        assert_eq!(state.get("a/9").unwrap().as_deref(), Some("9"));
 
         let read_only = BatchState::read_only(space, store.data_snapshot().unwrap());
         assert!(read_only.put("x".into(), "1".into()).is_err());
