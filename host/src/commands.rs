@@ -210,6 +210,7 @@ impl Commands {
                 CommandEntry {
                     id: command_id.clone(),
                     record: serde_json::to_vec(&record).expect("a command record serializes"),
+                    tally: command_tally(&handler.name, &handler.version),
                 }
             };
             let (events, entry, rejection) = match decided {
@@ -505,4 +506,9 @@ fn backoff(attempt: u32) -> Duration {
 /// JSON text known to be valid, as a raw value.
 fn raw(json: &str) -> &RawValue {
     serde_json::from_str(json).expect("validated JSON")
+}
+
+/// The name of the tally counting the commands a handler's version decided.
+pub(crate) fn command_tally(handler: &str, version: &str) -> String {
+    format!("{handler}/{version}")
 }

@@ -105,19 +105,22 @@ pub(crate) struct ProjectionRunner {
     processed: watch::Sender<u64>,
     control: watch::Sender<Control>,
     status: Mutex<Status>,
+    /// Set once the runner's task has ended: nothing it writes is in flight any more.
+    finished: watch::Sender<bool>,
 }
 
 /// The outcome of one batch.
-struct Step {
-    /// The state writes of the events applied, and their checkpoint; empty when no event
-    /// matched.
-    writes: Vec<DataWrite>,
+pub(crate) struct Step {
+    /// The state writes of the events applied (and, for a runner, their checkpoint).
+    pub writes: Vec<DataWrite>,
+    /// Whether any event of the batch matched the subscription.
+    pub matched: bool,
     /// The last position this batch covers: the checkpoint to commit.
-    covered: u64,
+    pub covered: u64,
     /// The event that failed, and why.
-    failure: Option<(u64, String)>,
+    pub failure: Option<(u64, String)>,
     /// The state writes, for the batch applied while these commit.
-    overlay: Arc<Overlay>,
+    pub overlay: Arc<Overlay>,
 }
 
 /// A batch handed to the writer, and what the next batch must see of it.
@@ -153,7 +156,7 @@ impl ProjectionRunner {
                 categories: info.categories.clone(),
                 event_types: info.event_types.clone(),
             },
-            space: format!("projection/{key}").into(),
+            space: state_space(&key).into(),
             key,
             plugin,
             store,
@@ -164,7 +167,13 @@ impl ProjectionRunner {
                 paused,
                 error: None,
             }),
+            finished: watch::Sender::new(false),
         });
+        crate::log::info!(
+            "projection {} version {version} follows the log from position {}",
+            info.name,
+            checkpoint + 1
+        );
         tokio::spawn(runner.clone().run());
         Ok(runner)
     }
@@ -172,6 +181,24 @@ impl ProjectionRunner {
     /// Stops the runner after the batch in progress.
     pub(crate) fn stop(&self) {
         self.control.send_replace(Control::Stop);
+    }
+
+    /// Stops the runner and waits until the batch in progress is committed or dropped, so that
+    /// nothing more of this version is written.
+    pub(crate) async fn stop_and_wait(&self) {
+        self.stop();
+        let mut finished = self.finished.subscribe();
+        let _ = finished.wait_for(|finished| *finished).await;
+    }
+
+    /// Whether it is paused, by an operator or at a failing event.
+    pub(crate) fn is_paused(&self) -> bool {
+        self.status().paused.is_some()
+    }
+
+    /// Follows the last position processed.
+    pub(crate) fn watch_position(&self) -> watch::Receiver<u64> {
+        self.processed.subscribe()
     }
 
     pub(crate) fn limits(&self) -> crate::runtime::PluginLimits {
@@ -316,6 +343,12 @@ impl ProjectionRunner {
     }
 
     async fn run(self: Arc<Self>) {
+        self.clone().follow().await;
+        self.finished.send_replace(true);
+    }
+
+    /// Follows the log until told to stop.
+    async fn follow(self: Arc<Self>) {
         let mut head = self.store.watch_head();
         let mut control = self.control.subscribe();
         let mut attempts = 0u32;
@@ -385,7 +418,7 @@ impl ProjectionRunner {
                 }
             };
             match step.failure {
-                None if step.writes.is_empty() => {
+                None if !step.matched => {
                     // Nothing matched: the position moves without a commit.
                     self.processed.send_replace(step.covered);
                     self.succeeded(step.covered, &mut attempts);
@@ -496,15 +529,64 @@ impl ProjectionRunner {
     }
 
     /// Reads and applies the batch that starts at `from`, over the writes of the batch still
-    /// committing (`prior`). Blocks on the store and the plugin.
+    /// committing (`prior`), and adds the checkpoint to its writes. Blocks on the store and the
+    /// plugin.
     fn step(&self, from: u64, prior: Option<Arc<Overlay>>) -> Result<Step, StorageError> {
-        let page = self.store.read_log(from, BATCH_EVENTS, &self.filter)?;
+        let source = Source {
+            plugin: &self.plugin,
+            store: self.store.as_ref(),
+            filter: &self.filter,
+            space: &self.space,
+        };
+        let mut step = source.apply_batch(from, u64::MAX, prior)?;
+        if !step.writes.is_empty() || (step.failure.is_none() && step.matched) {
+            step.writes.push(self.checkpoint_write(step.covered));
+        }
+        Ok(step)
+    }
+
+    fn checkpoint_write(&self, position: u64) -> DataWrite {
+        checkpoint_write(self.key.clone(), position)
+    }
+}
+
+impl Drop for ProjectionRunner {
+    fn drop(&mut self) {
+        self.control.send_replace(Control::Stop);
+    }
+}
+
+/// What a batch is applied with: a projection's plugin, the log it follows, and the data space
+/// its state lives in (a version's own, or a replay's scratch space).
+pub(crate) struct Source<'a> {
+    pub plugin: &'a ProjectionPlugin,
+    pub store: &'a dyn EventStore,
+    pub filter: &'a LogFilter,
+    pub space: &'a Arc<str>,
+}
+
+impl Source<'_> {
+    /// Reads the batch of the log that starts at `from` and ends at `until` at the latest, and
+    /// applies it over the state with the writes of the batch still committing (`prior`). A
+    /// failing batch is applied again one event at a time, to keep the writes of the events
+    /// before the one that fails. Blocks on the store and the plugin.
+    pub(crate) fn apply_batch(
+        &self,
+        from: u64,
+        until: u64,
+        prior: Option<Arc<Overlay>>,
+    ) -> Result<Step, StorageError> {
+        let page = self.store.read_log(from, BATCH_EVENTS, self.filter)?;
         let mut covered = match page.next {
             Some(next) => next - 1,
             None => page.head.max(from - 1),
         };
-        // A batch also ends at a size the plugin's memory holds comfortably.
         let mut events_in = page.events;
+        if covered > until {
+            events_in.retain(|event| event.position <= until);
+            covered = until;
+        }
+        // A batch also ends at a size the plugin's memory holds comfortably.
         let mut bytes = 0;
         if let Some(cut) = events_in.iter().position(|event| {
             bytes += event.json.len();
@@ -516,6 +598,7 @@ impl ProjectionRunner {
         if events_in.is_empty() {
             return Ok(Step {
                 writes: Vec::new(),
+                matched: false,
                 covered,
                 failure: None,
                 overlay: Arc::default(),
@@ -549,12 +632,10 @@ impl ProjectionRunner {
                 }),
         };
         let state = Arc::into_inner(state).expect("the plugin returns the state after its call");
-        let (mut writes, overlay) = state.into_writes();
-        if failure.is_none() || !writes.is_empty() {
-            writes.push(self.checkpoint_write(covered));
-        }
+        let (writes, overlay) = state.into_writes();
         Ok(Step {
             writes,
+            matched: true,
             covered,
             failure,
             overlay,
@@ -583,16 +664,6 @@ impl ProjectionRunner {
             Ok,
         )
     }
-
-    fn checkpoint_write(&self, position: u64) -> DataWrite {
-        checkpoint_write(self.key.clone(), position)
-    }
-}
-
-impl Drop for ProjectionRunner {
-    fn drop(&mut self) {
-        self.control.send_replace(Control::Stop);
-    }
 }
 
 /// A snapshot of one projection version's state, for reads.
@@ -618,6 +689,31 @@ impl StateReader {
         let limit = limit.min(MAX_SCAN_ENTRIES as usize);
         self.snapshot.scan(&self.space, prefix, after, limit)
     }
+}
+
+/// Deletes the state of version `version` of projection `name`, with its checkpoint and
+/// pause; answers how many state entries there were. Its runner must be stopped.
+pub(crate) async fn delete_state(
+    store: &dyn EventStore,
+    name: &str,
+    version: &str,
+) -> Result<u64, StorageError> {
+    let key = format!("{name}/{version}");
+    let entries = tokio::task::block_in_place(|| store.delete_data(&state_space(&key)))?;
+    let forget = |space: &str| DataWrite {
+        space: space.into(),
+        key: key.clone(),
+        value: None,
+    };
+    store
+        .write_data(vec![forget(CHECKPOINTS), forget(PAUSES)])
+        .await?;
+    Ok(entries)
+}
+
+/// The data space of the state of the projection version `key` (`name/version`).
+fn state_space(key: &str) -> String {
+    format!("projection/{key}")
 }
 
 /// The write that stores `position` as the checkpoint under `key`.

@@ -421,6 +421,8 @@ pub struct Reply {
     pub body: String,
     /// The `Evhost-Position` header of a read model answer.
     pub position: Option<u64>,
+    /// The `Evhost-Version` header of a read model answer: the version whose state answered.
+    pub version: Option<String>,
 }
 
 impl Reply {
@@ -554,12 +556,18 @@ impl Api {
             .get("evhost-position")
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse().ok());
+        let version = response
+            .headers()
+            .get("evhost-version")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
         let body = response.text()?;
         Ok(Reply {
             status,
             content_type,
             body,
             position,
+            version,
         })
     }
 
@@ -789,6 +797,7 @@ fn parse_response(bytes: &[u8]) -> Option<Reply> {
         content_type: header("content-type").unwrap_or_default(),
         body: String::from_utf8_lossy(&body).into_owned(),
         position: header("evhost-position").and_then(|v| v.parse().ok()),
+        version: header("evhost-version"),
     })
 }
 
@@ -1041,6 +1050,20 @@ pub fn guest_wasm(package: &str) -> Vec<u8> {
         .join("wasm32-wasip2/release")
         .join(format!("{}.wasm", package.replace('-', "_")));
     std::fs::read(&file).unwrap_or_else(|e| panic!("cannot read {}: {e}", file.display()))
+}
+
+/// The same component with a custom section appended that holds `build`: the same behaviour
+/// under another version (content hash).
+pub fn another_build(wasm: &[u8], build: u8) -> Vec<u8> {
+    let name = b"evhost-test-build";
+    let mut section = vec![name.len() as u8];
+    section.extend_from_slice(name);
+    section.push(build);
+    let mut bytes = wasm.to_vec();
+    bytes.push(0); // custom section id
+    bytes.push(section.len() as u8); // its size, one LEB128 byte
+    bytes.extend_from_slice(&section);
+    bytes
 }
 
 impl Api {

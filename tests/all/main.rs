@@ -19,3 +19,4 @@ mod projections;
 mod race;
 mod reads;
 mod sse;
+mod versions;

@@ -315,20 +315,6 @@ fn a_paused_policy_reacts_once_resumed_also_across_a_restart() {
     );
 }
 
-/// The same component with a custom section appended: the same behaviour under another version.
-fn another_build(wasm: &[u8]) -> Vec<u8> {
-    let name = b"evhost-test-build";
-    let payload = b"2";
-    let mut section = vec![name.len() as u8];
-    section.extend_from_slice(name);
-    section.extend_from_slice(payload);
-    let mut bytes = wasm.to_vec();
-    bytes.push(0); // custom section id
-    bytes.push(section.len() as u8); // its size, one LEB128 byte
-    bytes.extend_from_slice(&section);
-    bytes
-}
-
 #[test]
 fn a_new_policy_version_continues_from_the_checkpoint() {
     let server = Server::start();
@@ -342,7 +328,9 @@ fn a_new_policy_version_continues_from_the_checkpoint() {
     api.wait_for_position("hostile-policy", position, SETTLE);
 
     let wasm = crate::harness::guest_wasm("fixture-hostile-policy");
-    let deployed = api.deploy(&another_build(&wasm), "").expect(201);
+    let deployed = api
+        .deploy(&crate::harness::another_build(&wasm, 2), "")
+        .expect(201);
     assert_ne!(deployed["version"], first.as_str());
     let listed = api.get("/plugins/hostile-policy").expect(200);
     assert_eq!(listed["active_version"], deployed["version"]);

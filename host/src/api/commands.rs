@@ -131,12 +131,7 @@ fn command_error(error: CommandError) -> ApiError {
             "plugin_not_found",
             format!("no handler named {name:?} is deployed"),
         ),
-        CommandError::Handler(lookup @ HandlerLookupError::WrongKind { .. }) => {
-            ApiError::invalid(lookup.to_string())
-        }
-        CommandError::Handler(lookup @ HandlerLookupError::Failed { .. }) => {
-            ApiError::PluginFailed(lookup.to_string())
-        }
+        CommandError::Handler(lookup) => super::projections::lookup_error(lookup),
         CommandError::Invalid(message) => ApiError::InvalidRequest(message),
         error @ CommandError::IdReused { .. } => ApiError::CommandIdReused(error.to_string()),
         error @ CommandError::PluginFailed { .. } => ApiError::PluginFailed(error.to_string()),

@@ -33,6 +33,9 @@ pub(crate) enum ApiError {
     CommandRejected { command_id: String, reason: String },
     /// 500 `plugin_failed`: the plugin trapped, ran out of time or memory, or answered nonsense.
     PluginFailed(String),
+    /// 409 with a specific code: the request conflicts with the state of a plugin's versions
+    /// (`version_active`, `version_not_ready`, `no_candidate`, `no_previous_version`).
+    Conflict { code: &'static str, message: String },
     /// 409 `concurrency_retries_exhausted`: the stream kept changing under the command.
     RetriesExhausted(String),
     /// 409 `command_id_reused`: the id is recorded for a different command.
@@ -62,7 +65,8 @@ impl ApiError {
             ApiError::WrongExpectedVersion { .. }
             | ApiError::DuplicateEventId { .. }
             | ApiError::RetriesExhausted(_)
-            | ApiError::CommandIdReused(_) => StatusCode::CONFLICT,
+            | ApiError::CommandIdReused(_)
+            | ApiError::Conflict { .. } => StatusCode::CONFLICT,
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::InvalidPlugin(_) => StatusCode::BAD_REQUEST,
             ApiError::CommandRejected { .. } => StatusCode::UNPROCESSABLE_ENTITY,
@@ -79,7 +83,7 @@ impl ApiError {
             ApiError::InvalidRequest(_) => "invalid_request",
             ApiError::Unauthorized => "unauthorized",
             ApiError::Forbidden { .. } => "forbidden",
-            ApiError::NotFound { code, .. } => code,
+            ApiError::NotFound { code, .. } | ApiError::Conflict { code, .. } => code,
             ApiError::MethodNotAllowed => "method_not_allowed",
             ApiError::WrongExpectedVersion { .. } => "wrong_expected_version",
             ApiError::DuplicateEventId { .. } => "duplicate_event_id",
@@ -117,7 +121,9 @@ impl ApiError {
             }
             ApiError::Unauthorized => "a valid bearer token is required".into(),
             ApiError::Forbidden { needed } => format!("this request needs the {needed} role"),
-            ApiError::NotFound { message, .. } => message.clone(),
+            ApiError::NotFound { message, .. } | ApiError::Conflict { message, .. } => {
+                message.clone()
+            }
             ApiError::MethodNotAllowed => "this route does not take that method".into(),
             ApiError::WrongExpectedVersion { expected, actual } => {
                 error.insert("expected".into(), expected.clone());

@@ -167,7 +167,7 @@ enum Route<'a> {
     Events,
     Plugins,
     Plugin(&'a str),
-    /// `/plugins/{name}/{action...}`: pause, resume, parked items.
+    /// `/plugins/{name}/{action...}`: pause, resume, parked items, promote, rollback, versions.
     PluginControl(&'a str, &'a str),
     /// `/projections/{name}/...`: read models.
     Projection(&'a str),
@@ -280,6 +280,18 @@ async fn dispatch(
         (Route::Plugins, &Method::POST) => plugins::deploy(app, request).await,
         (Route::Plugins, &Method::GET) => plugins::list(app, &request),
         (Route::Plugin(name), &Method::GET) => plugins::show(app, name, &request),
+        (Route::PluginControl(name, "promote"), &Method::POST) => {
+            plugins::switch(app, name, false, request).await
+        }
+        (Route::PluginControl(name, "rollback"), &Method::POST) => {
+            plugins::switch(app, name, true, request).await
+        }
+        (Route::PluginControl(name, action), &Method::DELETE)
+            if action.starts_with("versions/") =>
+        {
+            let version = &action["versions/".len()..];
+            plugins::delete_version(app, name, version, &request).await
+        }
         (Route::PluginControl(name, action), &Method::GET | &Method::POST) => {
             let (parts, mut body) = request.into_parts();
             drain(&mut body).await;

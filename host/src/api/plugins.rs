@@ -1,4 +1,6 @@
-//! Plugins: deploy (`POST /plugins` with the component as the body), list and show.
+//! Plugins: deploy (`POST /plugins` with the component as the body), list and show, and switch
+//! between versions: `POST /plugins/{name}/promote`, `POST /plugins/{name}/rollback`,
+//! `DELETE /plugins/{name}/versions/{version}`.
 
 use http::header::CONTENT_TYPE;
 use http::{Request, Response, StatusCode};
@@ -7,7 +9,7 @@ use hyper::body::Incoming;
 use super::error::ApiError;
 use super::query::{Query, percent_decode};
 use super::{App, Body, json_response, read_body};
-use crate::plugins::{DeployError, LimitOverrides};
+use crate::plugins::{DeployOptions, Promote, Switch, VersionError};
 use crate::runtime::{MAX_MEMORY_MIB, MAX_TIMEOUT_MS};
 
 /// Content types a deploy may carry: the component's own, or plain bytes.
@@ -24,18 +26,21 @@ pub(super) async fn deploy(
     let content_type = request.headers().get(CONTENT_TYPE).cloned();
     let wasm = read_body(request, app.limits.max_plugin_bytes).await?;
     let query = Query::parse(uri.query(), &["memory_mib", "timeout_ms", "promote"])?;
-    let overrides = LimitOverrides {
+    let promote = match query.single("promote")? {
+        None => None,
+        Some("auto") => Some(Promote::Auto),
+        Some("manual") => Some(Promote::Manual),
+        Some(other) => {
+            return Err(ApiError::invalid(format!(
+                "query parameter promote must be auto or manual, found {other:?}"
+            )));
+        }
+    };
+    let options = DeployOptions {
         memory_mib: query.positive("memory_mib", MAX_MEMORY_MIB)?,
         timeout_ms: query.positive("timeout_ms", MAX_TIMEOUT_MS)?,
+        promote,
     };
-    // Projections are promoted automatically or by hand; a handler takes over at once either way.
-    if let Some(promote) = query.single("promote")?
-        && !["auto", "manual"].contains(&promote)
-    {
-        return Err(ApiError::invalid(format!(
-            "query parameter promote must be auto or manual, found {promote:?}"
-        )));
-    }
     if let Some(content_type) = content_type {
         let essence = content_type
             .to_str()
@@ -53,12 +58,9 @@ pub(super) async fn deploy(
     }
     let deployed = app
         .plugins
-        .deploy(&wasm, overrides)
+        .deploy(&wasm, options)
         .await
-        .map_err(|error| match error {
-            DeployError::Invalid(invalid) => ApiError::InvalidPlugin(invalid.0),
-            DeployError::Storage(storage) => storage.into(),
-        })?;
+        .map_err(version_error)?;
     let status = if deployed.created {
         StatusCode::CREATED
     } else {
@@ -84,11 +86,110 @@ pub(super) fn show(
 ) -> Result<Response<Body>, ApiError> {
     Query::parse(request.uri().query(), &[])?;
     let name = percent_decode(raw_name, false, "the plugin name")?;
-    let details = app.plugins.details(&name).ok_or_else(|| {
+    let details = app.plugins.details(&name)?.ok_or_else(|| {
         ApiError::not_found(
             "plugin_not_found",
             format!("no plugin named {name:?} is deployed"),
         )
     })?;
     Ok(json_response(StatusCode::OK, &details))
+}
+
+/// The body of `POST /plugins/{name}/promote`; without a version, the candidate is promoted.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PromoteBody {
+    version: Option<String>,
+}
+
+/// `POST /plugins/{name}/promote` and `POST /plugins/{name}/rollback`.
+pub(super) async fn switch(
+    app: &App,
+    raw_name: &str,
+    rollback: bool,
+    request: Request<Incoming>,
+) -> Result<Response<Body>, ApiError> {
+    Query::parse(request.uri().query(), &[])?;
+    let name = percent_decode(raw_name, false, "the plugin name")?;
+    let body = read_body(request, app.limits.max_request_bytes).await?;
+    let switched = if rollback {
+        app.plugins.rollback(&name).await
+    } else {
+        // An empty body promotes the candidate.
+        let promote: PromoteBody = if body.iter().all(u8::is_ascii_whitespace) {
+            PromoteBody { version: None }
+        } else {
+            serde_json::from_slice(&body).map_err(|e| {
+                ApiError::invalid(format!("the body must be {{\"version\": string}}: {e}"))
+            })?
+        };
+        app.plugins.promote(&name, promote.version.as_deref()).await
+    };
+    let switched: Option<Switch> = switched.map_err(version_error)?;
+    let details = app.plugins.details(&name)?.ok_or_else(|| {
+        ApiError::not_found(
+            "plugin_not_found",
+            format!("no plugin named {name:?} is deployed"),
+        )
+    })?;
+    let body = serde_json::json!({
+        "name": name,
+        "active_version": details["active_version"],
+        "previous_version": details["previous_version"],
+        "candidate_version": details["candidate_version"],
+        "switched": switched.is_some(),
+        "switch": switched,
+    });
+    Ok(json_response(StatusCode::OK, &body))
+}
+
+/// `DELETE /plugins/{name}/versions/{version}`.
+pub(super) async fn delete_version(
+    app: &App,
+    raw_name: &str,
+    raw_version: &str,
+    request: &Request<Incoming>,
+) -> Result<Response<Body>, ApiError> {
+    Query::parse(request.uri().query(), &[])?;
+    let name = percent_decode(raw_name, false, "the plugin name")?;
+    let version = percent_decode(raw_version, false, "the version")?;
+    let freed = app
+        .plugins
+        .delete_version(&name, &version)
+        .await
+        .map_err(version_error)?;
+    let body = serde_json::json!({
+        "name": name,
+        "version": version,
+        "deleted": true,
+        "state_entries_freed": freed,
+    });
+    Ok(json_response(StatusCode::OK, &body))
+}
+
+/// The answer to a refused change of versions.
+fn version_error(error: VersionError) -> ApiError {
+    let message = error.to_string();
+    match error {
+        VersionError::Invalid(invalid) => ApiError::InvalidPlugin(invalid.0),
+        VersionError::Storage(storage) => storage.into(),
+        VersionError::PluginNotFound(_) => ApiError::not_found("plugin_not_found", message),
+        VersionError::VersionNotFound { .. } => ApiError::not_found("version_not_found", message),
+        VersionError::NoCandidate(_) => ApiError::Conflict {
+            code: "no_candidate",
+            message,
+        },
+        VersionError::NoPrevious(_) => ApiError::Conflict {
+            code: "no_previous_version",
+            message,
+        },
+        VersionError::Active { .. } => ApiError::Conflict {
+            code: "version_active",
+            message,
+        },
+        VersionError::NotReady { .. } => ApiError::Conflict {
+            code: "version_not_ready",
+            message,
+        },
+    }
 }

@@ -22,6 +22,8 @@ use crate::projections::{ControlError, ProjectionRunner, StateReader};
 
 /// The header naming the position a read model answer reflects.
 const POSITION_HEADER: &str = "evhost-position";
+/// The header naming the projection version whose state answered.
+const VERSION_HEADER: &str = "evhost-version";
 /// How long a read waits for `min_position` by default, and at most.
 const DEFAULT_WAIT_MS: u64 = 5_000;
 const MAX_WAIT_MS: u64 = 60_000;
@@ -43,7 +45,7 @@ pub(super) async fn read(
     if let Some(raw_key) = tail.strip_prefix("keys/") {
         let key = percent_decode(raw_key, false, "the key")?;
         let query = Query::parse(raw_query, READ_PARAMETERS)?;
-        let (reader, position) = reader(app, &name, &query).await?;
+        let (reader, at) = reader(app, &name, &query).await?;
         let value = tokio::task::block_in_place(|| reader.get(&key))?;
         // An absent key is an answer about the state too: it carries the position it holds at.
         let response = match value {
@@ -52,11 +54,14 @@ pub(super) async fn read(
                 app,
                 ApiError::not_found(
                     "key_not_found",
-                    format!("projection {name:?} has no key {key:?} at position {position}"),
+                    format!(
+                        "projection {name:?} has no key {key:?} at position {}",
+                        at.position
+                    ),
                 ),
             ),
         };
-        return Ok(positioned(response, position));
+        return Ok(at.mark(response));
     }
     if tail == "keys" {
         let mut allowed = READ_PARAMETERS.to_vec();
@@ -65,7 +70,7 @@ pub(super) async fn read(
         let prefix = query.single("prefix")?.unwrap_or_default().to_owned();
         let after = query.single("after")?.map(str::to_owned);
         let limit = query.limit(DEFAULT_KEYS, MAX_KEYS)?;
-        let (reader, position) = reader(app, &name, &query).await?;
+        let (reader, at) = reader(app, &name, &query).await?;
         // One more than asked tells whether a next page exists.
         let mut entries =
             tokio::task::block_in_place(|| reader.scan(&prefix, after.as_deref(), limit + 1))?;
@@ -82,7 +87,7 @@ pub(super) async fn read(
             })
             .collect::<Result<Vec<_>, ApiError>>()?;
         let body = serde_json::json!({"items": items, "next": next.flatten()});
-        return Ok(positioned(json_response(StatusCode::OK, &body), position));
+        return Ok(at.mark(json_response(StatusCode::OK, &body)));
     }
     if let Some(raw_path) = tail.strip_prefix("query/") {
         let path = percent_decode(raw_path, false, "the query path")?;
@@ -90,14 +95,14 @@ pub(super) async fn read(
             !READ_PARAMETERS.contains(&name)
         })?;
         let params = pairs_except(raw_query, READ_PARAMETERS)?;
-        let runner = projection(app, &name)?;
-        let (reader, position) = reader_of(&runner, &query).await?;
+        let runner = projection(app, &name, &query)?;
+        let (reader, at) = reader_of(&runner, &query).await?;
         let answer = tokio::task::block_in_place(|| runner.query(reader, &path, &params));
         let json = match answer {
             Ok(Ok(json)) => json,
             Ok(Err(reason)) => {
                 let refused = error_response(app, ApiError::QueryRejected(reason));
-                return Ok(positioned(refused, position));
+                return Ok(at.mark(refused));
             }
             Err(failure) => {
                 return Err(ApiError::PluginFailed(format!(
@@ -110,10 +115,7 @@ pub(super) async fn read(
                 "projection {name} answered the query with text that is not JSON: {e}"
             ))
         })?;
-        return Ok(positioned(
-            raw_json_response(StatusCode::OK, json.into_bytes()),
-            position,
-        ));
+        return Ok(at.mark(raw_json_response(StatusCode::OK, json.into_bytes())));
     }
     Err(ApiError::not_found(
         "not_found",
@@ -121,9 +123,11 @@ pub(super) async fn read(
     ))
 }
 
-/// The active runner of projection `name`.
-fn projection(app: &App, name: &str) -> Result<Arc<ProjectionRunner>, ApiError> {
-    app.plugins.projection(name).map_err(lookup_error)
+/// The runner of projection `name`: its active version, or the running version `version=`
+/// names.
+fn projection(app: &App, name: &str, query: &Query) -> Result<Arc<ProjectionRunner>, ApiError> {
+    let version = query.single("version")?;
+    app.plugins.projection(name, version).map_err(lookup_error)
 }
 
 pub(super) fn lookup_error(error: HandlerLookupError) -> ApiError {
@@ -134,30 +138,40 @@ pub(super) fn lookup_error(error: HandlerLookupError) -> ApiError {
         ),
         wrong @ HandlerLookupError::WrongKind { .. } => ApiError::invalid(wrong.to_string()),
         failed @ HandlerLookupError::Failed { .. } => ApiError::PluginFailed(failed.to_string()),
+        missing @ HandlerLookupError::VersionNotRunning { .. } => {
+            ApiError::not_found("version_not_found", missing.to_string())
+        }
     }
 }
 
-async fn reader(app: &App, name: &str, query: &Query) -> Result<(StateReader, u64), ApiError> {
-    let runner = projection(app, name)?;
+/// Which state answered a read: the version, and the position it reflects at least.
+struct Answered {
+    version: String,
+    position: u64,
+}
+
+impl Answered {
+    /// Names the state in the response's headers.
+    fn mark(&self, mut response: Response<Body>) -> Response<Body> {
+        let headers = response.headers_mut();
+        headers.insert(POSITION_HEADER, HeaderValue::from(self.position));
+        if let Ok(version) = HeaderValue::from_str(&self.version) {
+            headers.insert(VERSION_HEADER, version);
+        }
+        response
+    }
+}
+
+async fn reader(app: &App, name: &str, query: &Query) -> Result<(StateReader, Answered), ApiError> {
+    let runner = projection(app, name, query)?;
     reader_of(&runner, query).await
 }
 
-/// Waits for `min_position`, then takes a snapshot of the state of the version asked for.
+/// Waits for `min_position`, then takes a snapshot of the runner's state.
 async fn reader_of(
     runner: &ProjectionRunner,
     query: &Query,
-) -> Result<(StateReader, u64), ApiError> {
-    if let Some(version) = query.single("version")?
-        && version != runner.version
-    {
-        return Err(ApiError::not_found(
-            "version_not_found",
-            format!(
-                "projection {} has no running version {version:?}; the active version is {}",
-                runner.name, runner.version
-            ),
-        ));
-    }
+) -> Result<(StateReader, Answered), ApiError> {
     let timeout = query
         .number("timeout_ms", MAX_WAIT_MS)?
         .unwrap_or(DEFAULT_WAIT_MS);
@@ -170,14 +184,12 @@ async fn reader_of(
                 reached: e.reached,
             })?;
     }
-    Ok(tokio::task::block_in_place(|| runner.reader())?)
-}
-
-fn positioned(mut response: Response<Body>, position: u64) -> Response<Body> {
-    response
-        .headers_mut()
-        .insert(POSITION_HEADER, HeaderValue::from(position));
-    response
+    let (reader, position) = tokio::task::block_in_place(|| runner.reader())?;
+    let answered = Answered {
+        version: runner.version.clone(),
+        position,
+    };
+    Ok((reader, answered))
 }
 
 /// `POST /plugins/{name}/pause|resume`, `GET /plugins/{name}/parked`,
@@ -188,9 +200,12 @@ pub(super) async fn control(
     action: &str,
     request: &http::request::Parts,
 ) -> Result<Response<Body>, ApiError> {
-    Query::parse(request.uri.query(), &[])?;
+    let query = Query::parse(request.uri.query(), &["version"])?;
     let name = percent_decode(raw_name, false, "the plugin name")?;
-    let runner = app.plugins.runner(&name).map_err(lookup_error)?;
+    let runner = app
+        .plugins
+        .runner(&name, query.single("version")?)
+        .map_err(lookup_error)?;
     let get = request.method == http::Method::GET;
     let no_route =
         || ApiError::not_found("not_found", format!("no route for {}", request.uri.path()));
@@ -216,7 +231,9 @@ pub(super) async fn control(
                 &parked.expect("parked items serialize"),
             ));
         }
-        ("pause" | "resume", true) | ("parked", false) => return Err(ApiError::MethodNotAllowed),
+        ("pause" | "resume" | "promote" | "rollback", true) | ("parked", false) => {
+            return Err(ApiError::MethodNotAllowed);
+        }
         _ => {
             let (raw_position, verb) = action
                 .strip_prefix("parked/")

@@ -95,6 +95,9 @@ pub(crate) struct CommandEntry {
     pub id: String,
     /// JSON object text describing the command and its outcome.
     pub record: Vec<u8>,
+    /// The tally the command counts in (its handler's version, say): the store adds one to it in
+    /// the same transaction as the record, so tallies always agree with the records.
+    pub tally: String,
 }
 
 /// A recorded command, with where the events it produced landed.
@@ -312,6 +315,18 @@ pub(crate) trait EventStore: Send + Sync + 'static {
     /// The record of a command, if its id is recorded.
     fn read_command(&self, id: &str) -> Result<Option<StoredCommand>, StorageError>;
 
+    /// Up to `limit` recorded commands whose ids start with `prefix` and come after `after`, in
+    /// id order. Blocks on I/O.
+    fn scan_commands(
+        &self,
+        prefix: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<(String, StoredCommand)>, StorageError>;
+
+    /// The tallies of recorded commands whose names start with `prefix`, by name.
+    fn command_tallies(&self, prefix: &str) -> Result<Vec<(String, u64)>, StorageError>;
+
     /// The records of every plugin, by name. The store keeps them opaque.
     fn plugin_records(&self) -> Result<Vec<(String, Vec<u8>)>, StorageError>;
 
@@ -327,12 +342,20 @@ pub(crate) trait EventStore: Send + Sync + 'static {
     /// A blob by key. Blocks on I/O.
     fn blob(&self, key: &str) -> Result<Option<Vec<u8>>, StorageError>;
 
+    /// Durably removes the blobs whose keys start with `prefix`; answers how many there were.
+    /// Blocks on I/O.
+    fn delete_blobs(&self, prefix: &str) -> Result<u64, StorageError>;
+
     /// Durably stores a blob under `key`, replacing what was there. Blocks on I/O.
     fn save_blob(&self, key: &str, bytes: &[u8]) -> Result<(), StorageError>;
 
     /// Applies `writes`, in order, in one durable transaction: all of them or none. They may
     /// share the transaction (and its fsync) with appends, never with part of another batch.
     fn write_data(&self, writes: Vec<DataWrite>) -> DataFuture;
+
+    /// Durably removes every entry of the data spaces whose names start with `prefix`; answers
+    /// how many entries were removed. Blocks on I/O for as long as that takes.
+    fn delete_data(&self, space_prefix: &str) -> Result<u64, StorageError>;
 
     /// A snapshot of the plugin data, as of the last durable transaction.
     fn data_snapshot(&self) -> Result<Box<dyn DataSnapshot>, StorageError>;

@@ -82,6 +82,8 @@ const META_NEXT_CATEGORY_ID: &str = "next_category_id";
 const META_NEXT_TYPE_ID: &str = "next_type_id";
 /// The tag in the ids this store generates (see [`GeneratedId`]), chosen when the file is made.
 const META_ID_TAG: &str = "id_tag";
+/// The prefix of the command tallies' names in [`META`].
+const META_TALLY: &str = "command_tally/";
 
 /// The on-disk format this build writes and reads.
 const FORMAT_VERSION: u64 = 1;
@@ -387,6 +389,55 @@ impl EventStore for RedbStore {
         }))
     }
 
+    fn scan_commands(
+        &self,
+        prefix: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<(String, StoredCommand)>, StorageError> {
+        let txn = self.db.begin_read().map_err(engine)?;
+        let commands = txn.open_table(COMMANDS).map_err(engine)?;
+        let start = match after {
+            Some(after) if after >= prefix => Bound::Excluded(after),
+            _ => Bound::Included(prefix),
+        };
+        let mut found = Vec::new();
+        for entry in commands
+            .range::<&str>((start, Bound::Unbounded))
+            .map_err(engine)?
+        {
+            let (id, stored) = entry.map_err(engine)?;
+            if found.len() >= limit || !id.value().starts_with(prefix) {
+                break;
+            }
+            let (position, event_count, record) = stored.value();
+            let command = StoredCommand {
+                record: record.to_vec(),
+                position,
+                event_count,
+            };
+            found.push((id.value().to_owned(), command));
+        }
+        Ok(found)
+    }
+
+    fn command_tallies(&self, prefix: &str) -> Result<Vec<(String, u64)>, StorageError> {
+        let txn = self.db.begin_read().map_err(engine)?;
+        let meta = txn.open_table(META).map_err(engine)?;
+        let start = format!("{META_TALLY}{prefix}");
+        let mut tallies = Vec::new();
+        for entry in meta.range::<&str>(start.as_str()..).map_err(engine)? {
+            let (name, count) = entry.map_err(engine)?;
+            match name.value().strip_prefix(META_TALLY) {
+                Some(tally) if tally.starts_with(prefix) => {
+                    tallies.push((tally.to_owned(), count.value()));
+                }
+                _ => break,
+            }
+        }
+        Ok(tallies)
+    }
+
     fn plugin_records(&self) -> Result<Vec<(String, Vec<u8>)>, StorageError> {
         let txn = self.db.begin_read().map_err(engine)?;
         let plugins = txn.open_table(PLUGINS).map_err(engine)?;
@@ -445,6 +496,45 @@ impl EventStore for RedbStore {
             }
             answer.await.unwrap_or(Err(StorageError::Closed))
         })
+    }
+
+    fn delete_blobs(&self, prefix: &str) -> Result<u64, StorageError> {
+        let end = format!("{prefix}\u{10FFFF}");
+        let txn = self.db.begin_write().map_err(engine)?;
+        let mut removed = 0;
+        {
+            let mut blobs = txn.open_table(BLOBS).map_err(engine)?;
+            for entry in blobs
+                .extract_from_if::<&str, _>(prefix..end.as_str(), |_, _| true)
+                .map_err(engine)?
+            {
+                entry.map_err(engine)?;
+                removed += 1;
+            }
+        }
+        txn.commit().map_err(engine)?;
+        Ok(removed)
+    }
+
+    fn delete_data(&self, space_prefix: &str) -> Result<u64, StorageError> {
+        // Spaces sort by name, so the spaces under a prefix are one range of the table; no
+        // space name holds the last code point, so the range ends past every one of them.
+        let end = format!("{space_prefix}\u{10FFFF}");
+        let txn = self.db.begin_write().map_err(engine)?;
+        let mut removed = 0;
+        {
+            let mut data = txn.open_table(DATA).map_err(engine)?;
+            let range = (space_prefix, "")..(end.as_str(), "");
+            for entry in data
+                .extract_from_if::<(&str, &str), _>(range, |_, _| true)
+                .map_err(engine)?
+            {
+                entry.map_err(engine)?;
+                removed += 1;
+            }
+        }
+        txn.commit().map_err(engine)?;
+        Ok(removed)
     }
 
     fn data_snapshot(&self) -> Result<Box<dyn DataSnapshot>, StorageError> {
@@ -525,6 +615,17 @@ impl DataSnapshot for RedbDataSnapshot {
         }
         Ok(entries)
     }
+}
+
+/// Adds one to the command tally `tally`.
+fn count_command(meta: &mut Table<'_, &'static str, u64>, tally: &str) -> Result<(), StorageError> {
+    let name = format!("{META_TALLY}{tally}");
+    let count = meta
+        .get(name.as_str())
+        .map_err(engine)?
+        .map_or(0, |g| g.value());
+    meta.insert(name.as_str(), count + 1).map_err(engine)?;
+    Ok(())
 }
 
 /// The positions, in order, of at most `limit` events from `from` on that match `filter`.
@@ -1036,6 +1137,7 @@ impl Writer {
                     .commands
                     .insert(command.id.as_str(), (head, 0, command.record.as_slice()))
                     .map_err(engine)?;
+                count_command(&mut tables.meta, &command.tally)?;
                 return Ok(Ok(AppendOutcome::Written(AppendResult {
                     first_version: 0,
                     last_version: 0,
@@ -1145,6 +1247,7 @@ impl Writer {
                     (self.state.head, count, command.record.as_slice()),
                 )
                 .map_err(engine)?;
+            count_command(&mut tables.meta, &command.tally)?;
         }
         Ok(Ok(AppendOutcome::Written(AppendResult {
             first_version: actual + 1,
@@ -1692,6 +1795,7 @@ mod tests {
             command: Some(CommandEntry {
                 id: "c-1".into(),
                 record: br#"{"outcome":"applied"}"#.to_vec(),
+                tally: "h/v1".into(),
             }),
         };
         let (outcome, records) = runtime
@@ -1717,5 +1821,62 @@ mod tests {
             "{again:?}"
         );
         assert_eq!(store.head(), 2, "the repeated command wrote nothing");
+        assert_eq!(
+            store.command_tallies("h/").unwrap(),
+            [("h/v1".to_owned(), 1)],
+            "the repeat is not counted"
+        );
+        let scanned = store.scan_commands("c-", None, 10).unwrap();
+        assert_eq!(scanned, [("c-1".to_owned(), recorded)]);
+        assert!(
+            store
+                .scan_commands("c-", Some("c-1"), 10)
+                .unwrap()
+                .is_empty()
+        );
+        assert!(store.scan_commands("d", None, 10).unwrap().is_empty());
+    }
+
+    /// Deleting the spaces under a prefix removes their entries only, durably.
+    #[test]
+    fn deleting_data_removes_the_spaces_under_a_prefix_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let store = RedbStore::open(dir.path(), &StoreOptions::default()).unwrap();
+        let write = |space: &str, key: &str| DataWrite {
+            space: space.into(),
+            key: key.into(),
+            value: Some(b"1".to_vec()),
+        };
+        runtime
+            .block_on(store.write_data(vec![
+                write("replay/1", "a"),
+                write("replay/1/base", "b"),
+                write("replay/10", "c"),
+                write("replay/", "d"),
+                write("projection/p/v", "e"),
+                write("replay/2", "f"),
+            ]))
+            .unwrap();
+        assert_eq!(store.delete_data("replay/1").unwrap(), 3);
+        store.close();
+        let store = RedbStore::open(dir.path(), &StoreOptions::default()).unwrap();
+        let snapshot = store.data_snapshot().unwrap();
+        for (space, key, kept) in [
+            ("replay/1", "a", false),
+            ("replay/1/base", "b", false),
+            ("replay/10", "c", false),
+            ("replay/", "d", true),
+            ("projection/p/v", "e", true),
+            ("replay/2", "f", true),
+        ] {
+            assert_eq!(
+                snapshot.get(space, key).unwrap().is_some(),
+                kept,
+                "{space} {key}"
+            );
+        }
     }
 }

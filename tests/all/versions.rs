@@ -1,0 +1,348 @@
+//! Versions through the real binary: a projection's candidate builds its own state beside the
+//! active version and takes over when caught up (by itself or when promoted), the previous
+//! version stays current for an instant rollback, `version=` reads any running version, deleting
+//! a version frees its state, a rebuild resumes after `kill -9`; handlers switch and roll back,
+//! and each version counts the commands it decided.
+
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+use crate::harness::{Api, Server, another_build, assert_error, event, guest_wasm};
+
+const CATCH_UP: Duration = Duration::from_secs(120);
+const PROJECTION: &str = "counting-projection";
+
+/// Appends `count` increments of 1 over `streams` counter streams, 1 000 per request.
+fn append_ones(api: &Api, count: u64, streams: u64) {
+    let mut appended = 0;
+    while appended < count {
+        let stream = format!("counter-{}", (appended / 1_000) % streams);
+        let batch: Vec<Value> = (0..1_000.min(count - appended))
+            .map(|_| event("Incremented", json!({"by": 1, "total": 0, "build": "test"})))
+            .collect();
+        appended += batch.len() as u64;
+        api.append_ok(&stream, json!(batch));
+    }
+}
+
+/// The `events` key of the projection's version `version` (the active one when `None`), read
+/// once it has processed `min_position`: the count and the version that answered.
+fn events_counted(api: &Api, version: Option<&str>, min_position: u64) -> (u64, String) {
+    let mut path = format!(
+        "/projections/{PROJECTION}/keys/events?min_position={min_position}&timeout_ms=60000"
+    );
+    if let Some(version) = version {
+        path.push_str(&format!("&version={version}"));
+    }
+    let reply = api.get(&path);
+    let count = reply.expect(200).as_u64().expect("a count");
+    (count, reply.version.expect("an Evhost-Version header"))
+}
+
+fn version_states(plugin: &Value) -> Vec<(String, String)> {
+    plugin["versions"]
+        .as_array()
+        .expect("versions")
+        .iter()
+        .map(|v| {
+            (
+                v["version"].as_str().unwrap().to_owned(),
+                v["state"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn a_candidate_builds_beside_the_active_version_and_takes_over_when_promoted() {
+    let server = Server::start();
+    let api = server.api();
+    append_ones(&api, 5_000, 3);
+    let v1 = api.deploy_guest("fixture-counting-projection");
+    assert_eq!(events_counted(&api, None, 5_000), (5_000, v1.clone()));
+
+    let v2_wasm = another_build(&guest_wasm("fixture-counting-projection"), 1);
+    let deployed = api.deploy(&v2_wasm, "promote=manual").expect(201);
+    assert_eq!(deployed["status"], "candidate");
+    let v2 = deployed["version"].as_str().unwrap().to_owned();
+    let listed = api.wait_for_plugin(PROJECTION, CATCH_UP, |p| {
+        p["candidate"]["position"].as_u64() == Some(5_000)
+    });
+    assert_eq!(listed["active_version"], v1.as_str());
+    assert_eq!(listed["candidate_version"], v2.as_str());
+    assert_eq!(listed["candidate"]["promote"], "manual");
+    assert_eq!(listed["candidate"]["lag"], 0);
+    let list = api.get("/plugins").expect(200);
+    let entry = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == PROJECTION)
+        .expect("listed");
+    assert_eq!(entry["candidate_version"], v2.as_str());
+    assert_eq!(entry["candidate"]["position"], 5_000);
+    // Caught up, a manual candidate still waits; both versions answer, each from its own state.
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(events_counted(&api, None, 5_000), (5_000, v1.clone()));
+    assert_eq!(events_counted(&api, Some(&v2), 5_000), (5_000, v2.clone()));
+    assert_eq!(
+        version_states(&api.get(&format!("/plugins/{PROJECTION}")).expect(200)),
+        [
+            (v1.clone(), "active".into()),
+            (v2.clone(), "candidate".into())
+        ]
+    );
+
+    let promoted = api
+        .post(&format!("/plugins/{PROJECTION}/promote"), &json!({}))
+        .expect(200);
+    assert_eq!(promoted["active_version"], v2.as_str());
+    assert_eq!(promoted["previous_version"], v1.as_str());
+    assert_eq!(promoted["switch"]["trigger"], "promote");
+    assert_eq!(events_counted(&api, None, 5_000), (5_000, v2.clone()));
+
+    // The previous version keeps following the log, so a rollback finds it current.
+    append_ones(&api, 2_000, 3);
+    assert_eq!(events_counted(&api, Some(&v1), 7_000), (7_000, v1.clone()));
+    let rolled_back = api
+        .post(&format!("/plugins/{PROJECTION}/rollback"), &json!({}))
+        .expect(200);
+    assert_eq!(rolled_back["active_version"], v1.as_str());
+    assert_eq!(rolled_back["previous_version"], v2.as_str());
+    assert_eq!(rolled_back["switch"]["trigger"], "rollback");
+    let reply = api.get(&format!("/projections/{PROJECTION}/keys/events"));
+    assert_eq!(reply.expect(200), 7_000);
+    assert_eq!(reply.version.as_deref(), Some(v1.as_str()));
+    assert!(reply.position.unwrap() >= 7_000);
+
+    // Refusals.
+    let base = format!("/plugins/{PROJECTION}");
+    assert_error(
+        &api.send("DELETE", &format!("{base}/versions/{v1}"), &[], None),
+        409,
+        "version_active",
+    );
+    assert_error(
+        &api.post(&format!("{base}/promote"), &json!({})),
+        409,
+        "no_candidate",
+    );
+    assert_error(
+        &api.post(
+            &format!("{base}/promote"),
+            &json!({"version": "0".repeat(64)}),
+        ),
+        404,
+        "version_not_found",
+    );
+    assert_error(
+        &api.send("POST", &format!("{base}/promote"), &[], Some(b"{".to_vec())),
+        400,
+        "invalid_request",
+    );
+    assert_error(
+        &api.post(&format!("{base}/promote"), &json!({"version": 7})),
+        400,
+        "invalid_request",
+    );
+    assert_error(
+        &api.get(&format!("{base}/promote")),
+        405,
+        "method_not_allowed",
+    );
+    assert_error(
+        &api.post("/plugins/nothing/rollback", &json!({})),
+        404,
+        "plugin_not_found",
+    );
+    // Promoting the active version changes nothing.
+    let same = api
+        .post(&format!("{base}/promote"), &json!({"version": v1}))
+        .expect(200);
+    assert_eq!(same["switched"], false);
+
+    // Deleting the previous version frees its state; it can no longer be read or rolled back to.
+    let deleted = api
+        .send("DELETE", &format!("{base}/versions/{v2}"), &[], None)
+        .expect(200);
+    assert!(
+        deleted["state_entries_freed"].as_u64().unwrap() >= 5,
+        "{deleted}"
+    );
+    assert_error(
+        &api.get(&format!(
+            "/projections/{PROJECTION}/keys/events?version={v2}"
+        )),
+        404,
+        "version_not_found",
+    );
+    assert_error(
+        &api.post(&format!("{base}/rollback"), &json!({})),
+        409,
+        "no_previous_version",
+    );
+    let details = api.get(&base).expect(200);
+    assert_eq!(version_states(&details), [(v1.clone(), "active".into())]);
+    assert_error(
+        &api.send("DELETE", &format!("{base}/versions/{v2}"), &[], None),
+        404,
+        "version_not_found",
+    );
+
+    // Deployed again, the version builds from position 1 (its state is gone), then promotes
+    // itself once caught up.
+    let again = api.deploy(&v2_wasm, "").expect(201);
+    assert_eq!(again["status"], "candidate");
+    let switched =
+        api.wait_for_plugin(PROJECTION, CATCH_UP, |p| p["active_version"] == v2.as_str());
+    assert_eq!(switched["last_switch"]["trigger"], "auto");
+    assert!(
+        switched["last_switch"]["caught_up_to_active_us"].is_u64(),
+        "{switched}"
+    );
+    assert_eq!(events_counted(&api, None, 7_000), (7_000, v2.clone()));
+    let from_scratch = format!("version {v2} follows the log from position 1\n");
+    assert_eq!(
+        server.stderr().matches(&from_scratch).count(),
+        2,
+        "a deleted version rebuilds from position 1"
+    );
+}
+
+#[test]
+fn a_rebuild_interrupted_by_kill_9_resumes_from_its_checkpoint_then_promotes_itself() {
+    let mut server = Server::start();
+    let api = server.api();
+    append_ones(&api, 100_000, 10);
+    let v1 = api.deploy_guest("fixture-counting-projection");
+    api.wait_for_position(PROJECTION, 100_000, CATCH_UP);
+
+    let v2_wasm = another_build(&guest_wasm("fixture-counting-projection"), 1);
+    let v2 = api.deploy(&v2_wasm, "").expect(201)["version"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let listed = api.wait_for_plugin(PROJECTION, CATCH_UP, |p| {
+        p["candidate"]["position"].as_u64().is_some_and(|p| p > 0)
+            || p["active_version"] == v2.as_str()
+    });
+    let reached = listed["candidate"]["position"]
+        .as_u64()
+        .expect("the kill comes mid-way through the rebuild");
+    assert!(reached < 100_000, "the kill comes mid-way: {listed}");
+    server.kill_9();
+    server.restart();
+    let api = server.api();
+    let needle = format!("version {v2} follows the log from position ");
+    let resumed_at = loop {
+        let log = server.stderr();
+        let since_restart = log.rsplit("----- restart -----").next().unwrap_or_default();
+        if let Some(line) = since_restart.lines().find(|line| line.contains(&needle)) {
+            break line
+                .rsplit(' ')
+                .next()
+                .and_then(|p| p.trim().parse::<u64>().ok())
+                .unwrap_or_else(|| panic!("a position in {line:?}"));
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    assert!(
+        resumed_at > reached,
+        "resumed from its checkpoint ({resumed_at}), not position 1 (it had processed {reached})"
+    );
+    let switched =
+        api.wait_for_plugin(PROJECTION, CATCH_UP, |p| p["active_version"] == v2.as_str());
+    assert_eq!(switched["previous_version"], v1.as_str());
+    assert_eq!(events_counted(&api, None, 100_000), (100_000, v2));
+    assert_eq!(events_counted(&api, Some(&v1), 100_000), (100_000, v1));
+}
+
+#[test]
+fn a_handler_switches_rolls_back_and_counts_the_commands_of_each_version() {
+    let server = Server::start();
+    let api = server.api();
+    let increment = |id: &str| {
+        api.command(
+            "counter",
+            &json!({"id": id, "stream": "counter-1", "type": "Increment", "data": {"by": 1}}),
+        )
+        .expect(200)["events"][0]["data"]["build"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    };
+    let v1 = api.deploy_guest("fixture-counter");
+    for i in 0..3 {
+        assert_eq!(increment(&format!("a{i}")), "v1");
+    }
+    let v2 = api.deploy_guest("fixture-counter-v2");
+    assert_eq!(increment("b0"), "v2");
+    assert_eq!(increment("b1"), "v2");
+    // A repeated command id is answered from its record and counts nothing.
+    assert_eq!(increment("b1"), "v2");
+    let details = api.get("/plugins/counter").expect(200);
+    assert_eq!(details["previous_version"], v1.as_str());
+    let commands = |details: &Value, version: &str| {
+        details["versions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|v| v["version"] == version)
+            .unwrap()["commands"]
+            .as_u64()
+            .unwrap()
+    };
+    assert_eq!(commands(&details, &v1), 3);
+    assert_eq!(commands(&details, &v2), 2);
+
+    let rolled_back = api
+        .post("/plugins/counter/rollback", &json!({}))
+        .expect(200);
+    assert_eq!(rolled_back["active_version"], v1.as_str());
+    assert_eq!(increment("c0"), "v1");
+    let details = api.get("/plugins/counter").expect(200);
+    assert_eq!(commands(&details, &v1), 4);
+    assert_eq!(
+        version_states(&details),
+        [
+            (v1.clone(), "active".into()),
+            (v2.clone(), "previous".into())
+        ]
+    );
+
+    // Deployed for manual promotion, a handler waits as a candidate.
+    let v3_wasm = another_build(&guest_wasm("fixture-counter-v2"), 3);
+    let v3 = api.deploy(&v3_wasm, "promote=manual").expect(201);
+    assert_eq!(v3["status"], "candidate");
+    let v3 = v3["version"].as_str().unwrap().to_owned();
+    assert_eq!(increment("c1"), "v1");
+    api.post("/plugins/counter/promote", &json!({"version": v3}))
+        .expect(200);
+    assert_eq!(increment("c2"), "v2");
+    let details = api.get("/plugins/counter").expect(200);
+    assert_eq!(commands(&details, &v3), 1);
+    assert_eq!(details["previous_version"], v1.as_str());
+
+    // The counts survive a restart with the records they count.
+    let mut server = server;
+    server.restart();
+    let api = server.api();
+    let details = api.get("/plugins/counter").expect(200);
+    assert_eq!(
+        [&v1, &v2, &v3].map(|v| commands(&details, v)),
+        [5, 2, 1],
+        "{details}"
+    );
+    assert_eq!(details["active_version"], v3.as_str());
+    api.post("/plugins/counter/rollback", &json!({}))
+        .expect(200);
+    assert_eq!(
+        api.command(
+            "counter",
+            &json!({"id": "d0", "stream": "counter-1", "type": "Increment", "data": {"by": 1}}),
+        )
+        .expect(200)["events"][0]["data"]["build"],
+        "v1"
+    );
+}
