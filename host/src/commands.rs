@@ -363,14 +363,7 @@ impl Commands {
             let records = page
                 .events
                 .iter()
-                .map(|event| {
-                    serde_json::from_slice::<StoredEvent<'_>>(&event.json).map_err(|e| {
-                        StorageError::Corrupt {
-                            position: event.position,
-                            reason: e.to_string(),
-                        }
-                    })
-                })
+                .map(StoredEvent::parse)
                 .collect::<Result<Vec<_>, _>>()?;
             for batch in batches(&records) {
                 let inputs: Vec<EventInput<'_>> = batch.iter().map(StoredEvent::input).collect();
@@ -454,16 +447,24 @@ impl Commands {
 /// What `evolve` needs of a stored event record, borrowed from it; the other fields are skipped
 /// without being decoded.
 #[derive(Deserialize)]
-struct StoredEvent<'a> {
-    version: u64,
+pub(crate) struct StoredEvent<'a> {
+    pub version: u64,
     #[serde(rename = "type", borrow)]
-    event_type: Cow<'a, str>,
+    pub event_type: Cow<'a, str>,
     #[serde(borrow)]
-    data: &'a RawValue,
+    pub data: &'a RawValue,
 }
 
-impl StoredEvent<'_> {
-    fn input(&self) -> EventInput<'_> {
+impl<'a> StoredEvent<'a> {
+    /// The fields of a stored event record.
+    pub(crate) fn parse(event: &'a RecordedEvent) -> Result<Self, StorageError> {
+        serde_json::from_slice(&event.json).map_err(|e| StorageError::Corrupt {
+            position: event.position,
+            reason: e.to_string(),
+        })
+    }
+
+    pub(crate) fn input(&self) -> EventInput<'_> {
         EventInput {
             version: self.version,
             event_type: &self.event_type,
@@ -473,7 +474,9 @@ impl StoredEvent<'_> {
 }
 
 /// Splits events into runs that one `evolve` call takes.
-fn batches<'a, 'e>(events: &'a [StoredEvent<'e>]) -> impl Iterator<Item = &'a [StoredEvent<'e>]> {
+pub(crate) fn batches<'a, 'e>(
+    events: &'a [StoredEvent<'e>],
+) -> impl Iterator<Item = &'a [StoredEvent<'e>]> {
     let mut rest = events;
     std::iter::from_fn(move || {
         if rest.is_empty() {

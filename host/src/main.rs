@@ -10,6 +10,7 @@ mod log;
 mod plugins;
 mod policies;
 mod projections;
+mod replays;
 mod runtime;
 mod store;
 

@@ -93,7 +93,6 @@ const REFUSAL: &str = "the policy returned an error";
 /// One active policy and the tasks that run it.
 pub(crate) struct PolicyRunner {
     pub name: String,
-    pub version: String,
     plugin: PolicyPlugin,
     store: Arc<dyn EventStore>,
     commands: watch::Receiver<Option<Weak<Commands>>>,
@@ -134,7 +133,6 @@ impl PolicyRunner {
         let paused = snapshot.get(PAUSES, name)?.is_some();
         let runner = Arc::new(PolicyRunner {
             name: name.to_owned(),
-            version: version.to_owned(),
             plugin,
             store,
             commands,
@@ -151,6 +149,10 @@ impl PolicyRunner {
             stopped: watch::Sender::new(false),
             error: Mutex::new(None),
         });
+        crate::log::info!(
+            "policy {name} version {version} follows the log from position {}",
+            checkpoint + 1
+        );
         tokio::spawn(runner.clone().react_loop());
         tokio::spawn(runner.clone().dispatch_loop());
         Ok(runner)
@@ -738,7 +740,9 @@ impl Cause<'_> {
     /// The id of the `index`th command sent: the same every time this cause is reacted to.
     fn command_id(&self, policy: &str, index: usize) -> String {
         match self {
-            Cause::Event(event) => format!("{policy}/{:020}/{index:04}", event.position),
+            Cause::Event(event) => {
+                format!("{}{index:04}", event_command_prefix(policy, event.position))
+            }
             Cause::Timer { key, timer } => {
                 format!(
                     "{policy}/timer/{}/{}/{index:04}",
@@ -826,4 +830,10 @@ fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// The prefix of the ids of the commands policy `policy` sent reacting to the event at
+/// `position`.
+pub(crate) fn event_command_prefix(policy: &str, position: u64) -> String {
+    format!("{policy}/{position:020}/")
 }

@@ -712,7 +712,7 @@ pub(crate) async fn delete_state(
 }
 
 /// The data space of the state of the projection version `key` (`name/version`).
-fn state_space(key: &str) -> String {
+pub(crate) fn state_space(key: &str) -> String {
     format!("projection/{key}")
 }
 

@@ -15,6 +15,7 @@ mod metrics;
 mod plugins;
 mod projections;
 mod query;
+mod replays;
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -39,7 +40,8 @@ use metrics::Metrics;
 
 use crate::commands::Commands;
 use crate::plugins::Plugins;
-use crate::store::EventStore;
+use crate::replays::Replays;
+use crate::store::{EventStore, StorageError};
 
 /// The body of every response.
 pub(crate) type Body = BoxBody<Bytes, Infallible>;
@@ -73,6 +75,7 @@ pub(crate) struct App {
     store: Arc<dyn EventStore>,
     plugins: Arc<Plugins>,
     commands: Arc<Commands>,
+    replays: Replays,
     tokens: Tokens,
     limits: Limits,
     metrics: Metrics,
@@ -87,12 +90,14 @@ impl App {
         plugins: Arc<Plugins>,
         tokens: Tokens,
         limits: Limits,
-    ) -> Arc<Self> {
+    ) -> Result<Arc<Self>, StorageError> {
         let (stop, stopping) = watch::channel(false);
         let commands = Arc::new(Commands::new(store.clone(), plugins.clone()));
         plugins.connect(&commands);
-        Arc::new(App {
+        let replays = tokio::task::block_in_place(|| Replays::new(plugins.clone(), store.clone()))?;
+        Ok(Arc::new(App {
             commands,
+            replays,
             store,
             plugins,
             tokens,
@@ -100,7 +105,7 @@ impl App {
             metrics: Metrics::default(),
             stopping,
             stop,
-        })
+        }))
     }
 }
 
@@ -171,6 +176,8 @@ enum Route<'a> {
     PluginControl(&'a str, &'a str),
     /// `/projections/{name}/...`: read models.
     Projection(&'a str),
+    /// `/replays` and `/replays/{id}[/cancel]`.
+    Replays(&'a str),
     HandlerCommands(&'a str),
     Command(&'a str),
     Unknown,
@@ -186,6 +193,7 @@ impl<'a> Route<'a> {
             Route::Events => "events",
             Route::Plugins | Route::Plugin(_) | Route::PluginControl(..) => "plugins",
             Route::Projection(_) => "projections",
+            Route::Replays(_) => "replays",
             Route::HandlerCommands(_) => "handler_commands",
             Route::Command(_) => "commands",
             Route::Unknown => "unknown",
@@ -198,6 +206,7 @@ impl<'a> Route<'a> {
             "/metrics" => Route::Metrics,
             "/events" => Route::Events,
             "/plugins" => Route::Plugins,
+            "/replays" => Route::Replays(""),
             _ => {
                 if let Some(name) = path.strip_prefix("/streams/") {
                     Route::Stream(name)
@@ -214,6 +223,12 @@ impl<'a> Route<'a> {
                         Route::Unknown
                     } else {
                         Route::Projection(rest)
+                    }
+                } else if let Some(rest) = path.strip_prefix("/replays/") {
+                    if rest.is_empty() {
+                        Route::Unknown
+                    } else {
+                        Route::Replays(rest)
                     }
                 } else if let Some(id) = path.strip_prefix("/commands/") {
                     Route::Command(id)
@@ -286,6 +301,11 @@ async fn dispatch(
         (Route::PluginControl(name, "rollback"), &Method::POST) => {
             plugins::switch(app, name, true, request).await
         }
+        (Route::PluginControl(name, "replays"), &Method::POST) => {
+            replays::start(app, name, request).await
+        }
+        (Route::Replays(rest), &Method::GET) => replays::show(app, rest, &request),
+        (Route::Replays(rest), &Method::POST) => replays::cancel(app, rest, request).await,
         (Route::PluginControl(name, action), &Method::DELETE)
             if action.starts_with("versions/") =>
         {

@@ -48,7 +48,8 @@ pub(super) fn run(args: ServeArgs) -> anyhow::Result<()> {
         // The one line scripts wait for: the host accepts connections from now on.
         println!("evhost listening on http://{local}");
         std::io::stdout().flush()?;
-        let app = App::new(store.clone(), Arc::new(plugins), tokens, Limits::default());
+        let app = App::new(store.clone(), Arc::new(plugins), tokens, Limits::default())
+            .context("starting the API")?;
         api::serve(listener, app, shutdown_signal()).await;
         store.close();
         crate::log::info!("stopped cleanly at head {}", store.head());

@@ -24,7 +24,7 @@ use super::{
     Entry, Fresh, LoadedVersion, PluginRecord, Plugins, Promote, Version, artifact_prefix, wasm_key,
 };
 use crate::projections::{self, ProjectionRunner};
-use crate::runtime::{InvalidPlugin, PluginKind};
+use crate::runtime::{InvalidPlugin, PluginCalls, PluginInfo, PluginKind};
 use crate::store::{StorageError, now_rfc3339};
 
 /// How long an operator's promotion or rollback waits for the version taking over to reach the
@@ -198,6 +198,25 @@ impl Plugins {
             "deleted {kind} {name} version {version} ({entries} state entries freed)"
         );
         Ok(entries)
+    }
+
+    /// Loads a stored version of plugin `name` for a replay: instances of its own, nothing
+    /// started. Blocks on I/O, and on compilation when the artifact does not fit this engine.
+    pub(crate) fn load_for_replay(
+        &self,
+        name: &str,
+        version: &str,
+    ) -> Result<(PluginCalls, PluginInfo), VersionError> {
+        let record = self.record(name)?;
+        if record.limits(version).is_none() {
+            return Err(VersionError::VersionNotFound {
+                name: name.to_owned(),
+                version: version.to_owned(),
+            });
+        }
+        let (loaded, _) = self.load_stored(&record, version)?;
+        let label = format!("{}/replay", super::label(name, version));
+        Ok((loaded.plugin.relabel(&label), loaded.info))
     }
 
     /// A copy of the stored record of plugin `name`.
