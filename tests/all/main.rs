@@ -18,5 +18,6 @@ mod policies;
 mod projections;
 mod race;
 mod reads;
+mod replays;
 mod sse;
 mod versions;
