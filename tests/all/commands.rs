@@ -427,7 +427,7 @@ fn hot_swap_under_load_fails_no_request() {
         .iter()
         .map(|v| v["state"].as_str().unwrap())
         .collect();
-    assert_eq!(states, ["inactive", "active"]);
+    assert_eq!(states, ["previous", "active"]);
 }
 
 /// Commands are acknowledged only once durable: after `kill -9` every acknowledged command is

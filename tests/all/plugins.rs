@@ -232,6 +232,7 @@ fn a_deploy_is_answered_listed_and_shown_in_detail() {
             "kind": "handler",
             "active_version": version,
             "candidate_version": null,
+            "candidate": null,
             "status": "running",
             "position": null,
             "lag": null,
@@ -273,8 +274,8 @@ fn a_deploy_is_answered_listed_and_shown_in_detail() {
         "uploaded_at is not RFC 3339 UTC: {entry}"
     );
 
-    // A second version becomes active, the first stays listed as inactive; its bytes deployed
-    // again make it active once more.
+    // A second version becomes active, the first stays loaded as the previous version (ready
+    // for a rollback); its bytes deployed again make it active once more.
     let wasm_v2 = guest_wasm("fixture-counter-v2");
     let version_v2 = version_of(&wasm_v2);
     assert_eq!(api.deploy(&wasm_v2, "").expect(201)["version"], version_v2);
@@ -282,10 +283,10 @@ fn a_deploy_is_answered_listed_and_shown_in_detail() {
     assert_eq!(shown["active_version"], version_v2);
     assert_eq!(version_entry(&shown, &version_v2)["state"], "active");
     let old = version_entry(&shown, &version);
-    assert_eq!(old["state"], "inactive");
+    assert_eq!(old["state"], "previous");
     assert!(
-        old.get("loaded_from").is_none(),
-        "an inactive version is not loaded: {old}"
+        old.get("loaded_from").is_some(),
+        "the previous version of a handler stays loaded: {old}"
     );
     assert_eq!(
         api.command("counter", &increment("counter-1", 1))
@@ -295,7 +296,7 @@ fn a_deploy_is_answered_listed_and_shown_in_detail() {
     assert_eq!(api.deploy(&wasm, "").expect(200)["version"], version);
     let shown = details(&api, "counter");
     assert_eq!(shown["active_version"], version);
-    assert_eq!(version_entry(&shown, &version_v2)["state"], "inactive");
+    assert_eq!(version_entry(&shown, &version_v2)["state"], "previous");
     assert_eq!(shown["versions"].as_array().map(Vec::len), Some(2));
     assert_eq!(listed_names(&api), ["counter"]);
 

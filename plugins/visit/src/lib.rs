@@ -1,51 +1,32 @@
-//! The hospital visit, an example evhost plugin: the command handler `visit`, which owns the
+//! The hospital visit, an example evhost plugin: the command handler `visit`, v1, which owns the
 //! streams `visit-<id>`, one per emergency-department visit.
 //!
-//! A visit opens with `CheckIn` (patient, complaint, triage level, room, attending physician,
-//! tests to order), goes through room moves, test orders and results and notes, and closes with
-//! `CheckOut`. The rules are in [`VisitCommand`]'s documentation and in `README.md`.
-//!
-//! The handler is plain Rust ([`VisitHandler`] implements [`evhost_sdk::Handler`]); built for
-//! `wasm32-wasip2` this crate is the component `visit.wasm`. Benchmarks call it natively through
+//! The visit's commands, events, state and rules are the library `visit-model`, re-exported
+//! here; this crate is v1's component: the model's [`decide`](visit_model::decide) as it is,
+//! exported as `visit.wasm` when built for `wasm32-wasip2`. `plugins/visit-v2` is the same
+//! handler with one rule more. Benchmarks call v1 natively through
 //! `evhost_sdk::__private::{evolve, decide}::<visit::VisitHandler>`.
-
-mod command;
-mod decide;
-mod event;
-mod state;
 
 #[cfg(test)]
 mod tests;
 
-use evhost_sdk::{CommandContext, Handler, Rejection};
+use evhost_sdk::Rejection;
 
-pub use command::{CheckIn, DEFAULT_HOSPITAL, VisitCommand};
-pub use event::{Disposition, VisitEvent};
-pub use state::{Stage, TestStatus, VisitState};
+pub use visit_model::{
+    CheckIn, DEFAULT_HOSPITAL, Disposition, Stage, TestStatus, VisitCommand, VisitEvent, VisitState,
+};
 
-/// The handler `visit`, owning the category `visit`.
-pub struct VisitHandler;
+/// Version 1 of the handler `visit`: the model's rules, with its known bug (a checked-out
+/// visit accepts another `CheckOut`; `visit-v2` rejects it).
+pub enum V1 {}
 
-impl Handler for VisitHandler {
-    const NAME: &'static str = "visit";
-    const CATEGORY: &'static str = "visit";
-    const DESCRIPTION: &'static str =
-        "Emergency-department visits: check-in, rooms, physicians, tests, notes, check-out";
-    type State = VisitState;
-    type Command = VisitCommand;
-    type Event = VisitEvent;
-
-    fn evolve(state: &mut VisitState, event: VisitEvent) {
-        state.apply(event);
-    }
-
-    fn decide(
-        state: &VisitState,
-        command: VisitCommand,
-        _context: &CommandContext,
-    ) -> Result<Vec<VisitEvent>, Rejection> {
-        decide::decide(state, command)
+impl visit_model::Version for V1 {
+    fn decide(state: &VisitState, command: VisitCommand) -> Result<Vec<VisitEvent>, Rejection> {
+        visit_model::decide(state, command)
     }
 }
+
+/// The handler `visit` as v1 decides, owning the category `visit`.
+pub type VisitHandler = visit_model::VisitHandler<V1>;
 
 evhost_sdk::export_handler!(VisitHandler);

@@ -7,13 +7,17 @@ use crate::command::{CheckIn, VisitCommand, require};
 use crate::event::{Disposition, VisitEvent};
 use crate::state::{Stage, TestStatus, VisitState};
 
-/// Decides `command` against the visit's state.
-pub(crate) fn decide(
-    state: &VisitState,
-    command: VisitCommand,
-) -> Result<Vec<VisitEvent>, Rejection> {
-    if let VisitCommand::CheckIn(check_in) = command {
-        return check_in_decision(state, check_in);
+/// Decides `command` against the visit's state: the rules of the handler `visit` as v1 has them.
+pub fn decide(state: &VisitState, command: VisitCommand) -> Result<Vec<VisitEvent>, Rejection> {
+    // Opening and closing the visit check its stage themselves; the rest needs it open.
+    match command {
+        VisitCommand::CheckIn(check_in) => return check_in_decision(state, check_in),
+        VisitCommand::CheckOut {
+            disposition,
+            summary,
+            cancel_pending_tests,
+        } => return check_out(state, disposition, summary, cancel_pending_tests),
+        _ => {}
     }
     match state.stage {
         Stage::NotCheckedIn => reject!("patient is not checked in"),
@@ -24,7 +28,7 @@ pub(crate) fn decide(
         Stage::CheckedIn => {}
     }
     match command {
-        VisitCommand::CheckIn(_) => unreachable!("decided above"),
+        VisitCommand::CheckIn(_) | VisitCommand::CheckOut { .. } => unreachable!("decided above"),
         VisitCommand::AssignRoom { room } => assign_room(state, room),
         VisitCommand::AssignPhysician { physician } => {
             require("physician", &physician)?;
@@ -67,11 +71,6 @@ pub(crate) fn decide(
             ensure!(!state.overdue, "the visit is already flagged as overdue");
             Ok(vec![VisitEvent::VisitOverdue])
         }
-        VisitCommand::CheckOut {
-            disposition,
-            summary,
-            cancel_pending_tests,
-        } => check_out(state, disposition, summary, cancel_pending_tests),
     }
 }
 
@@ -137,6 +136,10 @@ fn check_out(
     summary: Option<String>,
     cancel_pending_tests: bool,
 ) -> Result<Vec<VisitEvent>, Rejection> {
+    ensure!(
+        state.stage != Stage::NotCheckedIn,
+        "patient is not checked in"
+    );
     let pending: Vec<&str> = state.pending_tests().collect();
     if !pending.is_empty() && !cancel_pending_tests {
         reject!(
