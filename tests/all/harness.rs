@@ -977,6 +977,9 @@ impl Drop for SeedReport {
 /// They are built together, once per test run.
 const GUEST_PACKAGES: &[&str] = &[
     "visit",
+    "visit-v2",
+    "visits",
+    "visits-v2",
     "fixture-counter",
     "fixture-counter-v2",
     "fixture-hostile",
@@ -989,7 +992,6 @@ const GUEST_PACKAGES: &[&str] = &[
     "fixture-counting-projection",
     "fixture-hostile-projection",
     "fixture-hostile-policy",
-    "visits",
     "rooms",
     "survey",
     "visit-survey",
@@ -1136,6 +1138,23 @@ impl Api {
             assert!(
                 Instant::now() < deadline,
                 "plugin {name} did not reach the expected state within {timeout:?}: {plugin}"
+            );
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Waits until replay `id` has ended, and answers it.
+    #[track_caller]
+    pub fn wait_for_replay(&self, id: &str, timeout: Duration) -> Value {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let replay = self.get(&format!("/replays/{id}")).expect(200);
+            if replay["status"] != "running" {
+                return replay;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "replay {id} did not end within {timeout:?}: {replay}"
             );
             thread::sleep(Duration::from_millis(20));
         }

@@ -20,28 +20,11 @@ fn start(api: &Api, name: &str, body: Value) -> String {
     started["id"].as_str().expect("an id").to_owned()
 }
 
-/// Waits until replay `id` has ended, and answers it.
-#[track_caller]
-fn finished(api: &Api, id: &str) -> Value {
-    let deadline = Instant::now() + SETTLE;
-    loop {
-        let replay = api.get(&format!("/replays/{id}")).expect(200);
-        if replay["status"] != "running" {
-            return replay;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "replay {id} still runs: {replay}"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
 /// Runs a replay to its end and answers its report, checking it is done at 100 %.
 #[track_caller]
 fn report(api: &Api, name: &str, body: Value) -> Value {
     let id = start(api, name, body);
-    let replay = finished(api, &id);
+    let replay = api.wait_for_replay(&id, SETTLE);
     assert_eq!(replay["status"], "done", "{replay}");
     assert_eq!(replay["progress"]["percent"], 100.0);
     replay["report"].clone()

@@ -346,3 +346,154 @@ fn a_handler_switches_rolls_back_and_counts_the_commands_of_each_version() {
         "v1"
     );
 }
+
+fn check_in(api: &Api, visit: u64) -> Value {
+    api.command(
+        "visit",
+        &json!({"id": format!("in-{visit}"), "stream": format!("visit-{visit}"), "type": "CheckIn",
+                "data": {"patient_id": format!("p-{visit}"), "patient_name": "Ana Lima",
+                         "complaint": "chest pain", "triage_level": 2,
+                         "room": format!("R-{visit}")}}),
+    )
+    .expect(200)
+}
+
+fn check_out(api: &Api, id: &str, visit: u64) -> crate::harness::Reply {
+    api.command(
+        "visit",
+        &json!({"id": id, "stream": format!("visit-{visit}"), "type": "CheckOut",
+                "data": {"disposition": "discharged"}}),
+    )
+}
+
+#[test]
+fn a_replay_of_the_fixed_visit_names_exactly_the_repeated_check_outs() {
+    let server = Server::start();
+    let api = server.api();
+    api.deploy_guest("visit");
+    for visit in 1..=6 {
+        check_in(&api, visit);
+        check_out(&api, &format!("out-{visit}"), visit).expect(200);
+    }
+    // The bug of v1: a visit checked out twice.
+    for visit in [2, 5] {
+        check_out(&api, &format!("again-{visit}"), visit).expect(200);
+    }
+    let fixed = api
+        .deploy(&guest_wasm("visit-v2"), "promote=manual")
+        .expect(201);
+    let v2 = fixed["version"].as_str().unwrap().to_owned();
+    let replay = api
+        .post("/plugins/visit/replays", &json!({"version": v2}))
+        .expect(202);
+    let id = replay["id"].as_str().unwrap().to_owned();
+    let done = api.wait_for_replay(&id, CATCH_UP);
+    let report = &done["report"];
+    assert_eq!(report["commands"], 14);
+    assert_eq!(report["different"], 2);
+    assert_eq!(report["outcomes"]["now_rejected"], 2);
+    let changed: Vec<&str> = report["differences"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["command_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(changed, ["again-2", "again-5"]);
+    assert_eq!(
+        report["differences"][0]["candidate"]["reason"],
+        "patient p-2 is already checked out; the visit is closed"
+    );
+    assert_eq!(report["differences"][0]["recorded"]["outcome"], "applied");
+
+    // Switched, the fix holds; rolled back, the bug is back.
+    api.post("/plugins/visit/promote", &json!({"version": v2}))
+        .expect(200);
+    assert_error(&check_out(&api, "third-2", 2), 422, "command_rejected");
+    api.post("/plugins/visit/rollback", &json!({})).expect(200);
+    check_out(&api, "third-2-v1", 2).expect(200);
+}
+
+#[test]
+fn a_blue_green_switch_under_read_load_serves_no_failed_or_mixed_read_and_rolls_back() {
+    const VISITS: u64 = 60;
+    let server = Server::start();
+    let api = server.api();
+    api.deploy_guest("visit");
+    let v1 = api.deploy_guest("visits");
+    for visit in 1..=VISITS {
+        check_in(&api, visit);
+        if visit % 2 == 0 {
+            check_out(&api, &format!("out-{visit}"), visit).expect(200);
+        }
+    }
+    let head = api.head();
+    let key = |visit: u64| format!("/projections/visits/keys/visit/{visit}?min_position={head}");
+    let before: Vec<Value> = (1..=VISITS).map(|v| api.get(&key(v)).expect(200)).collect();
+    assert!(
+        before
+            .iter()
+            .all(|v| v.get("length_of_stay_seconds").is_none())
+    );
+
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let v2 = std::thread::scope(|scope| {
+        let readers: Vec<_> = (0..3u64)
+            .map(|reader| {
+                let (api, stop, v1, key) = (server.api(), &stop, &v1, &key);
+                scope.spawn(move || {
+                    let (mut reads, mut seen_v2, mut last_position) = (0u64, false, 0u64);
+                    let mut from_v1 = 0u64;
+                    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                        let visit = (reads * 7 + reader) % VISITS + 1;
+                        let reply = api.get(&key(visit));
+                        let value = reply.expect(200);
+                        let version = reply.version.clone().expect("Evhost-Version");
+                        let position = reply.position.expect("Evhost-Position");
+                        let is_v1 = &version == v1;
+                        // One version's state answers each read, and it is that version's shape.
+                        assert_eq!(
+                            value.get("length_of_stay_seconds").is_none(),
+                            is_v1,
+                            "version {version} answered {value}"
+                        );
+                        assert!(!(seen_v2 && is_v1), "a read went back to v1 after v2");
+                        assert!(position >= last_position, "the position went back");
+                        seen_v2 |= !is_v1;
+                        from_v1 += u64::from(is_v1);
+                        last_position = position;
+                        reads += 1;
+                    }
+                    (reads, from_v1)
+                })
+            })
+            .collect();
+        std::thread::sleep(Duration::from_millis(300));
+        let v2 = api.deploy_guest("visits-v2");
+        api.wait_for_plugin("visits", CATCH_UP, |p| p["active_version"] == v2.as_str());
+        std::thread::sleep(Duration::from_millis(300));
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        for reader in readers {
+            let (reads, from_v1) = reader.join().expect("no failed read");
+            assert!(
+                from_v1 > 0 && reads > from_v1,
+                "{from_v1} of {reads} reads from v1"
+            );
+        }
+        v2
+    });
+    let switched = api.get(&key(2)).expect(200);
+    assert!(switched["length_of_stay_seconds"].is_u64(), "{switched}");
+    assert!(api.get(&key(1)).expect(200)["length_of_stay_seconds"].is_null());
+
+    // A rollback restores the earlier answers at once, from the state v1 kept current.
+    api.post("/plugins/visits/rollback", &json!({})).expect(200);
+    let after: Vec<Value> = (1..=VISITS).map(|v| api.get(&key(v)).expect(200)).collect();
+    assert_eq!(after, before);
+    let reply = api.get(&key(1));
+    assert_eq!(reply.version.as_deref(), Some(v1.as_str()));
+    assert_eq!(
+        api.get(&format!("/projections/visits/keys/visit/2?version={v2}"))
+            .expect(200)["length_of_stay_seconds"],
+        switched["length_of_stay_seconds"]
+    );
+}
