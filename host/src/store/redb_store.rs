@@ -1862,6 +1862,7 @@ mod tests {
             .unwrap();
         assert_eq!(store.delete_data("replay/1").unwrap(), 3);
         store.close();
+        drop(store);
         let store = RedbStore::open(dir.path(), &StoreOptions::default()).unwrap();
         let snapshot = store.data_snapshot().unwrap();
         for (space, key, kept) in [
