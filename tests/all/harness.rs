@@ -1054,6 +1054,19 @@ pub fn guest_wasm(package: &str) -> Vec<u8> {
     std::fs::read(&file).unwrap_or_else(|e| panic!("cannot read {}: {e}", file.display()))
 }
 
+/// Appends `count` increments of 1 over `streams` counter streams, 1 000 per request.
+pub fn append_ones(api: &Api, count: u64, streams: u64) {
+    let mut appended = 0;
+    while appended < count {
+        let stream = format!("counter-{}", (appended / 1_000) % streams);
+        let batch: Vec<Value> = (0..1_000.min(count - appended))
+            .map(|_| event("Incremented", json!({"by": 1, "total": 0, "build": "test"})))
+            .collect();
+        appended += batch.len() as u64;
+        api.append_ok(&stream, json!(batch));
+    }
+}
+
 /// The same component with a custom section appended that holds `build`: the same behaviour
 /// under another version (content hash).
 pub fn another_build(wasm: &[u8], build: u8) -> Vec<u8> {

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use crate::harness::{Api, Server, another_build, assert_error, event, guest_wasm};
+use crate::harness::{Api, Server, another_build, append_ones, assert_error, event, guest_wasm};
 
 const SETTLE: Duration = Duration::from_secs(60);
 
@@ -189,19 +189,6 @@ fn a_handler_replay_reports_exactly_the_commands_whose_outcome_changes() {
     let api = server.api();
     assert_eq!(api.get("/replays").expect(200), json!([]));
     assert!(!server.stderr().contains("scratch state left by replays"));
-}
-
-/// Appends `count` increments of 1 over `streams` counter streams, 1 000 per request.
-fn append_ones(api: &Api, count: u64, streams: u64) {
-    let mut appended = 0;
-    while appended < count {
-        let stream = format!("counter-{}", (appended / 1_000) % streams);
-        let batch: Vec<Value> = (0..1_000.min(count - appended))
-            .map(|_| event("Incremented", json!({"by": 1, "total": 0, "build": "test"})))
-            .collect();
-        appended += batch.len() as u64;
-        api.append_ok(&stream, json!(batch));
-    }
 }
 
 #[test]

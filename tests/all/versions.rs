@@ -8,23 +8,10 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use crate::harness::{Api, Server, another_build, assert_error, event, guest_wasm};
+use crate::harness::{Api, Server, another_build, append_ones, assert_error, event, guest_wasm};
 
 const CATCH_UP: Duration = Duration::from_secs(120);
 const PROJECTION: &str = "counting-projection";
-
-/// Appends `count` increments of 1 over `streams` counter streams, 1 000 per request.
-fn append_ones(api: &Api, count: u64, streams: u64) {
-    let mut appended = 0;
-    while appended < count {
-        let stream = format!("counter-{}", (appended / 1_000) % streams);
-        let batch: Vec<Value> = (0..1_000.min(count - appended))
-            .map(|_| event("Incremented", json!({"by": 1, "total": 0, "build": "test"})))
-            .collect();
-        appended += batch.len() as u64;
-        api.append_ok(&stream, json!(batch));
-    }
-}
 
 /// The `events` key of the projection's version `version` (the active one when `None`), read
 /// once it has processed `min_position`: the count and the version that answered.
