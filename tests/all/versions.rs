@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use crate::harness::{Api, Server, another_build, append_ones, assert_error, event, guest_wasm};
+use crate::harness::{Api, Server, another_build, append_ones, assert_error, guest_wasm};
 
 const CATCH_UP: Duration = Duration::from_secs(120);
 const PROJECTION: &str = "counting-projection";
