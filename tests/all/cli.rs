@@ -150,3 +150,91 @@ fn deploy_list_and_command_from_the_command_line() {
     let missing = run_evhost(&["deploy", "--url", url, "/nonexistent/plugin.wasm"]);
     assert!(!missing.status.success());
 }
+
+/// `evhost deploy --promote manual`, `evhost replay` (a readable report of the commands whose
+/// outcome changes), `evhost promote` and `evhost rollback`, by version prefix.
+#[test]
+fn replay_promote_and_rollback_from_the_command_line() {
+    let server = Server::start();
+    let url = server.url();
+    let api = server.api();
+    api.deploy_guest("visit");
+    let visit = |id: &str, command: &str, data: serde_json::Value| {
+        api.command(
+            "visit",
+            &json!({"id": id, "stream": "visit-7", "type": command, "data": data}),
+        )
+        .expect(200)
+    };
+    visit(
+        "in",
+        "CheckIn",
+        json!({"patient_id": "p-7", "patient_name": "Bo", "complaint": "cough",
+               "triage_level": 4, "room": "B-2"}),
+    );
+    visit("out", "CheckOut", json!({"disposition": "discharged"}));
+    visit(
+        "out-again",
+        "CheckOut",
+        json!({"disposition": "discharged"}),
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("visit_v2.wasm");
+    std::fs::write(&file, guest_wasm("visit-v2")).unwrap();
+    let deployed = assert_success(&run_evhost(&[
+        "deploy",
+        "--url",
+        url,
+        file.to_str().unwrap(),
+        "--promote",
+        "manual",
+    ]));
+    assert!(deployed.contains("deployed as the candidate"), "{deployed}");
+    let v2 = api.get("/plugins/visit").expect(200)["candidate_version"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+
+    let report = assert_success(&run_evhost(&[
+        "replay",
+        "visit",
+        "--url",
+        url,
+        "--version",
+        &v2[..10],
+    ]));
+    for wanted in [
+        "3 commands, 1 differ",
+        "now_rejected  1",
+        "command out-again",
+        "applied [PatientCheckedOut] → rejected: patient p-7 is already checked out",
+    ] {
+        assert!(
+            report.contains(wanted),
+            "{wanted:?} missing from:\n{report}"
+        );
+    }
+    let unknown = run_evhost(&["replay", "visit", "--url", url, "--version", "zz"]);
+    assert!(!unknown.status.success());
+
+    let promoted = assert_success(&run_evhost(&["promote", "visit", "--url", url]));
+    assert!(
+        promoted.contains(&format!("version {} is active", &v2[..12])),
+        "{promoted}"
+    );
+    assert_eq!(
+        api.get("/plugins/visit").expect(200)["active_version"],
+        v2.as_str()
+    );
+    let rolled_back = assert_success(&run_evhost(&["rollback", "visit", "--url", url]));
+    assert!(
+        rolled_back.contains(&format!("was {}", &v2[..12])),
+        "{rolled_back}"
+    );
+    let shown = assert_success(&run_evhost(&["plugins", "visit", "--url", url]));
+    assert!(
+        shown.contains("previous") && shown.contains("3 commands decided"),
+        "{shown}"
+    );
+}

@@ -1,5 +1,5 @@
-//! The command line: `serve` runs the host; `append`, `read`, `tail`, `deploy`, `plugins` and
-//! `command` talk to a running one.
+//! The command line: `serve` runs the host; `append`, `read`, `tail`, `deploy`, `plugins`,
+//! `command`, `replay`, `promote` and `rollback` talk to a running one.
 //!
 //! Architecture Invariant: this is the edge. It parses arguments and environment, wires the store
 //! to the API, and turns errors into messages and exit codes (`anyhow` lives here only).
@@ -8,6 +8,7 @@ mod client;
 mod plugin_bench;
 mod plugins;
 mod serve;
+mod versions;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -35,12 +36,20 @@ enum Action {
     Read(client::ReadArgs),
     /// Follow the global log live (server-sent events), from a position on.
     Tail(client::TailArgs),
-    /// Deploy a plugin component (a .wasm file); a handler takes over new commands at once.
+    /// Deploy a plugin component (a .wasm file): a handler takes over new commands at once, a
+    /// projection's new version builds beside the active one and takes over once caught up.
     Deploy(plugins::DeployArgs),
     /// List the deployed plugins, or show one.
     Plugins(plugins::PluginsArgs),
     /// Send a command to a handler.
     Command(plugins::CommandArgs),
+    /// Dry-run a version of a plugin over history, with a progress bar, and show what differs
+    /// from what was recorded. Nothing is changed.
+    Replay(versions::ReplayArgs),
+    /// Make a version of a plugin active (its candidate, unless --version names another).
+    Promote(versions::PromoteArgs),
+    /// Return a plugin to its previous version.
+    Rollback(versions::RollbackArgs),
     /// Measure a handler component locally: compile and cached-load times, and the cost of
     /// `evolve` per event over a file of events.
     PluginBench(plugin_bench::PluginBenchArgs),
@@ -95,6 +104,9 @@ pub(crate) fn main() -> ExitCode {
         Action::Deploy(args) => plugins::deploy(args),
         Action::Plugins(args) => plugins::list(args),
         Action::Command(args) => plugins::command(args),
+        Action::Replay(args) => versions::replay(args),
+        Action::Promote(args) => versions::promote(args),
+        Action::Rollback(args) => versions::rollback(args),
         Action::PluginBench(args) => plugin_bench::run(args),
     };
     match result {

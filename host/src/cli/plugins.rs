@@ -11,6 +11,7 @@ use serde_json::Value;
 
 use super::Connection;
 use super::client::{describe, encode, send};
+use super::versions::short;
 
 /// How long a deploy may take: compiling a large component takes seconds on a small machine.
 const DEPLOY_TIMEOUT: Duration = Duration::from_secs(300);
@@ -29,6 +30,10 @@ pub(crate) struct DeployArgs {
     /// The time budget of each call, in milliseconds (default 1000).
     #[arg(long)]
     timeout_ms: Option<u64>,
+    /// `auto` (default): the upload takes over by itself (a projection once caught up);
+    /// `manual`: it waits as the candidate until `evhost promote`.
+    #[arg(long, value_parser = ["auto", "manual"])]
+    promote: Option<String>,
     /// Print the host's JSON answer.
     #[arg(long)]
     json: bool,
@@ -79,6 +84,9 @@ pub(super) fn deploy(args: DeployArgs) -> anyhow::Result<()> {
     if let Some(timeout) = args.timeout_ms {
         pairs.push(format!("timeout_ms={timeout}"));
     }
+    if let Some(promote) = &args.promote {
+        pairs.push(format!("promote={promote}"));
+    }
     let path = if pairs.is_empty() {
         "/plugins".to_owned()
     } else {
@@ -94,10 +102,11 @@ pub(super) fn deploy(args: DeployArgs) -> anyhow::Result<()> {
     if args.json {
         println!("{answer}");
     } else {
-        let what = if status == 201 {
-            "deployed"
-        } else {
-            "already deployed; now active"
+        let what = match (status, answer["status"].as_str()) {
+            (201, Some("candidate")) => "deployed as the candidate",
+            (201, _) => "deployed, active",
+            (_, Some("candidate")) => "uploaded before; the candidate",
+            _ => "uploaded before; active",
         };
         println!(
             "{} {}: {what}, version {}",
@@ -148,10 +157,31 @@ pub(super) fn list(args: PluginsArgs) -> anyhow::Result<()> {
         if let Some(error) = plugin["error"].as_str() {
             writeln!(out, "    error: {error}")?;
         }
-        for version in plugin["versions"].as_array().into_iter().flatten() {
+        let candidate = &plugin["candidate"];
+        if let Some(version) = candidate["version"].as_str() {
+            let progress = match (candidate["position"].as_u64(), candidate["lag"].as_u64()) {
+                (Some(position), Some(lag)) => format!(", position {position}, lag {lag}"),
+                _ => String::new(),
+            };
             writeln!(
                 out,
-                "    {}  {:<8}  {} bytes, uploaded {}",
+                "    candidate {} ({} promotion{progress})",
+                short(version),
+                candidate["promote"].as_str().unwrap_or("?"),
+            )?;
+        }
+        for version in plugin["versions"].as_array().into_iter().flatten() {
+            let commands = match version["commands"].as_u64() {
+                Some(commands) => format!(", {commands} commands decided"),
+                None => String::new(),
+            };
+            let position = match version["position"].as_u64() {
+                Some(position) => format!(", position {position}"),
+                None => String::new(),
+            };
+            writeln!(
+                out,
+                "    {}  {:<9}  {} bytes, uploaded {}{position}{commands}",
                 short(version["version"].as_str().unwrap_or("?")),
                 version["state"].as_str().unwrap_or("?"),
                 version["size_bytes"],
@@ -200,9 +230,4 @@ pub(super) fn command(args: CommandArgs) -> anyhow::Result<()> {
         writeln!(out, "{}", describe(event))?;
     }
     Ok(())
-}
-
-/// The first 12 hex digits of a version: enough to tell versions apart on screen.
-fn short(version: &str) -> &str {
-    &version[..version.len().min(12)]
 }
