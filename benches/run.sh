@@ -1,16 +1,17 @@
 #!/usr/bin/env bash
 # Benchmarks evhost against PostgreSQL and NATS JetStream on this machine, and its plugins (the
-# visit handler, the visits projection), in one run:
+# visit handler, the visits projection, replays and switches of their second versions), in one run:
 #
 #   bash benches/run.sh [--quick] [more evhost-bench options, see --help]
 #
 #   --quick               one round, 3 s per timed workload (default: 3 rounds of 5 s)
 #   --systems LIST        what to run, comma-separated, of evhost, postgres, nats, plugins,
-#                         projections (default: all); PostgreSQL and NATS are installed and
+#                         projections, versions (default: all); PostgreSQL and NATS are installed and
 #                         started only if listed, so `bash benches/run.sh --quick --systems
 #                         plugins` runs just the handler benchmarks, in about half a minute once
 #                         built, and `--systems projections` the projection's (filling its log
-#                         of a million events takes about a minute)
+#                         of a million events takes about a minute; `versions` fills the same
+#                         log and sends 100 000 commands more)
 #   --memory-events N     also fill a store with N events and report evhost's memory
 #
 # Installs PostgreSQL and nats-server from Debian's packages if they are missing, builds the
@@ -135,10 +136,11 @@ if ! cargo build --release -p evhost -p evhost-bench; then
     evhost_error=(--evhost-error "cargo build --release -p evhost failed")
 fi
 plugins_error=()
-if wants plugins || wants projections; then
+if wants plugins || wants projections || wants versions; then
     # The toolchain is the one rust-toolchain.toml names; its wasm32-wasip2 target may be missing.
     toolchain=$(sed -n 's/^channel *= *"\(.*\)"$/\1/p' rust-toolchain.toml)
-    build_visit=(cargo build --release --locked --target wasm32-wasip2 -p visit -p visits)
+    build_visit=(cargo build --release --locked --target wasm32-wasip2 -p visit -p visits
+        -p visit-v2 -p visits-v2)
     if ! { rustup target add wasm32-wasip2 --toolchain "$toolchain" && "${build_visit[@]}"; }; then
         log "the visit components did not build; benchmarking without them"
         plugins_error=(--plugins-error "${build_visit[*]} failed")

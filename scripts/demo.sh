@@ -13,7 +13,9 @@ toolchain=$(sed -n 's/^channel *= *"\(.*\)"/\1/p' rust-toolchain.toml)
 rustup target add wasm32-wasip2 --toolchain "$toolchain"
 cargo build --release --locked -p evhost
 plugins=(visit visits rooms survey visit-survey order loyalty order-loyalty)
-cargo build --release --locked --target wasm32-wasip2 $(printf -- '-p %s ' "${plugins[@]}")
+# Second versions of visit and visits, deployed later in the demo.
+cargo build --release --locked --target wasm32-wasip2 $(printf -- '-p %s ' "${plugins[@]}") \
+  -p visit-v2 -p visits-v2
 evhost=target/release/evhost
 wasm=target/wasm32-wasip2/release
 plugin=$wasm/visit.wasm
@@ -55,10 +57,11 @@ for name in "${plugins[@]:1}"; do
 done
 "$evhost" plugins
 
-# get PATH: a read over HTTP, with the position the answer reflects.
+# get PATH: a read over HTTP, with the position the answer reflects and the version that answered.
 get() {
   curl -s -D "$data/headers" "$EVHOST_URL$1"
-  echo "   (Evhost-Position: $(sed -n 's/^evhost-position: *//Ip' "$data/headers" | tr -d '\r'))"
+  header() { sed -n "s/^$1: *//Ip" "$data/headers" | tr -d '\r'; }
+  echo "   (Evhost-Position: $(header evhost-position), Evhost-Version: $(header evhost-version | cut -c1-12))"
 }
 
 echo "== follow the live log of the visit category in the background"
@@ -137,6 +140,32 @@ echo "== order-501 was confirmed; order-502's reservation was rejected, so the p
 "$evhost" read order-501
 "$evhost" read order-502
 "$evhost" read loyalty-cy
+
+echo "== a bug: version 1 of visit checks a patient out twice (visit-1002 was checked out above)"
+"$evhost" command visit visit-1002 CheckOut --id checkout-again-1002 '{"disposition": "discharged"}'
+
+echo "== the fix, visit v2, uploaded as a candidate: commands still go to v1 meanwhile"
+"$evhost" deploy "$wasm/visit_v2.wasm" --promote manual
+visit_v2=$(curl -s "$EVHOST_URL/plugins/visit" | sed -n 's/.*"candidate_version":"\([0-9a-f]*\)".*/\1/p')
+echo "== dry run: v2 decides every recorded visit command again, on the stream as it was then"
+"$evhost" replay visit --version "${visit_v2:0:12}"
+echo "== switch to v2: now a repeated check-out is refused"
+"$evhost" promote visit
+refused "$evhost" command visit visit-1002 CheckOut '{"disposition": "discharged"}'
+
+echo "== blue/green: visits v2 adds length_of_stay_seconds; it builds its state beside v1, which serves"
+visits_v2=$("$evhost" deploy "$wasm/visits_v2.wasm" --json | sed -n 's/.*"version":"\([0-9a-f]*\)".*/\1/p')
+for _ in $(seq 100); do
+  curl -s "$EVHOST_URL/plugins/visits" | grep -q "\"active_version\":\"$visits_v2\"" && break
+  sleep 0.1
+done
+echo "== it caught up and took over by itself; v1 keeps running as the previous version"
+"$evhost" plugins visits
+get "/projections/visits/keys/visit/1002"
+echo "== roll back: v1 answers again at once, from the state it kept current"
+"$evhost" rollback visits
+get "/projections/visits/keys/visit/1002"
+"$evhost" promote visits --version "${visits_v2:0:12}"
 
 echo "== the plugins: status, and the position and lag of each projection and policy"
 "$evhost" plugins

@@ -15,6 +15,7 @@ mod plugins;
 mod postgres;
 mod projections;
 mod report;
+mod versions;
 mod workload;
 
 use std::future::Future;
@@ -71,12 +72,13 @@ struct Args {
     memory_events: u64,
     /// The systems to benchmark; `plugins` is the visit handler on evhost: commands/s, `evolve`
     /// in WebAssembly against native, and loading; `projections` the visits projection: catch-up
-    /// against native, memory, append to visible.
+    /// against native, memory, append to visible; `versions` dry-run replays of `visit-v2` and
+    /// `visits-v2` and a blue/green switch of `visits`.
     #[arg(
         long,
         value_enum,
         value_delimiter = ',',
-        default_value = "evhost,postgres,nats,plugins,projections"
+        default_value = "evhost,postgres,nats,plugins,projections,versions"
     )]
     systems: Vec<Kind>,
     /// The evhost binary (default: `evhost` next to this program).
@@ -139,6 +141,7 @@ enum Kind {
     Nats,
     Plugins,
     Projections,
+    Versions,
 }
 
 fn main() -> ExitCode {
@@ -199,6 +202,16 @@ async fn run(args: Args) -> Result<()> {
     } else {
         None
     };
+    let versions = if args.systems.contains(&Kind::Versions) {
+        Some(
+            prepare_versions(&args, &work)
+                .await
+                .map_err(|error| format!("{error:#}")),
+        )
+    } else {
+        None
+    };
+    let mut version_rounds = Vec::new();
     let mut all_rounds = Vec::new();
     let mut plugin_rounds = Vec::new();
     let mut projection_rounds = Vec::new();
@@ -235,6 +248,14 @@ async fn run(args: Args) -> Result<()> {
                     }
                     None => unreachable!("prepared when the systems include projections"),
                 }),
+                Kind::Versions => version_rounds.push(match &versions {
+                    Some(Ok(versions)) => versions.round().await,
+                    Some(Err(error)) => {
+                        eprintln!("versions: failed: {error}");
+                        versions::VersionsRound::failed(error)
+                    }
+                    None => unreachable!("prepared when the systems include versions"),
+                }),
             }
         }
         all_rounds.push(runs);
@@ -247,6 +268,7 @@ async fn run(args: Args) -> Result<()> {
         &runs,
         &plugin_rounds,
         &projection_rounds,
+        &version_rounds,
         &settings,
         &args.command,
     );
@@ -304,6 +326,34 @@ async fn prepare_projections(args: &Args, work: &Path) -> Result<projections::Pr
     };
     let timeout = Duration::from_secs_f64(args.timeout);
     projections::Projections::prepare(binary, &component, work, timeout).await
+}
+
+async fn prepare_versions(args: &Args, work: &Path) -> Result<versions::Versions> {
+    if let Some(error) = &args.plugins_error {
+        anyhow::bail!("{error}");
+    }
+    let binary = evhost_binary(args)?;
+    // The second versions sit beside the first: target/wasm32-wasip2/release/.
+    let visit = match &args.visit_wasm {
+        Some(component) => component.clone(),
+        None => std::env::current_exe()?
+            .parent()
+            .and_then(Path::parent)
+            .context("this program is not in a target directory")?
+            .join("wasm32-wasip2/release/visit.wasm"),
+    };
+    let beside = |name: &str| visit.with_file_name(name);
+    let components = versions::Components {
+        visit_v2: beside("visit_v2.wasm"),
+        visits: args
+            .visits_wasm
+            .clone()
+            .unwrap_or_else(|| beside("visits.wasm")),
+        visits_v2: beside("visits_v2.wasm"),
+        visit,
+    };
+    let timeout = Duration::from_secs_f64(args.timeout);
+    versions::Versions::prepare(binary, &components, work, timeout).await
 }
 
 fn failed(kind: SystemKind, name: &str, error: &anyhow::Error) -> SystemRun {

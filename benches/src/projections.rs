@@ -255,7 +255,7 @@ fn appends() -> Vec<(String, String)> {
 
 /// Appends the whole log with concurrent clients. Each visit's check-out is taken long after
 /// its check-in, so it is never written first.
-async fn fill(addr: std::net::SocketAddr) -> Result<()> {
+pub(crate) async fn fill(addr: std::net::SocketAddr) -> Result<()> {
     let appends = Arc::new(appends());
     let next = Arc::new(AtomicUsize::new(0));
     let mut clients = Vec::new();
@@ -352,14 +352,14 @@ async fn visible(addr: std::net::SocketAddr) -> Result<Vec<Duration>> {
     Ok(samples)
 }
 
-fn expect(status: StatusCode, body: &Bytes) -> Result<()> {
+pub(crate) fn expect(status: StatusCode, body: &Bytes) -> Result<()> {
     if !status.is_success() {
         bail!("{status}: {}", String::from_utf8_lossy(body));
     }
     Ok(())
 }
 
-fn copy_dir(from: &Path, to: &Path) -> Result<()> {
+pub(crate) fn copy_dir(from: &Path, to: &Path) -> Result<()> {
     std::fs::create_dir_all(to)?;
     for entry in std::fs::read_dir(from)? {
         let entry = entry?;

@@ -156,6 +156,7 @@ pub(crate) fn render(
     runs: &[SystemRun],
     plugins: &[PluginRound],
     projections: &[crate::projections::ProjectionRound],
+    versions: &[crate::versions::VersionsRound],
     settings: &Settings,
     command: &str,
 ) -> String {
@@ -199,6 +200,7 @@ pub(crate) fn render(
     write_memory(&mut out, runs);
     write_plugins(&mut out, plugins, settings);
     crate::projections::write_section(&mut out, projections);
+    crate::versions::write_section(&mut out, versions);
     write_targets(&mut out, runs, plugins);
     write_notes(&mut out, runs, plugins, settings);
     out
@@ -732,6 +734,7 @@ mod tests {
         let text = render(
             &[],
             &rounds,
+            &[],
             &[],
             &settings,
             "bash benches/run.sh --systems plugins",
