@@ -293,66 +293,51 @@ fn evhost_binary(args: &Args) -> Result<PathBuf> {
     }
 }
 
-fn prepare_plugins(args: &Args, work: &Path) -> Result<Plugins> {
-    if let Some(error) = &args.plugins_error {
-        anyhow::bail!("{error}");
-    }
-    let binary = evhost_binary(args)?;
-    let component = match &args.visit_wasm {
-        Some(component) => component.clone(),
-        // target/release/evhost-bench → target/wasm32-wasip2/release/visit.wasm
-        None => std::env::current_exe()?
+/// A component: the file given, or `file` where `cargo build --release --target wasm32-wasip2`
+/// puts it, seen from this program (target/release/evhost-bench → target/wasm32-wasip2/release/).
+fn component(given: &Option<PathBuf>, file: &str) -> Result<PathBuf> {
+    match given {
+        Some(component) => Ok(component.clone()),
+        None => Ok(std::env::current_exe()?
             .parent()
             .and_then(Path::parent)
             .context("this program is not in a target directory")?
-            .join("wasm32-wasip2/release/visit.wasm"),
-    };
-    let timeout = Duration::from_secs_f64(args.timeout);
-    Plugins::prepare(binary, component, work, timeout)
+            .join("wasm32-wasip2/release")
+            .join(file)),
+    }
+}
+
+/// The evhost binary and the request timeout, for the plugin benchmarks, unless the bench script
+/// said their components did not build.
+fn plugin_setup(args: &Args) -> Result<(PathBuf, Duration)> {
+    if let Some(error) = &args.plugins_error {
+        anyhow::bail!("{error}");
+    }
+    Ok((evhost_binary(args)?, Duration::from_secs_f64(args.timeout)))
+}
+
+fn prepare_plugins(args: &Args, work: &Path) -> Result<Plugins> {
+    let (binary, timeout) = plugin_setup(args)?;
+    let visit = component(&args.visit_wasm, "visit.wasm")?;
+    Plugins::prepare(binary, visit, work, timeout)
 }
 
 async fn prepare_projections(args: &Args, work: &Path) -> Result<projections::Projections> {
-    if let Some(error) = &args.plugins_error {
-        anyhow::bail!("{error}");
-    }
-    let binary = evhost_binary(args)?;
-    let component = match &args.visits_wasm {
-        Some(component) => component.clone(),
-        None => std::env::current_exe()?
-            .parent()
-            .and_then(Path::parent)
-            .context("this program is not in a target directory")?
-            .join("wasm32-wasip2/release/visits.wasm"),
-    };
-    let timeout = Duration::from_secs_f64(args.timeout);
-    projections::Projections::prepare(binary, &component, work, timeout).await
+    let (binary, timeout) = plugin_setup(args)?;
+    let visits = component(&args.visits_wasm, "visits.wasm")?;
+    projections::Projections::prepare(binary, &visits, work, timeout).await
 }
 
 async fn prepare_versions(args: &Args, work: &Path) -> Result<versions::Versions> {
-    if let Some(error) = &args.plugins_error {
-        anyhow::bail!("{error}");
-    }
-    let binary = evhost_binary(args)?;
-    // The second versions sit beside the first: target/wasm32-wasip2/release/.
-    let visit = match &args.visit_wasm {
-        Some(component) => component.clone(),
-        None => std::env::current_exe()?
-            .parent()
-            .and_then(Path::parent)
-            .context("this program is not in a target directory")?
-            .join("wasm32-wasip2/release/visit.wasm"),
-    };
-    let beside = |name: &str| visit.with_file_name(name);
+    let (binary, timeout) = plugin_setup(args)?;
+    // The second versions sit beside the first.
+    let visit = component(&args.visit_wasm, "visit.wasm")?;
     let components = versions::Components {
-        visit_v2: beside("visit_v2.wasm"),
-        visits: args
-            .visits_wasm
-            .clone()
-            .unwrap_or_else(|| beside("visits.wasm")),
-        visits_v2: beside("visits_v2.wasm"),
+        visit_v2: visit.with_file_name("visit_v2.wasm"),
+        visits: component(&args.visits_wasm, "visits.wasm")?,
+        visits_v2: visit.with_file_name("visits_v2.wasm"),
         visit,
     };
-    let timeout = Duration::from_secs_f64(args.timeout);
     versions::Versions::prepare(binary, &components, work, timeout).await
 }
 
