@@ -14,9 +14,10 @@ use serde_json::{Value, json};
 
 use super::{FirstDifferences, Job, StartError, Stop, json_value};
 use crate::plugins::{HandlerLookupError, Plugins};
+use crate::projections::state::Overlay;
 use crate::projections::{Source, read_checkpoint, state_space};
 use crate::runtime::{PluginCalls, PluginInfo, ProjectionPlugin};
-use crate::store::{DataSnapshot, EventStore, LogFilter};
+use crate::store::{DataFuture, DataSnapshot, EventStore, LogFilter};
 
 /// Entries read per page of a state while comparing.
 const DIFF_PAGE: usize = 1_000;
@@ -198,9 +199,15 @@ fn build(
         filter: &filter,
         space,
     };
+    // As a runner does, the next batch is applied over the writes of the one being committed.
+    let mut committing: Option<(DataFuture, Arc<Overlay>)> = None;
     let mut next = from;
     while next <= to {
-        let step = source.apply_batch(next, to, None)?;
+        let prior = committing.as_ref().map(|(_, overlay)| overlay.clone());
+        let step = source.apply_batch(next, to, prior)?;
+        if let Some((commit, _)) = committing.take() {
+            runtime.block_on(commit)?;
+        }
         if let Some((position, error)) = step.failure {
             return Err(Stop::Failed(format!(
                 "{} fails at position {position}: {error}",
@@ -208,15 +215,22 @@ fn build(
             )));
         }
         if !step.writes.is_empty() {
-            runtime.block_on(job.store.write_data(step.writes))?;
+            committing = Some((job.store.write_data(step.writes), step.overlay));
         }
         if step.covered < next {
             break;
         }
         if !job.replay.advance(step.covered + 1 - next, step.covered) {
+            // What was sent lands before the scratch state is deleted.
+            if let Some((commit, _)) = committing {
+                runtime.block_on(commit)?;
+            }
             return Err(Stop::Cancelled);
         }
         next = step.covered + 1;
+    }
+    if let Some((commit, _)) = committing {
+        runtime.block_on(commit)?;
     }
     Ok(())
 }
