@@ -450,6 +450,39 @@ pub(crate) fn write_section(out: &mut String, rounds: &[VersionsRound]) {
             let _ = writeln!(out, "| blue/green switch | failed |");
         }
     }
+    let each = |figure: &dyn Fn(&VersionsRound) -> Option<String>| -> String {
+        let figures: Vec<String> = rounds
+            .iter()
+            .map(|r| figure(r).unwrap_or_else(|| "failed".into()))
+            .collect();
+        figures.join(" · ")
+    };
+    let _ = writeln!(
+        out,
+        "\nEvery round: handler replay {} commands/s; projection replay {} events/s; rebuild {} s; \
+         caught up to active {} ms.",
+        each(&|r| r
+            .handler_replay
+            .as_ref()
+            .ok()
+            .map(|h| format!("{:.0}", h.rate()))),
+        each(&|r| r
+            .projection_replay
+            .as_ref()
+            .ok()
+            .map(|p| format!("{:.0}", p.rate()))),
+        each(&|r| r
+            .switch
+            .as_ref()
+            .ok()
+            .map(|s| format!("{:.2}", s.rebuild.as_secs_f64()))),
+        each(&|r| {
+            r.switch
+                .as_ref()
+                .ok()
+                .map(|s| format!("{:.2}", s.caught_up_to_active.as_secs_f64() * 1e3))
+        }),
+    );
     for (i, round) in rounds.iter().enumerate() {
         for error in [
             round.handler_replay.as_ref().err(),
