@@ -30,15 +30,44 @@ fn report(api: &Api, name: &str, body: Value) -> Value {
     replay["report"].clone()
 }
 
-/// What a replay must leave as it found: the whole log, and every plugin's listing.
-fn observable(api: &Api) -> (Vec<Value>, Value) {
+/// What a replay must leave as it found: the whole log, every plugin's listing (versions,
+/// positions, command counts), and the whole state of every running projection version.
+fn observable(api: &Api) -> (Vec<Value>, Value, Vec<Value>) {
     let mut plugins = api.get("/plugins").expect(200);
+    let mut states = Vec::new();
     for plugin in plugins.as_array_mut().unwrap() {
         let name = plugin["name"].as_str().unwrap().to_owned();
         *plugin = api.get(&format!("/plugins/{name}")).expect(200);
         plugin.as_object_mut().unwrap().remove("last_switch");
+        if plugin["kind"] != "projection" {
+            continue;
+        }
+        for version in plugin["versions"].as_array().unwrap() {
+            if version["position"].is_u64() {
+                let version = version["version"].as_str().unwrap();
+                states.push(json!({"version": version, "keys": all_keys(api, &name, version)}));
+            }
+        }
     }
-    (api.all_events(), plugins)
+    (api.all_events(), plugins, states)
+}
+
+/// Every key and value of version `version` of projection `name`.
+fn all_keys(api: &Api, name: &str, version: &str) -> Vec<Value> {
+    let mut items = Vec::new();
+    let mut after = String::new();
+    loop {
+        let page = api
+            .get(&format!(
+                "/projections/{name}/keys?limit=1000&version={version}&after={after}"
+            ))
+            .expect(200);
+        items.extend(page["items"].as_array().unwrap().iter().cloned());
+        match page["next"].as_str() {
+            Some(next) => after = next.to_owned(),
+            None => return items,
+        }
+    }
 }
 
 fn increment(api: &Api, id: &str, stream: &str, data: Value) -> Value {
