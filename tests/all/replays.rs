@@ -318,3 +318,46 @@ fn a_policy_replay_compares_the_commands_it_would_send_with_the_recorded_ones() 
     assert_eq!(same["differences"], json!([]));
     assert_eq!(observable(&api), before, "a replay sends nothing");
 }
+
+#[test]
+fn scratch_state_a_crash_leaves_behind_is_deleted_at_start_up() {
+    let mut server = Server::start();
+    let api = server.api();
+    append_ones(&api, 200_000, 4);
+    api.deploy_guest("fixture-counting-projection");
+    api.wait_for_position("counting-projection", 200_000, SETTLE);
+    let build = another_build(&guest_wasm("fixture-counting-projection"), 9);
+    let candidate = api.deploy(&build, "promote=manual").expect(201)["version"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let id = start(&api, "counting-projection", json!({"version": candidate}));
+    // Killed once the replay has committed some scratch state, before it ends.
+    let deadline = Instant::now() + SETTLE;
+    loop {
+        let replay = api.get(&format!("/replays/{id}")).expect(200);
+        assert_eq!(
+            replay["status"], "running",
+            "the replay ended too soon: {replay}"
+        );
+        if replay["progress"]["done"].as_u64().unwrap() >= 16_384 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{replay}");
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    server.kill_9();
+    server.restart();
+    let line = server.wait_for_log_line("scratch state left by replays", SETTLE);
+    let deleted: u64 = line
+        .split_whitespace()
+        .find_map(|word| word.parse().ok())
+        .unwrap_or_else(|| panic!("a count in {line:?}"));
+    assert!(deleted > 0, "{line}");
+    let api = server.api();
+    assert_eq!(
+        api.get("/projections/counting-projection/keys/events")
+            .expect(200),
+        200_000
+    );
+}
