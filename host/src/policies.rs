@@ -745,9 +745,8 @@ impl Cause<'_> {
             }
             Cause::Timer { key, timer } => {
                 format!(
-                    "{policy}/timer/{}/{}/{index:04}",
-                    short_hash(key),
-                    timer.due_ms
+                    "{}{index:04}",
+                    timer_command_prefix(policy, key, timer.due_ms)
                 )
             }
             Cause::Rejected { id, .. } => {
@@ -836,4 +835,10 @@ fn now_ms() -> u64 {
 /// `position`.
 pub(crate) fn event_command_prefix(policy: &str, position: u64) -> String {
     format!("{policy}/{position:020}/")
+}
+
+/// The prefix of the ids of the commands policy `policy` sent when its timer `key`, due at
+/// `due_ms`, fired.
+pub(crate) fn timer_command_prefix(policy: &str, key: &str, due_ms: u64) -> String {
+    format!("{policy}/timer/{}/{due_ms}/", short_hash(key))
 }

@@ -298,10 +298,17 @@ fn a_policy_replay_compares_the_commands_it_would_send_with_the_recorded_ones() 
             json!([event("Ping", json!({"n": i}))]),
         );
     }
+    // A timer due at once: it fires, and its command is recorded under the timer's id.
+    let scheduled = api.append_ok(
+        "hostile-3",
+        json!([event("Schedule", json!({"delay_ms": 0}))]),
+    )["last_position"]
+        .as_u64()
+        .unwrap();
     let head = api.head();
     api.wait_for_position("hostile-policy", head, SETTLE);
     let deadline = Instant::now() + SETTLE;
-    while api.all_events().len() < 10 {
+    while api.all_events().len() < 12 {
         assert!(
             Instant::now() < deadline,
             "the policy's commands were not delivered"
@@ -311,11 +318,22 @@ fn a_policy_replay_compares_the_commands_it_would_send_with_the_recorded_ones() 
     let before = observable(&api);
     let same = report(&api, "hostile-policy", json!({"version": policy}));
     assert_eq!(same["kind"], "policy");
-    assert_eq!(same["events"], 5);
-    assert_eq!(same["same"], 5);
-    assert_eq!(same["commands_recorded"], 5);
-    assert_eq!(same["commands_candidate"], 5);
+    assert_eq!(same["events"], 6);
+    assert_eq!(same["timers_fired"], 1);
+    assert_eq!(same["same"], 7);
+    assert_eq!(same["commands_recorded"], 6);
+    assert_eq!(same["commands_candidate"], 6);
     assert_eq!(same["differences"], json!([]));
+    // Short of the head, timers fire only by the events' times: this one is never due before
+    // an event, so it stays pending.
+    let part = report(
+        &api,
+        "hostile-policy",
+        json!({"version": policy, "to": scheduled}),
+    );
+    assert_eq!(part["events"], 6);
+    assert_eq!(part["timers_fired"], 0);
+    assert_eq!(part["timers_pending"], 1);
     assert_eq!(observable(&api), before, "a replay sends nothing");
 }
 

@@ -392,6 +392,53 @@ fn a_replay_of_the_fixed_visit_names_exactly_the_repeated_check_outs() {
     );
     assert_eq!(report["differences"][0]["recorded"]["outcome"], "applied");
 
+    // A projection's replay: visits v2 adds a field to each visit, and changes nothing else.
+    api.deploy_guest("visits");
+    let v2_visits = api
+        .deploy(&guest_wasm("visits-v2"), "promote=manual")
+        .expect(201)["version"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    api.wait_for_position("visits", api.head(), CATCH_UP);
+    let replay = api
+        .post(
+            "/plugins/visits/replays",
+            &json!({"version": v2_visits, "differences": 10}),
+        )
+        .expect(202);
+    let done = api.wait_for_replay(replay["id"].as_str().unwrap(), CATCH_UP);
+    let report = &done["report"];
+    assert_eq!(
+        [&report["changed"], &report["added"], &report["removed"]],
+        [&json!(6), &json!(0), &json!(0)],
+        "{report}"
+    );
+    let keys: Vec<&str> = report["differences"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["key"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        keys,
+        [
+            "visit/1", "visit/2", "visit/3", "visit/4", "visit/5", "visit/6"
+        ]
+    );
+    for difference in report["differences"].as_array().unwrap() {
+        let mut candidate = difference["candidate"].clone();
+        assert!(candidate["length_of_stay_seconds"].is_u64(), "{difference}");
+        candidate
+            .as_object_mut()
+            .unwrap()
+            .remove("length_of_stay_seconds");
+        assert_eq!(
+            candidate, difference["active"],
+            "only the new field differs"
+        );
+    }
+
     // Switched, the fix holds; rolled back, the bug is back.
     api.post("/plugins/visit/promote", &json!({"version": v2}))
         .expect(200);

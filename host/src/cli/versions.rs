@@ -217,7 +217,10 @@ fn summary(out: &mut impl Write, replay: &Value) -> anyhow::Result<()> {
             ],
         ),
         "projection" => ("keys", vec!["same", "added", "removed", "changed"]),
-        _ => ("events", vec!["same", "different", "failed"]),
+        _ => (
+            "events",
+            vec!["timers_fired", "same", "different", "failed"],
+        ),
     };
     let total = &report[unit];
     writeln!(

@@ -23,7 +23,7 @@ use std::sync::Arc;
 use serde::Serialize;
 use tokio::sync::watch;
 
-pub(crate) use clock::now_rfc3339;
+pub(crate) use clock::{millis_from_rfc3339, now_rfc3339};
 pub(crate) use names::category_of;
 pub(crate) use names::{validate_event_id, validate_event_type, validate_stream_name};
 pub(crate) use record::{EventView, RecordView, minify_json};
