@@ -79,11 +79,11 @@ fn deploy_list_and_command_from_the_command_line() {
         "64",
     ]));
     assert!(
-        deployed.contains("handler visit: deployed, version "),
+        deployed.contains("handler visit: deployed, active, version "),
         "{deployed}"
     );
     let again = assert_success(&run_evhost(&["deploy", "--url", url, file]));
-    assert!(again.contains("already deployed"), "{again}");
+    assert!(again.contains("uploaded before; active"), "{again}");
 
     let listed = assert_success(&run_evhost(&["plugins", "--url", url]));
     assert!(
