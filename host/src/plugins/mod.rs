@@ -361,13 +361,8 @@ impl Plugins {
             .read_entries()
             .values()
             .filter_map(|entry| {
-                let version = entry.record.candidate_version.clone()?;
-                match entry.loaded.get(&version)?.version {
-                    Version::Projection(ref runner) if entry.record.promote == Promote::Auto => {
-                        Some((entry.record.name.clone(), version, runner.clone()))
-                    }
-                    _ => None,
-                }
+                let (version, runner) = versions::auto_candidate(&entry.record, &entry.loaded)?;
+                Some((entry.record.name.clone(), version, runner))
             })
             .collect();
         for (name, version, runner) in candidates {

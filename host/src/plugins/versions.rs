@@ -432,7 +432,7 @@ impl Plugins {
 }
 
 /// The candidate that promotes itself, if the record has one and it runs.
-fn auto_candidate(
+pub(super) fn auto_candidate(
     record: &PluginRecord,
     loaded: &BTreeMap<String, LoadedVersion>,
 ) -> Option<(String, Arc<ProjectionRunner>)> {
