@@ -168,7 +168,7 @@ pub(super) async fn delete_version(
 }
 
 /// The answer to a refused change of versions.
-fn version_error(error: VersionError) -> ApiError {
+pub(super) fn version_error(error: VersionError) -> ApiError {
     let message = error.to_string();
     match error {
         VersionError::Invalid(invalid) => ApiError::InvalidPlugin(invalid.0),

@@ -7,7 +7,6 @@ use hyper::body::Incoming;
 use super::error::ApiError;
 use super::query::{Query, percent_decode};
 use super::{App, Body, json_response, read_body};
-use crate::plugins::VersionError;
 use crate::replays::{DEFAULT_DIFFERENCES, MAX_DIFFERENCES, ReplayRequest, StartError};
 
 /// The body of `POST /plugins/{name}/replays`.
@@ -52,14 +51,7 @@ pub(super) async fn start(
         .replays
         .start(&name, request)
         .map_err(|error| match error {
-            StartError::Version(VersionError::PluginNotFound(_)) => {
-                ApiError::not_found("plugin_not_found", error.to_string())
-            }
-            StartError::Version(VersionError::VersionNotFound { .. }) => {
-                ApiError::not_found("version_not_found", error.to_string())
-            }
-            StartError::Version(VersionError::Storage(storage)) => storage.into(),
-            StartError::Version(other) => ApiError::InvalidPlugin(other.to_string()),
+            StartError::Version(version) => super::plugins::version_error(version),
             StartError::Invalid(message) => ApiError::InvalidRequest(message),
             StartError::Busy => ApiError::Conflict {
                 code: "too_many_replays",
