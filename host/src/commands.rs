@@ -23,7 +23,7 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 
 use crate::plugins::{ActiveHandler, HandlerLookupError, Plugins};
-use crate::runtime::{CommandInput, EventInput, NewEvent, PluginFailure};
+use crate::runtime::{CommandInput, EventInput, HandlerPlugin, NewEvent, PluginFailure};
 use crate::store::{
     AppendError, AppendOutcome, AppendRequest, CommandEntry, Direction, EventStore,
     ExpectedVersion, LogFilter, ProposedEvent, RecordedEvent, StorageError, StoredCommand,
@@ -365,16 +365,19 @@ impl Commands {
                 .iter()
                 .map(StoredEvent::parse)
                 .collect::<Result<Vec<_>, _>>()?;
-            for batch in batches(&records) {
-                let inputs: Vec<EventInput<'_>> = batch.iter().map(StoredEvent::input).collect();
-                self.counters.evolve_calls.fetch_add(1, Ordering::Relaxed);
-                let state = handler
-                    .plugin
-                    .evolve(snapshot.state.as_deref().map(Vec::as_slice), &inputs)
-                    .map_err(|failure| self.failed(handler, failure))?;
+            let folded = fold(
+                &handler.plugin,
+                snapshot.state.as_deref().map(Vec::as_slice),
+                &records,
+                || {
+                    self.counters.evolve_calls.fetch_add(1, Ordering::Relaxed);
+                },
+            )
+            .map_err(|failure| self.failed(handler, failure))?;
+            if let Some(state) = folded {
                 snapshot.state = Some(Arc::new(state));
-                snapshot.version = batch.last().map_or(snapshot.version, |e| e.version);
             }
+            snapshot.version = records.last().map_or(snapshot.version, |e| e.version);
             if page.next.is_none() {
                 break;
             }
@@ -473,10 +476,25 @@ impl<'a> StoredEvent<'a> {
     }
 }
 
+/// Folds `events` into `state` with the handler's `evolve`, as many per call as one call takes
+/// ([`batches`]), calling `on_call` before each call; `None` when there was nothing to fold.
+pub(crate) fn fold(
+    plugin: &HandlerPlugin,
+    state: Option<&[u8]>,
+    events: &[StoredEvent<'_>],
+    mut on_call: impl FnMut(),
+) -> Result<Option<Vec<u8>>, PluginFailure> {
+    let mut folded: Option<Vec<u8>> = None;
+    for batch in batches(events) {
+        let inputs: Vec<EventInput<'_>> = batch.iter().map(StoredEvent::input).collect();
+        on_call();
+        folded = Some(plugin.evolve(folded.as_deref().or(state), &inputs)?);
+    }
+    Ok(folded)
+}
+
 /// Splits events into runs that one `evolve` call takes.
-pub(crate) fn batches<'a, 'e>(
-    events: &'a [StoredEvent<'e>],
-) -> impl Iterator<Item = &'a [StoredEvent<'e>]> {
+fn batches<'a, 'e>(events: &'a [StoredEvent<'e>]) -> impl Iterator<Item = &'a [StoredEvent<'e>]> {
     let mut rest = events;
     std::iter::from_fn(move || {
         if rest.is_empty() {

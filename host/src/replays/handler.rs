@@ -11,8 +11,8 @@ use std::collections::BTreeMap;
 use serde_json::{Value, json};
 
 use super::{FirstDifferences, Job, Stop, json_value};
-use crate::commands::{CommandRecord, StoredEvent, batches};
-use crate::runtime::{CommandInput, EventInput, HandlerPlugin, NewEvent};
+use crate::commands::{CommandRecord, StoredEvent, fold};
+use crate::runtime::{CommandInput, HandlerPlugin, NewEvent};
 use crate::store::{Direction, EventStore, RecordedEvent, StorageError};
 
 /// Commands read from the store per page while collecting the range.
@@ -101,7 +101,7 @@ pub(super) fn run(job: &Job<'_>, plugin: &HandlerPlugin, to: Option<u64>) -> Res
         for command in stream {
             let wanted = (command.stream_version as usize).min(events.len());
             if broken.is_none() && folded < wanted {
-                match fold(plugin, state.as_deref(), &events[folded..wanted]) {
+                match fold(plugin, state.as_deref(), &events[folded..wanted], || {}) {
                     Ok(next) => {
                         state = next.or(state);
                         folded = wanted;
@@ -231,21 +231,6 @@ fn read_stream(
     }
     events.truncate(until as usize);
     Ok(events)
-}
-
-/// Folds `events` into `state` with `evolve`, as many per call as the host's commands fold.
-fn fold(
-    plugin: &HandlerPlugin,
-    state: Option<&[u8]>,
-    events: &[StoredEvent<'_>],
-) -> Result<Option<Vec<u8>>, crate::runtime::PluginFailure> {
-    let mut folded: Option<Vec<u8>> = None;
-    for batch in batches(events) {
-        let inputs: Vec<EventInput<'_>> = batch.iter().map(StoredEvent::input).collect();
-        let current = folded.as_deref().or(state);
-        folded = Some(plugin.evolve(current, &inputs)?);
-    }
-    Ok(folded)
 }
 
 fn compare(
