@@ -980,6 +980,7 @@ const GUEST_PACKAGES: &[&str] = &[
     "visit-v2",
     "visits",
     "visits-v2",
+    "stays",
     "fixture-counter",
     "fixture-counter-v2",
     "fixture-hostile",
