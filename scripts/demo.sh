@@ -5,7 +5,10 @@
 # loyalty saga (`order`, `loyalty`, `order-loyalty`), drive hospital visits through commands (CLI
 # and plain HTTP), read the read models with reads that wait for the write before them, watch a
 # policy's timer and its commands, see the saga compensate a rejection, restart the host to show
-# the plugins coming back from their compiled cache, then stop cleanly.
+# the plugins coming back from their compiled cache, then stop cleanly. Beside the Rust plugins
+# run plugins written in Python (the projection `stays-py`, the policy `returns-py`) and in
+# JavaScript (`stays-js`, and `survey` again, deployed as the Rust survey's next version), built
+# with their SDKs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -15,7 +18,7 @@ cargo build --release --locked -p evhost
 plugins=(visit visits rooms survey visit-survey order loyalty order-loyalty)
 # Second versions of visit and visits, deployed later in the demo.
 cargo build --release --locked --target wasm32-wasip2 $(printf -- '-p %s ' "${plugins[@]}") \
-  -p visit-v2 -p visits-v2
+  -p stays -p visit-v2 -p visits-v2
 evhost=target/release/evhost
 wasm=target/wasm32-wasip2/release
 plugin=$wasm/visit.wasm
@@ -24,6 +27,14 @@ log="$data/host.log"
 host=
 tail_pid=
 trap 'kill $tail_pid $host 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$data"' EXIT
+
+echo "== build the Python and JavaScript plugins with their SDKs (componentize-py, componentize-js)"
+bash scripts/guest-tools.sh
+python=target/guest-tools/python/bin/python
+"$python" -m evhost build plugins/python/stays/stays.py -o "$data/stays_py.wasm"
+"$python" -m evhost build plugins/python/returns/returns.py -o "$data/returns_py.wasm"
+node sdk/js/bin/evhost-js.js build plugins/js/stays/stays.js -o "$data/stays_js.wasm"
+node sdk/js/bin/evhost-js.js build plugins/js/survey/survey.js -o "$data/survey_js.wasm"
 
 start_host() {
   : > "$data/stdout"
@@ -55,6 +66,13 @@ echo "== deploy the visit handler ($(wc -c < "$plugin") bytes of WebAssembly), t
 for name in "${plugins[@]:1}"; do
   "$evhost" deploy "$wasm/${name//-/_}.wasm"
 done
+echo "== the average length of stay per hospital, as the same projection in Rust, Python and JavaScript"
+echo "   (a Python or JavaScript component is some 15 MB: its first deploy compiles it, in seconds)"
+"$evhost" deploy "$wasm/stays.wasm"
+"$evhost" deploy "$data/stays_py.wasm"
+"$evhost" deploy "$data/stays_js.wasm"
+echo "== and a policy in Python: a patient back within 72 hours gets a note on the new visit"
+"$evhost" deploy "$data/returns_py.wasm"
 "$evhost" plugins
 
 # get PATH: a read over HTTP, with the position the answer reflects and the version that answered.
@@ -166,6 +184,30 @@ echo "== roll back: v1 answers again at once, from the state it kept current"
 "$evhost" rollback visits
 get "/projections/visits/keys/visit/1002"
 "$evhost" promote visits --version "${visits_v2:0:12}"
+
+echo "== Ana (p-1001) comes back: the Python policy returns-py notes the return on the new visit"
+"$evhost" command visit visit-1003 CheckIn --id checkin-1003 '{"patient_id": "p-1001",
+  "patient_name": "Ana Lima", "complaint": "chest pain again", "triage_level": 2, "room": "A-3",
+  "hospital": "main"}'
+for _ in $(seq 100); do
+  "$evhost" read visit-1003 | grep -q NoteAdded && break
+  sleep 0.1
+done
+"$evhost" read visit-1003
+
+echo "== the stays per hospital, from Rust, Python and JavaScript: the same answer, read after the last write"
+head=$(curl -s "$EVHOST_URL/health" | sed -n 's/.*"head":\([0-9]*\).*/\1/p')
+for name in stays stays-py stays-js; do
+  echo "   $name: $(curl -s "$EVHOST_URL/projections/$name/query/hospitals?min_position=$head")"
+done
+grep -E "plugin stays-(py|js)@[0-9a-f]*: visit 1001" "$log" | sed 's/^/   log: /'
+
+echo "== survey v2 is the survey handler ported to JavaScript: a dry run over every recorded survey command"
+survey_js=$("$evhost" deploy "$data/survey_js.wasm" --promote manual --json | sed -n 's/.*"version":"\([0-9a-f]*\)".*/\1/p')
+"$evhost" replay survey --version "${survey_js:0:12}"
+"$evhost" promote survey
+"$evhost" command survey survey-1001 SubmitSurvey '{"score": 5, "comment": "fast and kind"}'
+refused "$evhost" command survey survey-1001 SubmitSurvey '{"score": 4}'
 
 echo "== the plugins: status, and the position and lag of each projection and policy"
 "$evhost" plugins
