@@ -296,8 +296,14 @@ fn projection_failures_in(lang: Lang) {
     };
     let poison = append("Poison");
     paused_then_skipped(&api, &name, poison, &format!("poison event at position {poison}"));
+    // A Rust panic traps (its message is on the plugin's stderr, in the host's log); a Python or
+    // JavaScript exception is the error itself.
     let panic = append("Panic");
-    paused_then_skipped(&api, &name, panic, "on purpose");
+    let panicked = match lang {
+        Lang::Rust => "trapped".to_owned(),
+        _ => format!("raised on purpose at position {panic}"),
+    };
+    paused_then_skipped(&api, &name, panic, &panicked);
     let endless = append("Loop");
     paused_then_skipped(&api, &name, endless, "time budget of 300 ms");
     let bomb = append("Allocate");
@@ -336,9 +342,9 @@ fn policy_failures_in(lang: Lang) {
     api.deploy_guest("fixture-counter");
     deploy(&api, &lang.fixture("hostile-policy"), "timeout_ms=300");
     let name = lang.fixture_name("hostile-policy");
-    let increments = |stream: &str, count: usize| {
+    let increments = |stream: &str, count: u64| {
         let deadline = std::time::Instant::now() + SETTLE;
-        while api.stream_events(stream).len() < count {
+        while api.stream_version(stream) < count {
             assert!(std::time::Instant::now() < deadline, "{stream} < {count}");
             std::thread::sleep(Duration::from_millis(20));
         }
@@ -398,14 +404,17 @@ fn the_javascript_survey_decides_the_recorded_commands_as_the_rust_one_did() {
     let mut reasons = Vec::new();
     for visit in 1..=4 {
         let prepare = json!({"visit_id": visit.to_string(), "patient_id": format!("p-{visit}")});
-        if visit != 4 {
+        // Survey 4 is never prepared: its answers are refused.
+        let again = if visit == 4 {
+            None
+        } else {
             survey(&api, &format!("prep-{visit}"), visit, "PrepareSurvey", prepare.clone()).expect(200);
-        }
-        let again = survey(&api, &format!("again-{visit}"), visit, "PrepareSurvey", prepare);
+            Some(survey(&api, &format!("again-{visit}"), visit, "PrepareSurvey", prepare))
+        };
         let submit = survey(&api, &format!("submit-{visit}"), visit, "SubmitSurvey",
                             json!({"score": visit + 1, "comment": "kind staff"}));
         let late = survey(&api, &format!("late-{visit}"), visit, "SubmitSurvey", json!({"score": 9}));
-        for reply in [again, submit, late] {
+        for reply in again.into_iter().chain([submit, late]) {
             if reply.status == 422 {
                 reasons.push(reply.json()["error"]["reason"].clone());
             }
@@ -426,8 +435,8 @@ fn the_javascript_survey_decides_the_recorded_commands_as_the_rust_one_did() {
     let replay = api.wait_for_replay(&id, SETTLE);
     assert_eq!(replay["status"], "done", "{replay}");
     let report = &replay["report"];
-    assert_eq!(report["commands"], 15, "{report}");
-    assert_eq!(report["same"], 15, "{report}");
+    assert_eq!(report["commands"], 14, "{report}");
+    assert_eq!(report["same"], 14, "{report}");
     assert_eq!(report["different"], 0, "{report}");
 
     // Promoted, the JavaScript version serves the surveys the Rust one started.

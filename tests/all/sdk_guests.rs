@@ -173,7 +173,11 @@ fn inputs_digest(source: &Path, sdk: &Path) -> Result<String, String> {
         digest.update((bytes.len() as u64).to_le_bytes());
         digest.update(&bytes);
     }
-    Ok(format!("{:x}", digest.finalize()))
+    Ok(digest
+        .finalize()
+        .iter()
+        .map(|byte| format!("{byte:02x}"))
+        .collect())
 }
 
 fn collect_files(dir: &Path, files: &mut Vec<PathBuf>) {
