@@ -22,7 +22,8 @@ const END_OF_FILE: &str = "EVHOST_GUIDE_END_OF_FILE";
 /// The bash script a guide's blocks make.
 fn script_of(guide: &str) -> String {
     // Background jobs (the host) end with the script, whether it passes or fails.
-    let mut script = String::from("set -euo pipefail\ntrap 'kill $(jobs -p) 2>/dev/null || true' EXIT\n");
+    let mut script =
+        String::from("set -euo pipefail\ntrap 'kill $(jobs -p) 2>/dev/null || true' EXIT\n");
     let mut lines = guide.lines();
     while let Some(line) = lines.next() {
         let Some(info) = line.trim_start().strip_prefix("```") else {
@@ -65,15 +66,17 @@ fn run_guide(guide: &str) {
     let text = std::fs::read_to_string(root.join(guide))
         .unwrap_or_else(|e| panic!("cannot read {guide}: {e}"));
     let script = script_of(&text);
-    assert!(script.contains("evhost deploy"), "{guide} deploys nothing:\n{script}");
+    assert!(
+        script.contains("evhost deploy"),
+        "{guide} deploys nothing:\n{script}"
+    );
     let home = tempfile::tempdir().expect("a temporary home");
     let evhost_dir = Path::new(env!("CARGO_BIN_EXE_evhost"))
         .parent()
         .expect("the binary has a directory");
-    let path = std::env::join_paths(
-        std::iter::once(evhost_dir.to_path_buf())
-            .chain(std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default())),
-    )
+    let path = std::env::join_paths(std::iter::once(evhost_dir.to_path_buf()).chain(
+        std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default()),
+    ))
     .expect("a PATH");
     let output = Command::new("bash")
         .arg("-c")

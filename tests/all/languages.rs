@@ -134,19 +134,29 @@ fn the_same_projection_in_rust_python_and_javascript_keeps_the_same_state() {
     }
     api.append_ok(
         "visit-99",
-        json!([event("PatientCheckedOut", json!({"disposition": "discharged"}))]),
+        json!([event(
+            "PatientCheckedOut",
+            json!({"disposition": "discharged"})
+        )]),
     );
     let head = api.head();
 
     let rust = whole_state(&api, "stays", head);
     assert_eq!(rust, whole_state(&api, "stays-py", head), "Python differs");
-    assert_eq!(rust, whole_state(&api, "stays-js", head), "JavaScript differs");
+    assert_eq!(
+        rust,
+        whole_state(&api, "stays-js", head),
+        "JavaScript differs"
+    );
 
     // The state is what the log says: 9 stays ended, 3 per hospital, 3 visits still open, each
     // average the total over the count, rounded down.
     let open: Vec<&String> = rust.keys().filter(|k| k.starts_with("visit/")).collect();
     assert_eq!(open, ["visit/12", "visit/4", "visit/8"]);
-    let checked_in_ms = |visit: u64| rust.get(&format!("visit/{visit}")).map(|v| v["checked_in_ms"].clone());
+    let checked_in_ms = |visit: u64| {
+        rust.get(&format!("visit/{visit}"))
+            .map(|v| v["checked_in_ms"].clone())
+    };
     assert!(checked_in_ms(4).unwrap().as_u64().unwrap() > 1_700_000_000_000);
     for hospital in ["north", "south", "main"] {
         let stays = &rust[&format!("hospital/{hospital}")];
@@ -198,7 +208,13 @@ fn the_same_projection_in_rust_python_and_javascript_keeps_the_same_state() {
 }
 
 /// A command to the hostile handler of `lang`.
-fn hostile(api: &Api, lang: Lang, stream: &str, command_type: &str, data: Value) -> crate::harness::Reply {
+fn hostile(
+    api: &Api,
+    lang: Lang,
+    stream: &str,
+    command_type: &str,
+    data: Value,
+) -> crate::harness::Reply {
     api.command(
         &lang.fixture_name("hostile"),
         &json!({"stream": stream, "type": command_type, "data": data}),
@@ -217,7 +233,11 @@ fn handler_failures_in(lang: Lang) {
     let server = Server::start();
     let api = server.api();
     // The Python and JavaScript runtimes take some tens of MiB before the plugin allocates.
-    deploy(&api, &lang.fixture("hostile"), "memory_mib=160&timeout_ms=300");
+    deploy(
+        &api,
+        &lang.fixture("hostile"),
+        "memory_mib=160&timeout_ms=300",
+    );
     let name = lang.fixture_name("hostile");
 
     let reply = hostile(&api, lang, "hostile-1", "Ok", json!(null));
@@ -228,7 +248,13 @@ fn handler_failures_in(lang: Lang) {
     if !matches!(lang, Lang::Rust) {
         // The exception itself is in the host's log, from the SDK.
         server.wait_for_log_line("hostile plugin raised on purpose", SETTLE);
-        let reply = hostile(&api, lang, "hostile-1", "Reject", json!({"reason": "not today"}));
+        let reply = hostile(
+            &api,
+            lang,
+            "hostile-1",
+            "Reject",
+            json!({"reason": "not today"}),
+        );
         assert_error(&reply, 422, "command_rejected");
         assert_eq!(reply.json()["error"]["reason"], "not today");
     }
@@ -238,7 +264,13 @@ fn handler_failures_in(lang: Lang) {
     let reply = hostile(&api, lang, "hostile-1", "Allocate", json!({"mib": 400}));
     assert_plugin_failed(&reply, "memory past its cap of 160 MiB");
 
-    let reply = hostile(&api, lang, "hostile-1", "Print", json!({"text": "hello from a guest"}));
+    let reply = hostile(
+        &api,
+        lang,
+        "hostile-1",
+        "Print",
+        json!({"text": "hello from a guest"}),
+    );
     assert_eq!(reply.expect(200)["events"][0]["type"], "Printed");
     let line = server.wait_for_log_line("hello from a guest", SETTLE);
     assert!(line.contains(&format!("plugin {name}@")), "{line}");
@@ -251,7 +283,11 @@ fn handler_failures_in(lang: Lang) {
     assert_eq!(reply.expect(200)["events"][0]["type"], "Okayed");
     let events = api.stream_events("hostile-1");
     let types: Vec<&str> = events.iter().map(|e| e["type"].as_str().unwrap()).collect();
-    assert_eq!(types, ["Okayed", "Printed", "Okayed"], "failed commands appended nothing");
+    assert_eq!(
+        types,
+        ["Okayed", "Printed", "Okayed"],
+        "failed commands appended nothing"
+    );
 }
 
 #[test]
@@ -278,8 +314,11 @@ fn paused_then_skipped(api: &Api, name: &str, position: u64, words: &str) {
     });
     let error = paused["error"].as_str().unwrap_or_default();
     assert!(error.contains(words), "not {words:?}: {paused}");
-    api.post(&format!("/plugins/{name}/parked/{position}/skip"), &json!({}))
-        .expect(200);
+    api.post(
+        &format!("/plugins/{name}/parked/{position}/skip"),
+        &json!({}),
+    )
+    .expect(200);
 }
 
 /// The hostile projection of `lang` over poison, a panic, a loop and a memory bomb: each
@@ -287,15 +326,27 @@ fn paused_then_skipped(api: &Api, name: &str, position: u64, words: &str) {
 fn projection_failures_in(lang: Lang) {
     let server = Server::start();
     let api = server.api();
-    deploy(&api, &lang.fixture("hostile-projection"), "memory_mib=160&timeout_ms=300");
+    deploy(
+        &api,
+        &lang.fixture("hostile-projection"),
+        "memory_mib=160&timeout_ms=300",
+    );
     let name = lang.fixture_name("hostile-projection");
     let normal = || event("Fine", json!({"n": 1}));
     let append = |event_type: &str| {
-        let answer = api.append_ok("hostile-1", json!([normal(), event(event_type, json!(null))]));
+        let answer = api.append_ok(
+            "hostile-1",
+            json!([normal(), event(event_type, json!(null))]),
+        );
         answer["last_position"].as_u64().unwrap()
     };
     let poison = append("Poison");
-    paused_then_skipped(&api, &name, poison, &format!("poison event at position {poison}"));
+    paused_then_skipped(
+        &api,
+        &name,
+        poison,
+        &format!("poison event at position {poison}"),
+    );
     // A Rust panic traps (its message is on the plugin's stderr, in the host's log); a Python or
     // JavaScript exception is the error itself.
     let panic = append("Panic");
@@ -312,9 +363,14 @@ fn projection_failures_in(lang: Lang) {
         .as_u64()
         .unwrap();
     let count = api
-        .get(&format!("/projections/{name}/query/count?min_position={last}"))
+        .get(&format!(
+            "/projections/{name}/query/count?min_position={last}"
+        ))
         .expect(200);
-    assert_eq!(count, 5, "every normal event counted once, the skipped ones not");
+    assert_eq!(
+        count, 5,
+        "every normal event counted once, the skipped ones not"
+    );
     let seen = whole_state(&api, &name, last);
     assert_eq!(seen[&format!("seen/{:020}", last)], json!({"n": 1}));
 }
@@ -351,8 +407,7 @@ fn policy_failures_in(lang: Lang) {
     };
     api.append_ok("hostile-1", json!([event("Hello", json!({}))]));
     increments("counter-1", 1);
-    let poison = api.append_ok("hostile-1", json!([event("Poison", json!(null))]))
-        ["last_position"]
+    let poison = api.append_ok("hostile-1", json!([event("Poison", json!(null))]))["last_position"]
         .as_u64()
         .unwrap();
     let parked = api.wait_for_plugin(&name, SETTLE, |p| p["parked"] == 1);
@@ -366,7 +421,10 @@ fn policy_failures_in(lang: Lang) {
         "{listed}"
     );
     // It went on past the parked event: a timer due at once fires and increments again.
-    api.append_ok("hostile-2", json!([event("Schedule", json!({"delay_ms": 0}))]));
+    api.append_ok(
+        "hostile-2",
+        json!([event("Schedule", json!({"delay_ms": 0}))]),
+    );
     increments("counter-2", 1);
     api.append_ok("hostile-1", json!([event("Loop", json!(null))]));
     let parked = api.wait_for_plugin(&name, SETTLE, |p| p["parked"] == 2);
@@ -388,7 +446,13 @@ fn the_rust_hostile_policy_sets_the_standard() {
     policy_failures_in(Lang::Rust);
 }
 
-fn survey(api: &Api, id: &str, visit: u64, command_type: &str, data: Value) -> crate::harness::Reply {
+fn survey(
+    api: &Api,
+    id: &str,
+    visit: u64,
+    command_type: &str,
+    data: Value,
+) -> crate::harness::Reply {
     api.command(
         "survey",
         &json!({"id": id, "stream": format!("survey-{visit}"), "type": command_type, "data": data}),
@@ -408,12 +472,36 @@ fn the_javascript_survey_decides_the_recorded_commands_as_the_rust_one_did() {
         let again = if visit == 4 {
             None
         } else {
-            survey(&api, &format!("prep-{visit}"), visit, "PrepareSurvey", prepare.clone()).expect(200);
-            Some(survey(&api, &format!("again-{visit}"), visit, "PrepareSurvey", prepare))
+            survey(
+                &api,
+                &format!("prep-{visit}"),
+                visit,
+                "PrepareSurvey",
+                prepare.clone(),
+            )
+            .expect(200);
+            Some(survey(
+                &api,
+                &format!("again-{visit}"),
+                visit,
+                "PrepareSurvey",
+                prepare,
+            ))
         };
-        let submit = survey(&api, &format!("submit-{visit}"), visit, "SubmitSurvey",
-                            json!({"score": visit + 1, "comment": "kind staff"}));
-        let late = survey(&api, &format!("late-{visit}"), visit, "SubmitSurvey", json!({"score": 9}));
+        let submit = survey(
+            &api,
+            &format!("submit-{visit}"),
+            visit,
+            "SubmitSurvey",
+            json!({"score": visit + 1, "comment": "kind staff"}),
+        );
+        let late = survey(
+            &api,
+            &format!("late-{visit}"),
+            visit,
+            "SubmitSurvey",
+            json!({"score": 9}),
+        );
         for reply in again.into_iter().chain([submit, late]) {
             if reply.status == 422 {
                 reasons.push(reply.json()["error"]["reason"].clone());
@@ -427,7 +515,10 @@ fn the_javascript_survey_decides_the_recorded_commands_as_the_rust_one_did() {
         .expect(201);
     let js = js["version"].as_str().unwrap().to_owned();
     let id = api
-        .post("/plugins/survey/replays", &json!({"version": js, "differences": 5}))
+        .post(
+            "/plugins/survey/replays",
+            &json!({"version": js, "differences": 5}),
+        )
         .expect(202)["id"]
         .as_str()
         .unwrap()
@@ -442,13 +533,27 @@ fn the_javascript_survey_decides_the_recorded_commands_as_the_rust_one_did() {
     // Promoted, the JavaScript version serves the surveys the Rust one started.
     api.post("/plugins/survey/promote", &json!({"version": js}))
         .expect(200);
-    let reply = survey(&api, "prep-4", 4, "PrepareSurvey",
-                       json!({"visit_id": "4", "patient_id": "p-4"}));
+    let reply = survey(
+        &api,
+        "prep-4",
+        4,
+        "PrepareSurvey",
+        json!({"visit_id": "4", "patient_id": "p-4"}),
+    );
     assert_eq!(reply.expect(200)["events"][0]["type"], "SurveyPrepared");
-    let again = survey(&api, "again-1-js", 1, "PrepareSurvey",
-                       json!({"visit_id": "1", "patient_id": "p-1"}));
+    let again = survey(
+        &api,
+        "again-1-js",
+        1,
+        "PrepareSurvey",
+        json!({"visit_id": "1", "patient_id": "p-1"}),
+    );
     assert_error(&again, 422, "command_rejected");
-    assert!(reasons.contains(&again.json()["error"]["reason"]), "{}", again.body);
+    assert!(
+        reasons.contains(&again.json()["error"]["reason"]),
+        "{}",
+        again.body
+    );
 }
 
 #[test]
@@ -474,7 +579,10 @@ fn a_python_policy_notes_a_patient_who_returns_within_72_hours() {
         if let Some(note) = events.iter().find(|e| e["type"] == "NoteAdded") {
             break note.clone();
         }
-        assert!(std::time::Instant::now() < deadline, "no note on visit-2: {events:?}");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no note on visit-2: {events:?}"
+        );
         std::thread::sleep(Duration::from_millis(20));
     };
     assert_eq!(note["data"]["author"], "returns-py");
@@ -482,7 +590,9 @@ fn a_python_policy_notes_a_patient_who_returns_within_72_hours() {
     let policy = api.wait_for_position("returns-py", api.head(), SETTLE);
     assert_eq!(policy["parked"], 0, "{policy}");
     assert!(
-        api.stream_events("visit-3").iter().all(|e| e["type"] != "NoteAdded"),
+        api.stream_events("visit-3")
+            .iter()
+            .all(|e| e["type"] != "NoteAdded"),
         "a first visit is no return"
     );
 }
@@ -502,8 +612,9 @@ fn python_and_javascript_plugins_come_back_from_the_compiled_cache() {
     let log = server.stderr();
     for name in ["stays-py", "stays-js"] {
         assert!(
-            log.lines().any(|line| line.contains(&format!("plugin {name}@"))
-                && line.contains("loaded from its compiled artifact in")),
+            log.lines()
+                .any(|line| line.contains(&format!("plugin {name}@"))
+                    && line.contains("loaded from its compiled artifact in")),
             "{name}:\n{log}"
         );
         let plugin = api.get(&format!("/plugins/{name}")).expect(200);

@@ -91,8 +91,7 @@ fn build_all() -> Result<(), String> {
         .collect();
     builders
         .into_iter()
-        .map(|builder| builder.join().expect("a guest builder panicked"))
-        .collect()
+        .try_for_each(|builder| builder.join().expect("a guest builder panicked"))
 }
 
 fn output_of(dir: &str) -> PathBuf {
@@ -132,7 +131,9 @@ fn build_if_changed(language: Language, dir: &str) -> Result<(), String> {
         }
         Language::JavaScript => {
             let mut command = Command::new("node");
-            command.arg(root.join("sdk/js/bin/evhost-js.js")).arg("build");
+            command
+                .arg(root.join("sdk/js/bin/evhost-js.js"))
+                .arg("build");
             command
         }
     };
@@ -181,7 +182,14 @@ fn inputs_digest(source: &Path, sdk: &Path) -> Result<String, String> {
 }
 
 fn collect_files(dir: &Path, files: &mut Vec<PathBuf>) {
-    const SKIPPED: &[&str] = &["node_modules", "__pycache__", "test", "tests", "build", "dist"];
+    const SKIPPED: &[&str] = &[
+        "node_modules",
+        "__pycache__",
+        "test",
+        "tests",
+        "build",
+        "dist",
+    ];
     let Ok(entries) = std::fs::read_dir(dir) else {
         return;
     };

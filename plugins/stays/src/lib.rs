@@ -136,9 +136,9 @@ impl Projection for Stays {
                 let Some(name) = params.get("name") else {
                     return Err(Failure::new("query hospital needs the parameter name"));
                 };
-                state.get::<Value>(&hospital_key(name))?.ok_or_else(|| {
-                    Failure::new(format!("no visit has ended at hospital {name}"))
-                })
+                state
+                    .get::<Value>(&hospital_key(name))?
+                    .ok_or_else(|| Failure::new(format!("no visit has ended at hospital {name}")))
             }
             _ => Err(Failure::new(format!(
                 "unknown query {path}; expected one of hospital, hospitals"

@@ -7,10 +7,30 @@ use super::{HospitalStays, Stays};
 /// recorded one second apart per position.
 fn log() -> Vec<EventRecord> {
     vec![
-        EventRecord::new(1, "visit-1", "PatientCheckedIn", &json!({"hospital": "north"})),
-        EventRecord::new(2, "visit-2", "PatientCheckedIn", &json!({"patient_id": "p-2"})),
-        EventRecord::new(3, "visit-3", "PatientCheckedIn", &json!({"hospital": "north"})),
-        EventRecord::new(5, "visit-1", "PatientCheckedOut", &json!({"disposition": "admitted"})),
+        EventRecord::new(
+            1,
+            "visit-1",
+            "PatientCheckedIn",
+            &json!({"hospital": "north"}),
+        ),
+        EventRecord::new(
+            2,
+            "visit-2",
+            "PatientCheckedIn",
+            &json!({"patient_id": "p-2"}),
+        ),
+        EventRecord::new(
+            3,
+            "visit-3",
+            "PatientCheckedIn",
+            &json!({"hospital": "north"}),
+        ),
+        EventRecord::new(
+            5,
+            "visit-1",
+            "PatientCheckedOut",
+            &json!({"disposition": "admitted"}),
+        ),
         EventRecord::new(10, "visit-3", "PatientCheckedOut", &json!({})),
         EventRecord::new(11, "visit-9", "PatientCheckedOut", &json!({})),
     ]
@@ -35,7 +55,11 @@ fn averages_the_stays_that_ended_per_hospital() {
     let open: Value = state.get_as("visit/2").unwrap().unwrap();
     assert_eq!(open["hospital"], "main");
     assert_eq!(state.get("visit/1"), None, "an ended visit is forgotten");
-    assert_eq!(state.get("visit/9"), None, "a check-out without a check-in changes nothing");
+    assert_eq!(
+        state.get("visit/9"),
+        None,
+        "a check-out without a check-in changes nothing"
+    );
 }
 
 #[test]
@@ -49,5 +73,8 @@ fn queries_answer_every_hospital_or_one() {
     let none = testing::query::<Stays>(&state, "hospital", &[("name", "south")]).unwrap_err();
     assert_eq!(none.to_string(), "no visit has ended at hospital south");
     let missing = testing::query::<Stays>(&state, "hospital", &[]).unwrap_err();
-    assert_eq!(missing.to_string(), "query hospital needs the parameter name");
+    assert_eq!(
+        missing.to_string(),
+        "query hospital needs the parameter name"
+    );
 }
