@@ -1,17 +1,21 @@
 #!/usr/bin/env bash
 # Benchmarks evhost against PostgreSQL and NATS JetStream on this machine, and its plugins (the
-# visit handler, the visits projection, replays and switches of their second versions), in one run:
+# visit handler, the visits projection, replays and switches of their second versions, the
+# projection stays in Rust, Python and JavaScript), in one run:
 #
 #   bash benches/run.sh [--quick] [more evhost-bench options, see --help]
 #
 #   --quick               one round, 3 s per timed workload (default: 3 rounds of 5 s)
 #   --systems LIST        what to run, comma-separated, of evhost, postgres, nats, plugins,
-#                         projections, versions (default: all); PostgreSQL and NATS are installed and
-#                         started only if listed, so `bash benches/run.sh --quick --systems
-#                         plugins` runs just the handler benchmarks, in about half a minute once
-#                         built, and `--systems projections` the projection's (filling its log
-#                         of a million events takes about a minute; `versions` fills the same
-#                         log and sends 100 000 commands more)
+#                         projections, versions, languages (default: all); PostgreSQL and NATS
+#                         are installed and started only if listed, so `bash benches/run.sh
+#                         --quick --systems plugins` runs just the handler benchmarks, in about
+#                         half a minute once built, and `--systems projections` the projection's
+#                         (filling its log of a million events takes about a minute; `versions`
+#                         fills the same log and sends 100 000 commands more; `languages`
+#                         installs the Python and JavaScript SDKs' tools with
+#                         scripts/guest-tools.sh and builds stays-py, stays-js and ten copies of
+#                         stays-py into target/bench-guests, minutes the first time)
 #   --memory-events N     also fill a store with N events and report evhost's memory
 #
 # Installs PostgreSQL and nats-server from Debian's packages if they are missing, builds the
@@ -125,6 +129,71 @@ trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
+# Where the Python and JavaScript components of the languages benchmark are built.
+guests=$target/bench-guests
+
+# fresh OUT INPUT...: whether OUT exists and no file of the INPUTs (files or directories) is
+# newer, so that a component is built again only when its source, its SDK or its tools changed.
+fresh() {
+    local out=$1
+    shift
+    [ -f "$out" ] &&
+        [ -z "$(find "$@" -name node_modules -prune -o -newer "$out" -print -quit 2>/dev/null)" ]
+}
+
+python_tools=$target/guest-tools/python
+
+# build_python SOURCE OUT: builds a Python plugin with the Python SDK; a failed build leaves no
+# OUT, so the benchmark reports it missing instead of measuring an old one.
+build_python() {
+    fresh "$2" "$1" sdk/python "$python_tools/bin/componentize-py" && return
+    rm -f "$2"
+    "$python_tools/bin/python" -m evhost build "$1" -o "$2" >/dev/null ||
+        log "$1 did not build"
+}
+
+# build_javascript SOURCE OUT: the same with the JavaScript SDK.
+build_javascript() {
+    fresh "$2" "$1" sdk/js && return
+    rm -f "$2"
+    node sdk/js/bin/evhost-js.js build "$1" -o "$2" >/dev/null || log "$1 did not build"
+}
+
+# The components of the languages benchmark: stays-py, stays-js, and ten copies of stays-py
+# named stays-py-1 … stays-py-10 (distinct plugins, for the memory of ten), built two at a time.
+build_guests() {
+    local n first second
+    mkdir -p "$guests/ten"
+    if ! bash scripts/guest-tools.sh; then
+        log "the Python and JavaScript tools did not install; benchmarking Rust alone"
+        rm -f "$guests"/*.wasm "$guests"/ten/*.wasm
+        return
+    fi
+    log "building stays-py, stays-js and ten copies of stays-py into $guests"
+    build_python plugins/python/stays/stays.py "$guests/stays-py.wasm" &
+    first=$!
+    build_javascript plugins/js/stays/stays.js "$guests/stays-js.wasm" &
+    second=$!
+    wait "$first" "$second"
+    for n in $(seq 10); do
+        mkdir -p "$guests/ten/$n"
+        # Rewritten only when it changes, so that an unchanged copy is not built again.
+        sed "s/\"stays-py\"/\"stays-py-$n\"/" plugins/python/stays/stays.py >"$guests/ten/$n/stays.py.new"
+        if cmp -s "$guests/ten/$n/stays.py.new" "$guests/ten/$n/stays.py"; then
+            rm "$guests/ten/$n/stays.py.new"
+        else
+            mv "$guests/ten/$n/stays.py.new" "$guests/ten/$n/stays.py"
+        fi
+    done
+    for n in 1 3 5 7 9; do
+        build_python "$guests/ten/$n/stays.py" "$guests/ten/stays-py-$n.wasm" &
+        first=$!
+        build_python "$guests/ten/$((n + 1))/stays.py" "$guests/ten/stays-py-$((n + 1)).wasm" &
+        second=$!
+        wait "$first" "$second"
+    done
+}
+
 install_missing
 
 log "building"
@@ -188,6 +257,16 @@ if wants nats; then
     services+=(--nats "127.0.0.1:$nats_port" --nats-pid "$nats_pid")
 fi
 
+languages_error=()
+if wants languages; then
+    if ! cargo build --release --locked --target wasm32-wasip2 -p stays; then
+        log "the Rust stays did not build; benchmarking without the languages"
+        languages_error=(--languages-error "cargo build --release --locked --target wasm32-wasip2 -p stays failed")
+    else
+        build_guests
+    fi
+fi
+
 log "running evhost-bench"
 "$target/release/evhost-bench" \
     --evhost "$target/release/evhost" \
@@ -199,6 +278,11 @@ log "running evhost-bench"
     --command "bash benches/run.sh${*:+ $*}" \
     "${evhost_error[@]}" \
     "${plugins_error[@]}" \
+    --stays-wasm "$target/wasm32-wasip2/release/stays.wasm" \
+    --stays-py-wasm "$guests/stays-py.wasm" \
+    --stays-js-wasm "$guests/stays-js.wasm" \
+    --stays-py-copies "$guests/ten" \
+    "${languages_error[@]}" \
     "$@" &
 bench_pid=$!
 wait "$bench_pid"

@@ -105,6 +105,11 @@ impl Server {
     pub(crate) fn log_tail(&self) -> String {
         tail(&self.log)
     }
+
+    /// The server's whole log so far, for the figures it prints (plugin load times).
+    pub(crate) fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
 }
 
 fn tail(log: &Path) -> String {

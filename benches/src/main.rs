@@ -1,6 +1,7 @@
 //! `evhost-bench`: runs the same workloads against evhost, PostgreSQL and NATS JetStream in one
 //! run and prints a Markdown table of the figures, with evhost's ratio to each of the others; and
-//! the plugin benchmarks, the visit handler on evhost (see [`plugins`]), in their own section.
+//! the plugin benchmarks, the visit handler on evhost (see [`plugins`]), in their own section;
+//! and the same projection in Rust, Python and JavaScript (see [`languages`]).
 //!
 //! evhost is started here, from the release binary next to this one; PostgreSQL and NATS are
 //! started by `benches/run.sh`, which passes their addresses. A system that fails (to start or in
@@ -9,6 +10,7 @@
 mod evhost;
 mod http;
 mod jetstream;
+mod languages;
 mod memory;
 mod nats;
 mod plugins;
@@ -73,12 +75,14 @@ struct Args {
     /// The systems to benchmark; `plugins` is the visit handler on evhost: commands/s, `evolve`
     /// in WebAssembly against native, and loading; `projections` the visits projection: catch-up
     /// against native, memory, append to visible; `versions` dry-run replays of `visit-v2` and
-    /// `visits-v2` and a blue/green switch of `visits`.
+    /// `visits-v2` and a blue/green switch of `visits`; `languages` the projection `stays` in
+    /// Rust, Python and JavaScript: per event, compile and cached load, ten Python plugins'
+    /// memory.
     #[arg(
         long,
         value_enum,
         value_delimiter = ',',
-        default_value = "evhost,postgres,nats,plugins,projections,versions"
+        default_value = "evhost,postgres,nats,plugins,projections,versions,languages"
     )]
     systems: Vec<Kind>,
     /// The evhost binary (default: `evhost` next to this program).
@@ -99,6 +103,30 @@ struct Args {
     /// script passes this when the component does not build).
     #[arg(long)]
     plugins_error: Option<String>,
+    /// The projection `stays` in Rust (default: next to the visit handler's component).
+    #[arg(long)]
+    stays_wasm: Option<PathBuf>,
+    /// `stays-py`, the same projection built by the Python SDK (default:
+    /// `../bench-guests/stays-py.wasm` from this program, where the bench script builds it).
+    #[arg(long)]
+    stays_py_wasm: Option<PathBuf>,
+    /// `stays-js`, the same projection built by the JavaScript SDK (default:
+    /// `../bench-guests/stays-js.wasm` from this program).
+    #[arg(long)]
+    stays_js_wasm: Option<PathBuf>,
+    /// A directory of ten copies of `stays-py` named `stays-py-1` … `stays-py-10`, built as
+    /// `stays-py-<n>.wasm`, for the memory of ten Python plugins (default:
+    /// `../bench-guests/ten` from this program).
+    #[arg(long)]
+    stays_py_copies: Option<PathBuf>,
+    /// Visits in the log of the languages benchmark, two events each (default 35 000, about 5 s
+    /// of catch-up for Python, or 5 000 with --quick).
+    #[arg(long)]
+    language_visits: Option<usize>,
+    /// Report the languages benchmark as failed with this reason instead of running it (the
+    /// bench script passes this when the Rust `stays` does not build).
+    #[arg(long)]
+    languages_error: Option<String>,
     /// PostgreSQL connection string, e.g. "host=127.0.0.1 port=5432 user=postgres".
     #[arg(long)]
     postgres: Option<String>,
@@ -142,6 +170,7 @@ enum Kind {
     Plugins,
     Projections,
     Versions,
+    Languages,
 }
 
 fn main() -> ExitCode {
@@ -211,6 +240,16 @@ async fn run(args: Args) -> Result<()> {
     } else {
         None
     };
+    let languages = if args.systems.contains(&Kind::Languages) {
+        Some(
+            prepare_languages(&args, &work)
+                .await
+                .map_err(|error| format!("{error:#}")),
+        )
+    } else {
+        None
+    };
+    let mut language_rounds = Vec::new();
     let mut version_rounds = Vec::new();
     let mut all_rounds = Vec::new();
     let mut plugin_rounds = Vec::new();
@@ -256,6 +295,15 @@ async fn run(args: Args) -> Result<()> {
                     }
                     None => unreachable!("prepared when the systems include versions"),
                 }),
+                // Ten Python plugins take minutes to deploy: their memory is measured once.
+                Kind::Languages => language_rounds.push(match &languages {
+                    Some(Ok(languages)) => languages.round(round == 0).await,
+                    Some(Err(error)) => {
+                        eprintln!("languages: failed: {error}");
+                        languages::LanguagesRound::failed(error)
+                    }
+                    None => unreachable!("prepared when the systems include languages"),
+                }),
             }
         }
         all_rounds.push(runs);
@@ -269,6 +317,7 @@ async fn run(args: Args) -> Result<()> {
         &plugin_rounds,
         &projection_rounds,
         &version_rounds,
+        &language_rounds,
         &settings,
         &args.command,
     );
@@ -296,14 +345,18 @@ fn evhost_binary(args: &Args) -> Result<PathBuf> {
 /// A component: the file given, or `file` where `cargo build --release --target wasm32-wasip2`
 /// puts it, seen from this program (target/release/evhost-bench → target/wasm32-wasip2/release/).
 fn component(given: &Option<PathBuf>, file: &str) -> Result<PathBuf> {
+    in_target(given, &format!("wasm32-wasip2/release/{file}"))
+}
+
+/// The path given, or `path` in the target directory this program was built in.
+fn in_target(given: &Option<PathBuf>, path: &str) -> Result<PathBuf> {
     match given {
-        Some(component) => Ok(component.clone()),
+        Some(given) => Ok(given.clone()),
         None => Ok(std::env::current_exe()?
             .parent()
             .and_then(Path::parent)
             .context("this program is not in a target directory")?
-            .join("wasm32-wasip2/release")
-            .join(file)),
+            .join(path)),
     }
 }
 
@@ -339,6 +392,26 @@ async fn prepare_versions(args: &Args, work: &Path) -> Result<versions::Versions
         visit,
     };
     versions::Versions::prepare(binary, &components, work, timeout).await
+}
+
+async fn prepare_languages(args: &Args, work: &Path) -> Result<languages::Languages> {
+    if let Some(error) = &args.languages_error {
+        anyhow::bail!("{error}");
+    }
+    let binary = evhost_binary(args)?;
+    let components = languages::Components {
+        stays: [
+            component(&args.stays_wasm, "stays.wasm")?,
+            in_target(&args.stays_py_wasm, "bench-guests/stays-py.wasm")?,
+            in_target(&args.stays_js_wasm, "bench-guests/stays-js.wasm")?,
+        ],
+        python_copies: in_target(&args.stays_py_copies, "bench-guests/ten")?,
+    };
+    let visits = args
+        .language_visits
+        .unwrap_or(if args.quick { 5_000 } else { 35_000 });
+    let timeout = Duration::from_secs_f64(args.timeout);
+    languages::Languages::prepare(binary, &components, visits, work, timeout).await
 }
 
 fn failed(kind: SystemKind, name: &str, error: &anyhow::Error) -> SystemRun {

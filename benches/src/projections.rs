@@ -33,7 +33,7 @@ use crate::report::median_by;
 /// Visits in the log: four events each, one key each in the projection's state.
 pub(crate) const VISITS: usize = 250_000;
 /// Concurrent clients filling the log.
-const FILL_CLIENTS: usize = 16;
+pub(crate) const FILL_CLIENTS: usize = 16;
 /// How far check-outs trail check-ins, in visits: the log interleaves many open visits.
 const OPEN_VISITS: usize = 1_000;
 /// Events per native `apply` call: the host's batch (`BATCH_EVENTS` in host/src/projections.rs).
@@ -239,24 +239,42 @@ fn visit_appends(n: usize) -> [(String, String); 2] {
 
 /// Every append of the log, in the order clients take them.
 fn appends() -> Vec<(String, String)> {
-    let mut appends = Vec::with_capacity(VISITS * 2);
-    for n in 0..VISITS + OPEN_VISITS {
-        if n < VISITS {
-            let [check_in, _] = visit_appends(n);
+    interleave(VISITS, visit_appends)
+}
+
+/// The appends of `visits` visits, in the order clients take them: each visit's first append
+/// (its check-in), and its second (its check-out) [`OPEN_VISITS`] visits later, so that the log
+/// interleaves many open visits and a check-out is never written before its check-in.
+pub(crate) fn interleave(
+    visits: usize,
+    appends_of: impl Fn(usize) -> [(String, String); 2],
+) -> Vec<(String, String)> {
+    let mut appends = Vec::with_capacity(visits * 2);
+    for n in 0..visits + OPEN_VISITS {
+        if n < visits {
+            let [check_in, _] = appends_of(n);
             appends.push(check_in);
         }
         if n >= OPEN_VISITS {
-            let [_, check_out] = visit_appends(n - OPEN_VISITS);
+            let [_, check_out] = appends_of(n - OPEN_VISITS);
             appends.push(check_out);
         }
     }
     appends
 }
 
-/// Appends the whole log with concurrent clients. Each visit's check-out is taken long after
-/// its check-in, so it is never written first.
+/// Appends the whole log with concurrent clients.
 pub(crate) async fn fill(addr: std::net::SocketAddr) -> Result<()> {
-    let appends = Arc::new(appends());
+    append_all(addr, appends()).await
+}
+
+/// Sends `appends` (stream, body) with [`FILL_CLIENTS`] concurrent clients, each taking the
+/// next one in order; any answer but 201 is an error.
+pub(crate) async fn append_all(
+    addr: std::net::SocketAddr,
+    appends: Vec<(String, String)>,
+) -> Result<()> {
+    let appends = Arc::new(appends);
     let next = Arc::new(AtomicUsize::new(0));
     let mut clients = Vec::new();
     for _ in 0..FILL_CLIENTS {

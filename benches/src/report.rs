@@ -7,7 +7,7 @@ use std::fmt::Write;
 use crate::plugins::{self, Commands, PluginBench, PluginRound};
 use crate::workload::{Latency, Measurement, Settings};
 
-const MIB: f64 = 1024.0 * 1024.0;
+pub(crate) const MIB: f64 = 1024.0 * 1024.0;
 
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub(crate) enum SystemKind {
@@ -157,6 +157,7 @@ pub(crate) fn render(
     plugins: &[PluginRound],
     projections: &[crate::projections::ProjectionRound],
     versions: &[crate::versions::VersionsRound],
+    languages: &[crate::languages::LanguagesRound],
     settings: &Settings,
     command: &str,
 ) -> String {
@@ -201,6 +202,7 @@ pub(crate) fn render(
     write_plugins(&mut out, plugins, settings);
     crate::projections::write_section(&mut out, projections);
     crate::versions::write_section(&mut out, versions);
+    crate::languages::write_section(&mut out, languages);
     write_targets(&mut out, runs, plugins);
     write_notes(&mut out, runs, plugins, settings);
     out
@@ -550,7 +552,7 @@ fn evolve_ratio(round: &PluginRound) -> Option<f64> {
 }
 
 /// The median of the figures that were measured.
-fn median(values: &[Option<f64>]) -> Option<f64> {
+pub(crate) fn median(values: &[Option<f64>]) -> Option<f64> {
     median_by(values.iter().flatten().copied().collect(), |value| {
         Some(*value)
     })
@@ -647,7 +649,7 @@ fn mib(bytes: Option<u64>) -> String {
 }
 
 /// A rate rounded to a whole number, thousands separated by spaces.
-fn thousands(value: f64) -> String {
+pub(crate) fn thousands(value: f64) -> String {
     let digits = format!("{:.0}", value.max(0.0));
     let mut out = String::new();
     for (index, digit) in digits.chars().enumerate() {
@@ -734,6 +736,7 @@ mod tests {
         let text = render(
             &[],
             &rounds,
+            &[],
             &[],
             &[],
             &settings,

@@ -211,7 +211,7 @@ impl VersionsRound {
 }
 
 /// Deploys `wasm` with `query`; answers its version.
-async fn deploy(http: &mut Connection, wasm: Bytes, query: &str) -> Result<String> {
+pub(crate) async fn deploy(http: &mut Connection, wasm: Bytes, query: &str) -> Result<String> {
     let path = format!("/plugins{query}");
     let body = Some(("application/wasm", wasm));
     let (status, body) = http.send_body(Method::POST, &path, body).await?;
@@ -223,15 +223,17 @@ async fn deploy(http: &mut Connection, wasm: Bytes, query: &str) -> Result<Strin
         .to_owned())
 }
 
-async fn head(http: &mut Connection) -> Result<u64> {
+/// The log's head, from `GET /health`.
+pub(crate) async fn head(http: &mut Connection) -> Result<u64> {
     let (status, body) = http.send(Method::GET, "/health", None).await?;
     expect(status, &body)?;
     let health: Value = serde_json::from_slice(&body)?;
     health["head"].as_u64().context("no head")
 }
 
-/// Polls `GET /plugins/{name}` until `done` accepts it.
-async fn wait(
+/// Polls `GET /plugins/{name}` until `done` accepts it; a plugin whose active version paused or
+/// failed will not get there.
+pub(crate) async fn wait(
     http: &mut Connection,
     name: &str,
     timeout: Duration,
@@ -246,6 +248,9 @@ async fn wait(
         let plugin: Value = serde_json::from_slice(&body)?;
         if done(&plugin) {
             return Ok(plugin);
+        }
+        if plugin["status"] == "paused" || plugin["status"] == "failed" {
+            bail!("{name} is {}: {}", plugin["status"], plugin["error"]);
         }
         if Instant::now() > deadline {
             bail!("{name} did not get there: {plugin}");
