@@ -232,11 +232,13 @@ fn assert_plugin_failed(reply: &crate::harness::Reply, words: &str) {
 fn handler_failures_in(lang: Lang) {
     let server = Server::start();
     let api = server.api();
-    // The Python and JavaScript runtimes take some tens of MiB before the plugin allocates.
+    // The Python and JavaScript runtimes take some tens of MiB before the plugin allocates, and
+    // an interpreter fills memory slowly: the time budget leaves a memory bomb time to reach the
+    // cap on a busy machine, so each limit is the one that stops its misdeed.
     deploy(
         &api,
         &lang.fixture("hostile"),
-        "memory_mib=160&timeout_ms=300",
+        "memory_mib=160&timeout_ms=1000",
     );
     let name = lang.fixture_name("hostile");
 
@@ -260,7 +262,7 @@ fn handler_failures_in(lang: Lang) {
     }
 
     let reply = hostile(&api, lang, "hostile-1", "Loop", json!(null));
-    assert_plugin_failed(&reply, "time budget of 300 ms");
+    assert_plugin_failed(&reply, "time budget of 1000 ms");
     let reply = hostile(&api, lang, "hostile-1", "Allocate", json!({"mib": 400}));
     assert_plugin_failed(&reply, "memory past its cap of 160 MiB");
 
@@ -326,10 +328,11 @@ fn paused_then_skipped(api: &Api, name: &str, position: u64, words: &str) {
 fn projection_failures_in(lang: Lang) {
     let server = Server::start();
     let api = server.api();
+    // Limits as for the handler above.
     deploy(
         &api,
         &lang.fixture("hostile-projection"),
-        "memory_mib=160&timeout_ms=300",
+        "memory_mib=160&timeout_ms=1000",
     );
     let name = lang.fixture_name("hostile-projection");
     let normal = || event("Fine", json!({"n": 1}));
@@ -356,7 +359,7 @@ fn projection_failures_in(lang: Lang) {
     };
     paused_then_skipped(&api, &name, panic, &panicked);
     let endless = append("Loop");
-    paused_then_skipped(&api, &name, endless, "time budget of 300 ms");
+    paused_then_skipped(&api, &name, endless, "time budget of 1000 ms");
     let bomb = append("Allocate");
     paused_then_skipped(&api, &name, bomb, "memory");
     let last = api.append_ok("hostile-1", json!([normal()]))["last_position"]

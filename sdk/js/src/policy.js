@@ -12,49 +12,25 @@
 import { errorReport } from './errors.js';
 import { RejectedCommand, Timer } from './envelope.js';
 import { write } from './log.js';
-import { PLUGIN } from './plugin.js';
 import { State } from './state.js';
 import { toWitAction } from './actions.js';
-import { envelopeOf, subscribedTypes, subscriberOptions } from './subscriber.js';
-import { TypeRegistry } from './types.js';
+import { SubscriberDefinition, dispatch } from './subscriber.js';
 
-/**
- * @type {WeakMap<PolicyDefinition, {eventTypes: string[] | undefined, reactions: TypeRegistry,
- *   onTimer: Function | undefined, onRejected: Function | undefined}>}
- */
+/** @type {WeakMap<PolicyDefinition, {onTimer: Function | undefined, onRejected: Function | undefined}>} */
 const internals = new WeakMap();
 
-/** A policy, built with `policy({...})`. */
-export class PolicyDefinition {
+/**
+ * A policy, built with `policy({...})`. Its `.on(type, fn)` functions react to events:
+ * `fn(state, event)` returns the actions to take (an array, one action, or nothing).
+ */
+export class PolicyDefinition extends SubscriberDefinition {
   /**
    * @param {{name: string, description?: string, categories?: string[], eventTypes?: string[]}} options
-   *   as for a projection.
+   *   as `SubscriberDefinition` describes them.
    */
   constructor(options) {
-    const { name, description, categories, eventTypes } = subscriberOptions('policy', options);
-    /** @readonly */
-    this.kind = 'policy';
-    /** @readonly */
-    this.name = name;
-    /** @readonly */
-    this.description = description;
-    /** @readonly */
-    this.categories = categories;
-    internals.set(this, {
-      eventTypes,
-      reactions: new TypeRegistry('on'),
-      onTimer: undefined,
-      onRejected: undefined,
-    });
-  }
-
-  /**
-   * Reacts to events of `type` (a name, a typed class, or `'*'`): `fn(state, event)` returns the
-   * actions to take (an array, one action, or nothing).
-   */
-  on(type, fn) {
-    internals.get(this).reactions.add(type, fn);
-    return this;
+    super('policy', options);
+    internals.set(this, { onTimer: undefined, onRejected: undefined });
   }
 
   /** Reacts to a due timer: `fn(state, timer)` returns actions. Without it, timers are logged and ignored. */
@@ -68,28 +44,6 @@ export class PolicyDefinition {
    */
   onRejected(fn) {
     return this.#setOnce('onRejected', fn);
-  }
-
-  /** The event types the policy receives: as given, or those it has functions for. */
-  get eventTypes() {
-    const { eventTypes, reactions } = internals.get(this);
-    return subscribedTypes(eventTypes, reactions);
-  }
-
-  /** What the policy says about itself at deploy time. */
-  describe() {
-    return {
-      name: this.name,
-      kind: 'policy',
-      category: undefined,
-      categories: [...this.categories],
-      eventTypes: this.eventTypes,
-      description: this.description,
-    };
-  }
-
-  get [PLUGIN]() {
-    return 'policy';
   }
 
   #setOnce(what, fn) {
@@ -112,11 +66,10 @@ export function policy(options) {
  * @returns {object[]} wire actions
  */
 export function reactWire(definition, backend, wire) {
-  const { reactions } = internals.get(definition);
   return run(definition, backend, `react to position ${wire.position} (${wire.eventType})`, (state) => {
-    const entry = reactions.lookup(wire.eventType);
-    if (entry === undefined) return [];
-    return entry.fn(state, envelopeOf(`policy ${definition.name}`, wire, entry));
+    const call = dispatch(definition, wire);
+    if (call === undefined) return [];
+    return call.fn(state, call.envelope);
   });
 }
 

@@ -11,41 +11,25 @@
 import { Failure, errorReport } from './errors.js';
 import { Params } from './envelope.js';
 import { write } from './log.js';
-import { PLUGIN } from './plugin.js';
 import { State } from './state.js';
-import { envelopeOf, subscribedTypes, subscriberOptions } from './subscriber.js';
-import { ANY_TYPE, TypeRegistry } from './types.js';
+import { SubscriberDefinition, dispatch } from './subscriber.js';
+import { ANY_TYPE } from './types.js';
 
-/** @type {WeakMap<ProjectionDefinition, {eventTypes: string[] | undefined, appliers: TypeRegistry, queries: Map<string, Function>}>} */
+/** @type {WeakMap<ProjectionDefinition, {queries: Map<string, Function>}>} */
 const internals = new WeakMap();
 
-/** A projection, built with `projection({...})`. */
-export class ProjectionDefinition {
+/**
+ * A projection, built with `projection({...})`. Its `.on(type, fn)` functions apply events:
+ * `fn(state, event)`, with the projection's `State` and the event's `Envelope`.
+ */
+export class ProjectionDefinition extends SubscriberDefinition {
   /**
    * @param {{name: string, description?: string, categories?: string[], eventTypes?: string[]}} options
-   *   `categories`: the stream categories to receive (default: every category); `eventTypes`:
-   *   the event types to receive (default: those with an `.on` function).
+   *   as `SubscriberDefinition` describes them.
    */
   constructor(options) {
-    const { name, description, categories, eventTypes } = subscriberOptions('projection', options);
-    /** @readonly */
-    this.kind = 'projection';
-    /** @readonly */
-    this.name = name;
-    /** @readonly */
-    this.description = description;
-    /** @readonly */
-    this.categories = categories;
-    internals.set(this, { eventTypes, appliers: new TypeRegistry('on'), queries: new Map() });
-  }
-
-  /**
-   * Applies events of `type` (a name, a typed class, or `'*'` for every type without its own
-   * function): `fn(state, event)`, with the projection's `State` and the event's `Envelope`.
-   */
-  on(type, fn) {
-    internals.get(this).appliers.add(type, fn);
-    return this;
+    super('projection', options);
+    internals.set(this, { queries: new Map() });
   }
 
   /**
@@ -60,28 +44,6 @@ export class ProjectionDefinition {
     if (queries.has(path)) throw new TypeError(`query: ${path} is registered twice`);
     queries.set(path, fn);
     return this;
-  }
-
-  /** The event types the projection receives: as given, or those it has functions for. */
-  get eventTypes() {
-    const { eventTypes, appliers } = internals.get(this);
-    return subscribedTypes(eventTypes, appliers);
-  }
-
-  /** What the projection says about itself at deploy time. */
-  describe() {
-    return {
-      name: this.name,
-      kind: 'projection',
-      category: undefined,
-      categories: [...this.categories],
-      eventTypes: this.eventTypes,
-      description: this.description,
-    };
-  }
-
-  get [PLUGIN]() {
-    return 'projection';
   }
 }
 
@@ -99,15 +61,14 @@ export function projection(options) {
  * @param {object[]} events host event records
  */
 export function applyWire(definition, backend, events) {
-  const { appliers } = internals.get(definition);
   const state = new State(backend);
   let current;
   try {
     for (const wire of events) {
       current = wire;
-      const entry = appliers.lookup(wire.eventType);
-      if (entry === undefined) continue;
-      entry.fn(state, envelopeOf(`projection ${definition.name}`, wire, entry));
+      const call = dispatch(definition, wire);
+      if (call === undefined) continue;
+      call.fn(state, call.envelope);
     }
     current = undefined;
     state.commit();

@@ -131,6 +131,36 @@ def decode_data(cls: type[T], data: Any) -> T:
     return decoded
 
 
+def decode_registered(
+    cls: type | None, data: Any, error: Callable[[type, DataMismatch], Exception]
+) -> Any:
+    """The parsed `data` for a function registered for `cls` (see `registration`): an instance
+    of the dataclass, or `data` as it is when the function was registered by type name. Raises
+    `error(cls, mismatch)` when it does not fit."""
+    if cls is None:
+        return data
+    try:
+        return decode_data(cls, data)
+    except DataMismatch as mismatch:
+        raise error(cls, mismatch) from None
+
+
+def type_and_data(value: Any, data: Any, *, caller: str, kind: str) -> tuple[str, Any]:
+    """The type name and data of an event or command that `caller` takes as a type name with its
+    `data`, or as a dataclass instance (its type name, and its fields as plain JSON values);
+    `kind` ("event" or "command") names what it takes in the errors."""
+    a = "an" if kind[0] in "aeiou" else "a"
+    if isinstance(value, str):
+        return check_type_name(value), data
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        if data is not None:
+            raise TypeError(
+                f"{caller} takes data with {a} {kind} type, not with {a} {kind} instance"
+            )
+        return type_name_of(type(value)), json.loads(event_data_json(value))
+    raise TypeError(f"expected {a} {kind} type or a dataclass {kind}, found {value!r}")
+
+
 def decode_value(annotation: Any, value: Any) -> Any:
     """`value` (parsed JSON) checked against, and converted to, `annotation`. Raises
     `DataMismatch`."""

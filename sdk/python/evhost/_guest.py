@@ -14,8 +14,10 @@ would trap, so both are pointed at the host's log here.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import sys
+from collections.abc import Iterator
 from typing import Any
 
 import wit_world
@@ -84,6 +86,18 @@ def _flush_output() -> None:
     _stderr.flush()
 
 
+@contextlib.contextmanager
+def _failure_as_err() -> Iterator[None]:
+    """Makes a `Failure` raised in the block the `err` of the export's result, and sends what the
+    block printed to the host's log before the export returns."""
+    try:
+        yield
+    except Failure as failure:
+        raise Err(failure.message) from None
+    finally:
+        _flush_output()
+
+
 def _describe(info: PluginInfo) -> types.PluginInfo:
     return types.PluginInfo(
         name=info.name,
@@ -125,13 +139,9 @@ def _handler_world(handler: Handler[Any]) -> type:
             event_types: list[str],
             events: list[types.StreamEvent],
         ) -> bytes:
-            try:
+            with _failure_as_err():
                 batch = ((e.version, event_types[e.type_index], e.data) for e in events)
                 return handler._evolve_wire(state, batch)
-            except Failure as failure:
-                raise Err(failure.message) from None
-            finally:
-                _flush_output()
 
         def decide(self, state: bytes | None, command: types.Command) -> list[types.NewEvent]:
             try:
@@ -176,20 +186,12 @@ def _projection_world(projection: Projection) -> type:
 
     class ProjectionWorld(wit_world.WitWorld):
         def apply(self, events: list[types.Event]) -> None:
-            try:
+            with _failure_as_err():
                 projection._apply_wire(host_state, events)
-            except Failure as failure:
-                raise Err(failure.message) from None
-            finally:
-                _flush_output()
 
         def query(self, path: str, params: list[tuple[str, str]]) -> str:
-            try:
+            with _failure_as_err():
                 return projection._query_wire(host_state, path, params)
-            except Failure as failure:
-                raise Err(failure.message) from None
-            finally:
-                _flush_output()
 
     return ProjectionWorld
 
@@ -199,28 +201,16 @@ def _policy_world(policy: Policy) -> type:
 
     class PolicyWorld(wit_world.WitWorld):
         def react(self, event: types.Event) -> list[Any]:
-            try:
+            with _failure_as_err():
                 return _wit_actions(policy._react_wire(host_state, event))
-            except Failure as failure:
-                raise Err(failure.message) from None
-            finally:
-                _flush_output()
 
         def on_timer(self, key: str, payload: str) -> list[Any]:
-            try:
+            with _failure_as_err():
                 return _wit_actions(policy._on_timer_wire(host_state, key, payload))
-            except Failure as failure:
-                raise Err(failure.message) from None
-            finally:
-                _flush_output()
 
         def on_rejected(self, command: types.Command, reason: str) -> list[Any]:
-            try:
+            with _failure_as_err():
                 return _wit_actions(policy._on_rejected_wire(host_state, command, reason))
-            except Failure as failure:
-                raise Err(failure.message) from None
-            finally:
-                _flush_output()
 
     return PolicyWorld
 

@@ -15,7 +15,7 @@ from typing import Any, ClassVar, Generic, Protocol, TypeVar
 from . import log
 from ._codec import (
     DataMismatch,
-    decode_data,
+    decode_registered,
     decode_value,
     encode_json,
     event_data_json,
@@ -26,10 +26,9 @@ from ._codec import (
 from ._envelope import entity_id_of
 from ._errors import Failure, Rejected, describe
 from ._names import check_category, check_type_name
-from ._plugin import Kind, Plugin, PluginInfo
+from ._plugin import F, Kind, Plugin, PluginInfo, register_once
 
 S = TypeVar("S")
-F = TypeVar("F", bound=Callable[..., Any])
 
 
 class WireCommand(Protocol):
@@ -153,14 +152,12 @@ class Handler(Plugin, Generic[S]):
         dataclass (`data` is an instance of it) or a type name (`data` is the parsed JSON). It
         returns the new state, or None when it changed `state` in place."""
         name, cls = registration(event_type)
-
-        def register(function: F) -> F:
-            if name in self._evolvers:
-                raise ValueError(f"handler {self.name} has an evolve function for {name} already")
-            self._evolvers[name] = (cls, function)
-            return function
-
-        return register
+        return register_once(
+            self._evolvers,
+            name,
+            lambda function: (cls, function),
+            f"handler {self.name} has an evolve function for {name} already",
+        )
 
     def decide(self, command_type: type | str) -> Callable[[F], F]:
         """Registers the decorated function `fn(state, command)` or `fn(state, command, context)`
@@ -170,14 +167,12 @@ class Handler(Plugin, Generic[S]):
         It returns a list of events (dataclass instances, or `NewEvent`s), or raises `Rejected`.
         """
         name, cls = registration(command_type)
-
-        def register(function: F) -> F:
-            if name in self._deciders:
-                raise ValueError(f"handler {self.name} has a decide function for {name} already")
-            self._deciders[name] = (cls, function, _takes_context(function))
-            return function
-
-        return register
+        return register_once(
+            self._deciders,
+            name,
+            lambda function: (cls, function, _takes_context(function)),
+            f"handler {self.name} has a decide function for {name} already",
+        )
 
     @property
     def command_types(self) -> tuple[str, ...]:
@@ -229,14 +224,13 @@ class Handler(Plugin, Generic[S]):
                 )
                 raise Rejected(f"unknown command type {command.command_type}; {expected}")
             cls, function, takes_context = entry
-            data: Any = _parse_command_data(command)
-            if cls is not None:
-                try:
-                    data = decode_data(cls, data)
-                except DataMismatch as mismatch:
-                    raise Rejected(
-                        f"{command.command_type} data does not match: {mismatch}"
-                    ) from None
+            data = decode_registered(
+                cls,
+                _parse_command_data(command),
+                lambda _cls, mismatch: Rejected(
+                    f"{command.command_type} data does not match: {mismatch}"
+                ),
+            )
             current = self._load_state(state)
             if takes_context:
                 context = CommandContext(
@@ -273,15 +267,14 @@ class Handler(Plugin, Generic[S]):
                 f"takes; {expected} (set ignore_unknown_events to ignore such events)"
             )
         cls, function = entry
-        value: Any = json.loads(data)
-        if cls is not None:
-            try:
-                value = decode_data(cls, value)
-            except DataMismatch as mismatch:
-                raise Failure(
-                    f"event version {version}, of type {event_type}, does not match "
-                    f"{cls.__name__}: {mismatch}"
-                ) from None
+        value = decode_registered(
+            cls,
+            json.loads(data),
+            lambda cls, mismatch: Failure(
+                f"event version {version}, of type {event_type}, does not match "
+                f"{cls.__name__}: {mismatch}"
+            ),
+        )
         changed = function(state, value)
         return state if changed is None else changed
 

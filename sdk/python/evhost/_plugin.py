@@ -1,6 +1,7 @@
 """What every plugin kind shares: its name and description, what it tells the host about itself
-(`PluginInfo`), how it reports a failure, and, for projections and policies, the functions
-registered per event type and the subscription they imply.
+(`PluginInfo`), how it reports a failure, and how its decorators register a function once per
+name (`register_once`); and, for projections and policies, their constructor, the functions
+registered per event type, the subscription they imply, and how their state writes are committed.
 """
 
 from __future__ import annotations
@@ -11,14 +12,16 @@ from collections.abc import Callable, Iterable
 from typing import Any, ClassVar, Generic, Literal, TypeVar
 
 from . import log
-from ._codec import DataMismatch, decode_data, registration
+from ._codec import decode_registered, registration
 from ._envelope import Envelope, WireEvent
 from ._errors import Failure, describe, summary
 from ._names import check_category, check_plugin_name, check_type_name
+from ._state import State
 
 Kind = Literal["handler", "projection", "policy"]
 
 F = TypeVar("F", bound=Callable[..., Any])
+"""A registered function: the decorators that register one return it unchanged."""
 R = TypeVar("R")
 
 
@@ -65,16 +68,33 @@ class Plugin:
         return f"{type(self).__name__}({self.name!r})"
 
 
+def register_once(
+    table: dict[str, Any], key: str, entry: Callable[[Any], Any], already: str
+) -> Callable[[F], F]:
+    """A decorator that stores `entry(function)` under `key` in `table` and returns the function;
+    it raises `ValueError(already)` if `key` has an entry."""
+
+    def register(function: F) -> F:
+        if key in table:
+            raise ValueError(already)
+        table[key] = entry(function)
+        return function
+
+    return register
+
+
 class Subscriber(Plugin, Generic[R]):
     """A projection or a policy: receives the events of its categories and event types, and
-    calls the function registered for each event's type."""
+    calls the function registered for each event's type. `Projection` and `Policy` take its
+    constructor as theirs."""
 
     def __init__(
         self,
         name: str,
-        description: str,
-        categories: Iterable[str],
-        event_types: Iterable[str] | None,
+        description: str = "",
+        *,
+        categories: Iterable[str] = (),
+        event_types: Iterable[str] | None = None,
     ) -> None:
         super().__init__(name, description)
         if isinstance(categories, str):
@@ -103,14 +123,12 @@ class Subscriber(Plugin, Generic[R]):
         function gets an `Envelope` whose `data` is an instance of it) or a type name (the
         `data` is the parsed JSON)."""
         name, cls = registration(event_type)
-
-        def register(function: F) -> F:
-            if name in self._functions:
-                raise ValueError(f"{self.kind} {self.name} has a function for {name} already")
-            self._functions[name] = (cls, function)
-            return function
-
-        return register
+        return register_once(
+            self._functions,
+            name,
+            lambda function: (cls, function),
+            f"{self.kind} {self.name} has a function for {name} already",
+        )
 
     def on_any(self, function: F) -> F:
         """Registers the decorated function for the events whose type has no function of its
@@ -139,15 +157,14 @@ class Subscriber(Plugin, Generic[R]):
                 return None
             entry = (None, self._fallback)
         cls, function = entry
-        data: Any = json.loads(wire.data)
-        if cls is not None:
-            try:
-                data = decode_data(cls, data)
-            except DataMismatch as mismatch:
-                raise Failure(
-                    f"the event at position {wire.position}, of type {wire.event_type}, does not "
-                    f"match {cls.__name__}: {mismatch}"
-                ) from None
+        data = decode_registered(
+            cls,
+            json.loads(wire.data),
+            lambda cls, mismatch: Failure(
+                f"the event at position {wire.position}, of type {wire.event_type}, does not "
+                f"match {cls.__name__}: {mismatch}"
+            ),
+        )
         envelope = Envelope(
             position=wire.position,
             stream=wire.stream_id,
@@ -160,3 +177,10 @@ class Subscriber(Plugin, Generic[R]):
             recorded_at=wire.recorded_at,
         )
         return envelope, function
+
+    def _commit(self, state: State) -> None:
+        """Writes what a call put in `state`; raises `Failure` (logged) if the backend fails."""
+        try:
+            state._commit()
+        except Exception as error:
+            raise self._failure(error, "to write its state") from error

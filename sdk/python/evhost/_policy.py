@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from typing import Any, ClassVar, TypeVar
 
 from . import log
@@ -17,19 +17,17 @@ from ._codec import (
     decode_data,
     decode_value,
     encode_json,
-    event_data_json,
     to_json_value,
-    type_name_of,
+    type_and_data,
 )
 from ._envelope import WireEvent, entity_id_of
 from ._errors import Failure
 from ._handler import WireCommand
-from ._names import check_plugin_name, check_type_name
-from ._plugin import Kind, Subscriber
+from ._names import check_plugin_name
+from ._plugin import F, Kind, Subscriber
 from ._state import Backend, State
 
 T = TypeVar("T")
-F = TypeVar("F", bound=Callable[..., Any])
 
 _MAX_DUE_MS = 2**64 - 1
 
@@ -93,15 +91,7 @@ def send(handler: str, stream: str, command: Any, data: Any = None) -> SendComma
     however often it is delivered.
     """
     check_plugin_name(handler)
-    if isinstance(command, str):
-        command_type = check_type_name(command)
-    elif dataclasses.is_dataclass(command) and not isinstance(command, type):
-        if data is not None:
-            raise TypeError("send takes data with a command type, not with a command instance")
-        command_type = type_name_of(type(command))
-        data = json.loads(event_data_json(command))
-    else:
-        raise TypeError(f"expected a command type or a dataclass command, found {command!r}")
+    command_type, data = type_and_data(command, data, caller="send", kind="command")
     if not isinstance(stream, str) or not stream:
         raise ValueError(f"stream {stream!r} is empty; expected a stream such as 'visit-42'")
     return SendCommand(handler, stream, command_type, _json_value("command data", data))
@@ -223,17 +213,9 @@ class Policy(Subscriber[Any]):
 
     kind: ClassVar[Kind] = "policy"
 
-    def __init__(
-        self,
-        name: str,
-        description: str = "",
-        *,
-        categories: Iterable[str] = (),
-        event_types: Iterable[str] | None = None,
-    ) -> None:
-        super().__init__(name, description, categories, event_types)
-        self._timer_function: Callable[[State, Timer], Any] | None = None
-        self._rejected_function: Callable[[State, RejectedCommand, str], Any] | None = None
+    # Set on the instance by `on_timer` and `on_rejected`.
+    _timer_function: Callable[[State, Timer], Any] | None = None
+    _rejected_function: Callable[[State, RejectedCommand, str], Any] | None = None
 
     def on_timer(self, function: F) -> F:
         """Registers the decorated function `fn(state, timer)` for the policy's due timers."""
@@ -306,12 +288,6 @@ class Policy(Subscriber[Any]):
             raise self._failure(error, f"on the rejection of {command.command_type}") from error
         self._commit(state)
         return actions
-
-    def _commit(self, state: State) -> None:
-        try:
-            state._commit()
-        except Exception as error:
-            raise self._failure(error, "to write its state") from error
 
 
 def _actions(result: Any, doing: str) -> list[Action]:

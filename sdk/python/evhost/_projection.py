@@ -5,17 +5,16 @@ paths that the component's exports and `evhost.testing` both run.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Iterable
-from typing import Any, ClassVar, TypeVar
+from typing import Any, ClassVar
 
 from . import log
 from ._codec import encode_json
 from ._envelope import Params, WireEvent
 from ._errors import Failure, describe
-from ._plugin import Kind, Subscriber
+from ._plugin import F, Kind, Subscriber, register_once
 from ._state import Backend, State, StateView
-
-F = TypeVar("F", bound=Callable[..., Any])
 
 
 class Projection(Subscriber[None]):
@@ -45,16 +44,10 @@ class Projection(Subscriber[None]):
 
     kind: ClassVar[Kind] = "projection"
 
-    def __init__(
-        self,
-        name: str,
-        description: str = "",
-        *,
-        categories: Iterable[str] = (),
-        event_types: Iterable[str] | None = None,
-    ) -> None:
-        super().__init__(name, description, categories, event_types)
-        self._queries: dict[str, Callable[[StateView, Params], Any]] = {}
+    @functools.cached_property
+    def _queries(self) -> dict[str, Callable[[StateView, Params], Any]]:
+        """The query functions by path; made on first use, as `Subscriber` is the constructor."""
+        return {}
 
     def query(self, path: str) -> Callable[[F], F]:
         """Registers the decorated function `fn(state, params)` as the query `path`: it gets a
@@ -62,14 +55,12 @@ class Projection(Subscriber[None]):
         the answer, anything JSON holds."""
         if not isinstance(path, str) or not path:
             raise ValueError(f"query path {path!r} is empty; expected a name such as 'hospitals'")
-
-        def register(function: F) -> F:
-            if path in self._queries:
-                raise ValueError(f"projection {self.name} has a query {path} already")
-            self._queries[path] = function
-            return function
-
-        return register
+        return register_once(
+            self._queries,
+            path,
+            lambda function: function,
+            f"projection {self.name} has a query {path} already",
+        )
 
     @property
     def query_paths(self) -> tuple[str, ...]:
@@ -90,10 +81,7 @@ class Projection(Subscriber[None]):
                 raise self._failure(
                     error, f"to apply {wire.event_type} at position {wire.position}"
                 ) from error
-        try:
-            state._commit()
-        except Exception as error:
-            raise self._failure(error, "to write its state") from error
+        self._commit(state)
 
     def _query_wire(self, backend: Backend, path: str, params: Iterable[tuple[str, str]]) -> str:
         """Answers the query `path`: the answer's JSON text. Raises `Failure` with the message

@@ -27,7 +27,7 @@ import json
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any, TypeVar
 
-from ._codec import encode_json, event_data_json, type_name_of
+from ._codec import encode_json, to_json_value, type_and_data
 from ._errors import Failure
 from ._handler import Handler, NewEvent, _encode_event
 from ._names import check_type_name
@@ -231,16 +231,8 @@ def record(
     was recorded `position` seconds after 2026-01-01T00:00:00Z; `recorded_at` takes an RFC 3339
     timestamp or milliseconds since the Unix epoch.
     """
-    if isinstance(event, str):
-        event_type = check_type_name(event)
-        data = json.loads(encode_json(data))
-    elif dataclasses.is_dataclass(event) and not isinstance(event, type):
-        if data is not None:
-            raise TypeError("record takes data with an event type, not with an event instance")
-        event_type = type_name_of(type(event))
-        data = json.loads(event_data_json(event))
-    else:
-        raise TypeError(f"expected an event type or a dataclass event, found {event!r}")
+    event_type, data = type_and_data(event, data, caller="record", kind="event")
+    data = to_json_value(data)
     if recorded_at is None:
         recorded_at = rfc3339_from_millis(TEST_EPOCH_MS + position * 1000)
     elif isinstance(recorded_at, int):
@@ -300,19 +292,12 @@ def decide(
         stored = handler._dump_state(state)
     else:
         stored = None
-    if isinstance(command, str):
-        command_type, data_json = check_type_name(command), encode_json(data)
-    elif dataclasses.is_dataclass(command) and not isinstance(command, type):
-        if data is not None:
-            raise TypeError("decide takes data with a command type, not with a command instance")
-        command_type, data_json = type_name_of(type(command)), event_data_json(command)
-    else:
-        raise TypeError(f"expected a command type or a dataclass command, found {command!r}")
+    command_type, data = type_and_data(command, data, caller="decide", kind="command")
     wire = _WireCommand(
         id=id,
         stream_id=stream if stream is not None else f"{handler.category}-1",
         command_type=command_type,
-        data=data_json,
+        data=encode_json(data),
         metadata=encode_json(dict(metadata or {})),
     )
     return [

@@ -1,5 +1,6 @@
-"""Shared helpers: where the repository is, and importing a plugin file by its path (as
-`evhost build` does) without leaving bytecode beside it."""
+"""Shared helpers: where the repository is, importing a plugin file by its path (as
+`evhost build` does) without leaving bytecode beside it, and the library's events, which the
+handler tests decide and the policy tests react to."""
 
 from __future__ import annotations
 
@@ -7,6 +8,8 @@ import importlib.util
 import sys
 from pathlib import Path
 from types import ModuleType
+
+from evhost import event
 
 REPO = Path(__file__).resolve().parents[3]
 """The root of the evhost checkout these tests live in."""
@@ -26,3 +29,13 @@ def load_module(path: Path, name: str | None = None) -> ModuleType:
     finally:
         sys.dont_write_bytecode = saved
     return module
+
+
+@event
+class Lent:
+    member: str
+
+
+@event
+class Returned:
+    pass

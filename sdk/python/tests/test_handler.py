@@ -16,10 +16,11 @@ from evhost import (
     NewEvent,
     Rejected,
     command,
-    event,
     reject,
     testing,
 )
+
+from conftest import Lent, Returned
 
 
 @dataclasses.dataclass
@@ -35,16 +36,6 @@ class Lend:
 
 @command
 class Return:
-    pass
-
-
-@event
-class Lent:
-    member: str
-
-
-@event
-class Returned:
     pass
 
 

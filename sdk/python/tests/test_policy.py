@@ -20,23 +20,14 @@ from evhost import (
     Timer,
     cancel_timer,
     command,
-    event,
     schedule,
     send,
     testing,
 )
 
+from conftest import Lent, Returned
+
 TWO_WEEKS_MS = 14 * 24 * 3600 * 1000
-
-
-@event
-class Lent:
-    member: str
-
-
-@event
-class Returned:
-    pass
 
 
 @command
