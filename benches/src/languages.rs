@@ -28,7 +28,7 @@ use serde_json::{Value, json};
 use crate::evhost::Server;
 use crate::http::Connection;
 use crate::memory::Probe;
-use crate::projections::{append_all, copy_dir, expect, interleave};
+use crate::projections::{copy_dir, expect, fill_store, interleave};
 use crate::report::{MIB, median, thousands};
 use crate::versions::{deploy, head, wait};
 
@@ -188,17 +188,8 @@ impl Languages {
                 .map(Bytes::from)
                 .map_err(|e| format!("{e:#}"))
         };
-        let filled = work.join("languages-filled");
-        let _ = std::fs::remove_dir_all(&filled);
-        let server = Server::start(&binary, &filled, work, timeout).await?;
-        let started = Instant::now();
-        append_all(server.addr, interleave(visits, stay_appends)).await?;
-        eprintln!(
-            "languages: stored {} events in {:.1} s",
-            visits * 2,
-            started.elapsed().as_secs_f64()
-        );
-        server.stop(timeout).await?;
+        let appends = interleave(visits, stay_appends);
+        let filled = fill_store(&binary, work, "languages", appends, visits * 2, timeout).await?;
         Ok(Languages {
             binary,
             components: components.stays.each_ref().map(read),

@@ -81,17 +81,8 @@ impl Projections {
     ) -> Result<Self> {
         let component =
             std::fs::read(component).with_context(|| format!("reading {}", component.display()))?;
-        let filled = work.join("projections-filled");
-        let _ = std::fs::remove_dir_all(&filled);
-        let server = Server::start(&binary, &filled, work, timeout).await?;
-        let started = Instant::now();
-        fill(server.addr).await?;
-        eprintln!(
-            "projections: stored {} events in {:.1} s",
-            VISITS * 4,
-            started.elapsed().as_secs_f64()
-        );
-        server.stop(timeout).await?;
+        let filled =
+            fill_store(&binary, work, "projections", appends(), VISITS * 4, timeout).await?;
         Ok(Projections {
             binary,
             component: component.into(),
@@ -263,6 +254,29 @@ pub(crate) fn interleave(
     appends
 }
 
+/// Makes the store that a benchmark's rounds copy, `<work>/<name>-filled`: a fresh server
+/// appends `appends` (`events` events in all, for the line it prints) and stops.
+pub(crate) async fn fill_store(
+    binary: &Path,
+    work: &Path,
+    name: &str,
+    appends: Vec<(String, String)>,
+    events: usize,
+    timeout: Duration,
+) -> Result<PathBuf> {
+    let filled = work.join(format!("{name}-filled"));
+    let _ = std::fs::remove_dir_all(&filled);
+    let server = Server::start(binary, &filled, work, timeout).await?;
+    let started = Instant::now();
+    append_all(server.addr, appends).await?;
+    eprintln!(
+        "{name}: stored {events} events in {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+    server.stop(timeout).await?;
+    Ok(filled)
+}
+
 /// Appends the whole log with concurrent clients.
 pub(crate) async fn fill(addr: std::net::SocketAddr) -> Result<()> {
     append_all(addr, appends()).await
@@ -270,10 +284,7 @@ pub(crate) async fn fill(addr: std::net::SocketAddr) -> Result<()> {
 
 /// Sends `appends` (stream, body) with [`FILL_CLIENTS`] concurrent clients, each taking the
 /// next one in order; any answer but 201 is an error.
-pub(crate) async fn append_all(
-    addr: std::net::SocketAddr,
-    appends: Vec<(String, String)>,
-) -> Result<()> {
+async fn append_all(addr: std::net::SocketAddr, appends: Vec<(String, String)>) -> Result<()> {
     let appends = Arc::new(appends);
     let next = Arc::new(AtomicUsize::new(0));
     let mut clients = Vec::new();

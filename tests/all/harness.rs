@@ -1157,6 +1157,46 @@ impl Api {
         }
     }
 
+    /// Waits until stream `stream` holds at least `count` events, and answers them.
+    #[track_caller]
+    pub fn wait_for_events(&self, stream: &str, count: usize, timeout: Duration) -> Vec<Value> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let reply = self.get(&format!("/streams/{stream}"));
+            if reply.status == 200 {
+                let events = reply.json()["events"].as_array().unwrap().clone();
+                if events.len() >= count {
+                    return events;
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "stream {stream} did not reach {count} events: {}",
+                reply.body
+            );
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Every item (`{"key", "value"}`) that projection `name` lists with the parameters `query`,
+    /// in key order, following `next` through pages of 1 000.
+    pub fn projection_items(&self, name: &str, query: &str) -> Vec<Value> {
+        let mut items = Vec::new();
+        let mut after = String::new();
+        loop {
+            let page = self
+                .get(&format!(
+                    "/projections/{name}/keys?limit=1000&{query}&after={after}"
+                ))
+                .expect(200);
+            items.extend(page["items"].as_array().unwrap().iter().cloned());
+            match page["next"].as_str() {
+                Some(next) => after = next.to_owned(),
+                None => return items,
+            }
+        }
+    }
+
     /// Waits until replay `id` has ended, and answers it.
     #[track_caller]
     pub fn wait_for_replay(&self, id: &str, timeout: Duration) -> Value {

@@ -93,25 +93,15 @@ fn check_out(api: &Api, visit: u64) -> u64 {
 /// Every key of a projection with its value, as parsed JSON: how two languages' states are
 /// compared (the text of a value may differ in key order and spacing, not in content).
 fn whole_state(api: &Api, name: &str, min_position: u64) -> BTreeMap<String, Value> {
-    let mut state = BTreeMap::new();
-    let mut after = String::new();
-    loop {
-        let page = api
-            .get(&format!(
-                "/projections/{name}/keys?limit=1000&after={after}&min_position={min_position}"
-            ))
-            .expect(200);
-        for item in page["items"].as_array().unwrap() {
-            state.insert(
+    api.projection_items(name, &format!("min_position={min_position}"))
+        .into_iter()
+        .map(|item| {
+            (
                 item["key"].as_str().unwrap().to_owned(),
                 item["value"].clone(),
-            );
-        }
-        match page["next"].as_str() {
-            Some(next) => after = next.to_owned(),
-            None => return state,
-        }
-    }
+            )
+        })
+        .collect()
 }
 
 #[test]
@@ -401,15 +391,8 @@ fn policy_failures_in(lang: Lang) {
     api.deploy_guest("fixture-counter");
     deploy(&api, &lang.fixture("hostile-policy"), "timeout_ms=300");
     let name = lang.fixture_name("hostile-policy");
-    let increments = |stream: &str, count: u64| {
-        let deadline = std::time::Instant::now() + SETTLE;
-        while api.stream_version(stream) < count {
-            assert!(std::time::Instant::now() < deadline, "{stream} < {count}");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    };
     api.append_ok("hostile-1", json!([event("Hello", json!({}))]));
-    increments("counter-1", 1);
+    api.wait_for_events("counter-1", 1, SETTLE);
     let poison = api.append_ok("hostile-1", json!([event("Poison", json!(null))]))["last_position"]
         .as_u64()
         .unwrap();
@@ -428,7 +411,7 @@ fn policy_failures_in(lang: Lang) {
         "hostile-2",
         json!([event("Schedule", json!({"delay_ms": 0}))]),
     );
-    increments("counter-2", 1);
+    api.wait_for_events("counter-2", 1, SETTLE);
     api.append_ok("hostile-1", json!([event("Loop", json!(null))]));
     let parked = api.wait_for_plugin(&name, SETTLE, |p| p["parked"] == 2);
     assert_eq!(parked["status"], "running", "{parked}");
@@ -576,18 +559,12 @@ fn a_python_policy_notes_a_patient_who_returns_within_72_hours() {
     )
     .expect(200);
     check_in(&api, 3, Some("north"));
-    let deadline = std::time::Instant::now() + SETTLE;
-    let note = loop {
-        let events = api.stream_events("visit-2");
-        if let Some(note) = events.iter().find(|e| e["type"] == "NoteAdded") {
-            break note.clone();
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "no note on visit-2: {events:?}"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    // Its check-in appended two events; the policy's note is the third.
+    let events = api.wait_for_events("visit-2", 3, SETTLE);
+    let note = events
+        .iter()
+        .find(|e| e["type"] == "NoteAdded")
+        .unwrap_or_else(|| panic!("no note on visit-2: {events:?}"));
     assert_eq!(note["data"]["author"], "returns-py");
     assert_eq!(note["data"]["text"], "returned 0 h after visit 1 ended");
     let policy = api.wait_for_position("returns-py", api.head(), SETTLE);

@@ -3,34 +3,13 @@
 //! that fire after a restart, compensation when a handler rejects, correlation and causation
 //! ids along the chain, and poison or hostile reactions parked without stopping the policy.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::{Value, json};
 
 use crate::harness::{Api, Server, assert_error, event};
 
 const SETTLE: Duration = Duration::from_secs(30);
-
-/// Waits until stream `stream` holds at least `count` events, and answers them.
-#[track_caller]
-fn wait_for_events(api: &Api, stream: &str, count: usize) -> Vec<Value> {
-    let deadline = Instant::now() + SETTLE;
-    loop {
-        let reply = api.get(&format!("/streams/{stream}"));
-        if reply.status == 200 {
-            let events = reply.json()["events"].as_array().unwrap().clone();
-            if events.len() >= count {
-                return events;
-            }
-        }
-        assert!(
-            Instant::now() < deadline,
-            "stream {stream} did not reach {count} events: {}",
-            reply.body
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
 
 fn check_in(api: &Api, visit: &str, extra: Value) -> u64 {
     let mut data = json!({
@@ -63,7 +42,7 @@ fn a_crash_after_the_outbox_write_still_delivers_the_command_once() {
     server.set_env("EVHOST_CRASH_AT", None);
     server.restart();
     let api = server.api();
-    let events = wait_for_events(&api, "counter-a", 1);
+    let events = api.wait_for_events("counter-a", 1, SETTLE);
     std::thread::sleep(Duration::from_millis(300));
     assert_eq!(api.stream_events("counter-a").len(), 1, "{events:?}");
     assert_eq!(events[0]["type"], "Incremented");
@@ -83,7 +62,7 @@ fn a_crash_between_dispatch_and_bookkeeping_does_not_execute_twice() {
     server.restart();
     let api = server.api();
     // The command ran before the crash; delivered again, the handler answers from its record.
-    let events = wait_for_events(&api, "counter-b", 1);
+    let events = api.wait_for_events("counter-b", 1, SETTLE);
     api.wait_for_plugin("hostile-policy", SETTLE, |_| {
         server.stderr().matches("crashing at").count() == 1
     });
@@ -121,7 +100,7 @@ fn timers_fire_after_a_restart() {
     server.restart();
     let api = server.api();
     // Check-in and room, then the reminder the timer sends once the host is back.
-    let events = wait_for_events(&api, "visit-t1", 3);
+    let events = api.wait_for_events("visit-t1", 3, SETTLE);
     let overdue = &events[2];
     assert_eq!(overdue["type"], "VisitOverdue", "{events:?}");
     assert!(
@@ -151,7 +130,7 @@ fn a_checkout_prepares_a_survey_and_cancels_the_reminder() {
         &json!({"stream": "visit-s1", "type": "CheckOut", "data": {"disposition": "discharged"}}),
     );
     checkout.expect(200);
-    let survey = wait_for_events(&api, "survey-s1", 1);
+    let survey = api.wait_for_events("survey-s1", 1, SETTLE);
     assert_eq!(survey[0]["type"], "SurveyPrepared");
     std::thread::sleep(Duration::from_millis(1_500));
     let visit = api.stream_events("visit-s1");
@@ -180,7 +159,7 @@ fn a_rejected_reservation_cancels_the_order() {
                 "data": {"customer_id": "c1", "total_cents": 1000, "points": 30}}),
     )
     .expect(200);
-    let loyalty = wait_for_events(&api, "loyalty-c1", 2);
+    let loyalty = api.wait_for_events("loyalty-c1", 2, SETTLE);
     assert_eq!(loyalty[1]["type"], "PointsReserved");
     // Not enough left: the loyalty handler rejects, and the policy compensates.
     api.command(
@@ -189,7 +168,7 @@ fn a_rejected_reservation_cancels_the_order() {
                 "data": {"customer_id": "c1", "total_cents": 5000, "points": 40}}),
     )
     .expect(200);
-    let order = wait_for_events(&api, "order-o2", 2);
+    let order = api.wait_for_events("order-o2", 2, SETTLE);
     let cancelled = order
         .iter()
         .find(|e| e["type"] == "OrderCancelled")
@@ -227,7 +206,7 @@ fn poison_and_hostile_reactions_are_parked_and_the_policy_goes_on() {
         .as_u64()
         .unwrap();
     api.append_ok("hostile-p", json!([event("Ping", json!({}))]));
-    let events = wait_for_events(&api, "counter-p", 1);
+    let events = api.wait_for_events("counter-p", 1, SETTLE);
     assert_eq!(events.len(), 1);
     let parked = api.get("/plugins/hostile-policy/parked").expect(200);
     let positions: Vec<u64> = parked
@@ -307,7 +286,7 @@ fn a_paused_policy_reacts_once_resumed_also_across_a_restart() {
     api.post("/plugins/hostile-policy/resume", &json!({}))
         .expect(200);
     api.wait_for_position("hostile-policy", position, SETTLE);
-    assert_eq!(wait_for_events(&api, "counter-z", 1).len(), 1);
+    assert_eq!(api.wait_for_events("counter-z", 1, SETTLE).len(), 1);
     assert_error(
         &api.get("/plugins/hostile-policy/pause"),
         405,
@@ -324,7 +303,7 @@ fn a_new_policy_version_continues_from_the_checkpoint() {
     let position = api.append_ok("hostile-v", json!([event("Ping", json!({}))]))["last_position"]
         .as_u64()
         .unwrap();
-    wait_for_events(&api, "counter-v", 1);
+    api.wait_for_events("counter-v", 1, SETTLE);
     api.wait_for_position("hostile-policy", position, SETTLE);
 
     let wasm = crate::harness::guest_wasm("fixture-hostile-policy");
@@ -339,7 +318,7 @@ fn a_new_policy_version_continues_from_the_checkpoint() {
     let next = api.append_ok("hostile-v", json!([event("Ping", json!({}))]))["last_position"]
         .as_u64()
         .unwrap();
-    let events = wait_for_events(&api, "counter-v", 2);
+    let events = api.wait_for_events("counter-v", 2, SETTLE);
     api.wait_for_position("hostile-policy", next, SETTLE);
     std::thread::sleep(Duration::from_millis(300));
     assert_eq!(api.stream_events("counter-v").len(), 2, "{events:?}");

@@ -45,29 +45,12 @@ fn observable(api: &Api) -> (Vec<Value>, Value, Vec<Value>) {
         for version in plugin["versions"].as_array().unwrap() {
             if version["position"].is_u64() {
                 let version = version["version"].as_str().unwrap();
-                states.push(json!({"version": version, "keys": all_keys(api, &name, version)}));
+                let keys = api.projection_items(&name, &format!("version={version}"));
+                states.push(json!({"version": version, "keys": keys}));
             }
         }
     }
     (api.all_events(), plugins, states)
-}
-
-/// Every key and value of version `version` of projection `name`.
-fn all_keys(api: &Api, name: &str, version: &str) -> Vec<Value> {
-    let mut items = Vec::new();
-    let mut after = String::new();
-    loop {
-        let page = api
-            .get(&format!(
-                "/projections/{name}/keys?limit=1000&version={version}&after={after}"
-            ))
-            .expect(200);
-        items.extend(page["items"].as_array().unwrap().iter().cloned());
-        match page["next"].as_str() {
-            Some(next) => after = next.to_owned(),
-            None => return items,
-        }
-    }
 }
 
 fn increment(api: &Api, id: &str, stream: &str, data: Value) -> Value {
