@@ -25,9 +25,9 @@ use serde_json::value::RawValue;
 use crate::plugins::{ActiveHandler, HandlerLookupError, Plugins};
 use crate::runtime::{CommandInput, EventInput, HandlerPlugin, NewEvent, PluginFailure};
 use crate::store::{
-    AppendError, AppendOutcome, AppendRequest, CommandEntry, Direction, EventStore,
+    AppendError, AppendLimits, AppendOutcome, AppendRequest, CommandEntry, Direction, EventStore,
     ExpectedVersion, LogFilter, ProposedEvent, RecordedEvent, StorageError, StoredCommand,
-    category_of, minify_json, now_rfc3339, validate_event_type,
+    category_of, check_json_depth, minify_json, now_rfc3339, validate_event_type,
 };
 use snapshots::{Snapshot, SnapshotCache};
 use stream_locks::StreamLocks;
@@ -109,6 +109,8 @@ pub(crate) struct CommandCounters {
 pub(crate) struct Commands {
     store: Arc<dyn EventStore>,
     plugins: Arc<Plugins>,
+    /// What a handler's events may carry: the limits of any append.
+    append_limits: AppendLimits,
     snapshots: SnapshotCache,
     streams: StreamLocks,
     pub counters: CommandCounters,
@@ -139,10 +141,15 @@ pub(crate) struct CommandRecord<'a> {
 }
 
 impl Commands {
-    pub(crate) fn new(store: Arc<dyn EventStore>, plugins: Arc<Plugins>) -> Self {
+    pub(crate) fn new(
+        store: Arc<dyn EventStore>,
+        plugins: Arc<Plugins>,
+        append_limits: AppendLimits,
+    ) -> Self {
         Commands {
             store,
             plugins,
+            append_limits,
             snapshots: SnapshotCache::default(),
             streams: StreamLocks::default(),
             counters: CommandCounters::default(),
@@ -156,6 +163,12 @@ impl Commands {
         request: CommandRequest,
     ) -> Result<CommandOutcome, CommandError> {
         let handler = self.plugins.handler(handler_name)?;
+        for (what, json) in [
+            ("the command's data", &request.data),
+            ("the command's metadata", &request.metadata),
+        ] {
+            check_json_depth(what, json).map_err(CommandError::Invalid)?;
+        }
         let category = category_of(&request.stream);
         if category != handler.category {
             return Err(CommandError::Invalid(format!(
@@ -397,6 +410,11 @@ impl Commands {
         command_id: &str,
         command_metadata: &str,
     ) -> Result<Vec<ProposedEvent>, PluginFailure> {
+        let refused = |error: AppendError| {
+            PluginFailure::Returned(format!("decide returned events past the limits: {error}"))
+        };
+        // Counted before anything is built: a plugin returning a million events costs no more.
+        self.append_limits.check_count(events.len()).map_err(refused)?;
         let correlation_id =
             serde_json::from_str::<serde_json::Map<String, serde_json::Value>>(command_metadata)
                 .ok()
@@ -431,7 +449,12 @@ impl Commands {
                     metadata: serde_json::to_string(&metadata).expect("a JSON map serializes"),
                 })
             })
-            .collect()
+            .collect::<Result<Vec<_>, _>>()
+            .and_then(|events| {
+                // As the store will check them again, but said as the plugin's failure.
+                self.append_limits.check(&events).map_err(refused)?;
+                Ok(events)
+            })
     }
 
     /// The events a recorded command produced, read from the log.

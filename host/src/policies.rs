@@ -30,8 +30,8 @@ use crate::projections::state::BatchState;
 use crate::projections::{PAUSES, checkpoint_write, log_event, read_checkpoint};
 use crate::runtime::{CommandInput, LogEvent, PolicyAction, PolicyPlugin, content_hash};
 use crate::store::{
-    DataSnapshot, DataWrite, EventStore, LogFilter, RecordView, StorageError, now_rfc3339,
-    validate_event_type, validate_stream_name,
+    DataSnapshot, DataWrite, EventStore, LogFilter, RecordView, StorageError, check_json_depth,
+    now_rfc3339, validate_event_type, validate_stream_name,
 };
 
 /// Most events one step reacts to before it commits.
@@ -42,6 +42,14 @@ const MAX_ATTEMPTS: u32 = 4;
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
 /// Outbox entries one dispatcher pass reads.
 const OUTBOX_PAGE: usize = 100;
+/// Most commands, and most timers set or cancelled, one call into a policy may ask for.
+pub(crate) const MAX_COMMANDS_PER_CALL: usize = 1_000;
+pub(crate) const MAX_TIMERS_PER_CALL: usize = 1_000;
+/// Largest data of one command a policy sends, and largest payload of one timer, in bytes:
+/// what a client's command may carry.
+pub(crate) const MAX_ACTION_BYTES: usize = 1 << 20;
+/// Most bytes of command data and timer payloads one call may ask for in all.
+pub(crate) const MAX_ACTIONS_BYTES_PER_CALL: usize = 16 << 20;
 
 /// A command waiting in a policy's outbox.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -296,6 +304,7 @@ impl PolicyRunner {
         actions: Vec<PolicyAction>,
         cause: &Cause<'_>,
     ) -> Result<(), Failure> {
+        check_action_limits(&actions)?;
         let mut writes = Vec::new();
         let mut timers = Vec::new();
         for (index, action) in actions.into_iter().enumerate() {
@@ -312,6 +321,8 @@ impl PolicyRunner {
                     serde_json::from_str::<serde::de::IgnoredAny>(&data).map_err(|e| {
                         format!("action {index}: the command's data is not JSON: {e}")
                     })?;
+                    check_json_depth("the command's data", &data)
+                        .map_err(|e| format!("action {index}: {e}"))?;
                     let data = crate::store::minify_json(&data).into_owned();
                     let entry = OutboxEntry {
                         handler,
@@ -781,6 +792,49 @@ pub(crate) enum RetryError {
     NotParked(u64),
     #[error(transparent)]
     Storage(#[from] StorageError),
+}
+
+/// Checks what one call asks for against the limits per call, before anything of it is built.
+fn check_action_limits(actions: &[PolicyAction]) -> Result<(), Failure> {
+    let (mut commands, mut timers, mut bytes) = (0, 0, 0);
+    for (index, action) in actions.iter().enumerate() {
+        let size = match action {
+            PolicyAction::Send { data, .. } => {
+                commands += 1;
+                data.len()
+            }
+            PolicyAction::Schedule { payload, .. } => {
+                timers += 1;
+                payload.len()
+            }
+            PolicyAction::CancelTimer(_) => {
+                timers += 1;
+                0
+            }
+        };
+        if size > MAX_ACTION_BYTES {
+            return Err(format!(
+                "action {index} carries {size} bytes; the limit is {MAX_ACTION_BYTES}"
+            ));
+        }
+        bytes += size;
+    }
+    if commands > MAX_COMMANDS_PER_CALL {
+        return Err(format!(
+            "the policy asked for {commands} commands in one call; the limit is {MAX_COMMANDS_PER_CALL}"
+        ));
+    }
+    if timers > MAX_TIMERS_PER_CALL {
+        return Err(format!(
+            "the policy set or cancelled {timers} timers in one call; the limit is {MAX_TIMERS_PER_CALL}"
+        ));
+    }
+    if bytes > MAX_ACTIONS_BYTES_PER_CALL {
+        return Err(format!(
+            "the policy's actions carry {bytes} bytes in one call; the limit is {MAX_ACTIONS_BYTES_PER_CALL}"
+        ));
+    }
+    Ok(())
 }
 
 fn write(space: &str, key: String, value: Option<Vec<u8>>) -> DataWrite {

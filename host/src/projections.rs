@@ -23,7 +23,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
-use crate::runtime::{LogEvent, MAX_SCAN_ENTRIES, PluginFailure, PluginInfo, ProjectionPlugin};
+use crate::runtime::{LogEvent, PluginFailure, PluginInfo, ProjectionPlugin};
 use crate::store::{
     DataFuture, DataSnapshot, DataWrite, EventStore, LogFilter, RecordView, StorageError,
     now_rfc3339,
@@ -678,15 +678,15 @@ impl StateReader {
         self.snapshot.get(&self.space, key)
     }
 
-    /// Entries whose keys start with `prefix`, after `after`, at most `limit` (at most
-    /// [`MAX_SCAN_ENTRIES`]).
+    /// Entries whose keys start with `prefix`, after `after`, at most `limit`. The caller
+    /// bounds `limit`: a listing asks for one more than its page to learn whether a next page
+    /// exists, so a cap here (such as a plugin's scan cap) would hide every page after the first.
     pub(crate) fn scan(
         &self,
         prefix: &str,
         after: Option<&str>,
         limit: usize,
     ) -> Result<Vec<(String, Vec<u8>)>, StorageError> {
-        let limit = limit.min(MAX_SCAN_ENTRIES as usize);
         self.snapshot.scan(&self.space, prefix, after, limit)
     }
 }

@@ -63,7 +63,7 @@ impl Tokens {
         }
         let presented = headers
             .get(AUTHORIZATION)
-            .and_then(|v| v.as_bytes().strip_prefix(b"Bearer "))
+            .and_then(|v| bearer_token(v.as_bytes()))
             .ok_or(ApiError::Unauthorized)?;
         // Compare against every token, in time independent of where they differ.
         let mut role = None;
@@ -80,6 +80,17 @@ impl Tokens {
             Some(_) => Ok(()),
         }
     }
+}
+
+/// The token of an `Authorization: Bearer <token>` value. The scheme is case-insensitive
+/// (RFC 9110, 11.1) and may be followed by more than one space.
+fn bearer_token(value: &[u8]) -> Option<&[u8]> {
+    let (scheme, rest) = value.split_at_checked(6)?;
+    if !scheme.eq_ignore_ascii_case(b"bearer") || !rest.starts_with(b" ") {
+        return None;
+    }
+    let token = rest.trim_ascii();
+    (!token.is_empty()).then_some(token)
 }
 
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
@@ -125,6 +136,21 @@ mod tests {
             tokens.authorize(&HeaderMap::new(), Role::Read),
             Err(ApiError::Unauthorized)
         ));
+    }
+
+    #[test]
+    fn the_bearer_scheme_is_case_insensitive() {
+        let tokens = Tokens::new(None, None, Some("r".into()));
+        for value in ["Bearer r", "bearer r", "BEARER r", "Bearer   r"] {
+            let mut headers = HeaderMap::new();
+            headers.insert(AUTHORIZATION, HeaderValue::from_static(value));
+            assert!(tokens.authorize(&headers, Role::Read).is_ok(), "{value}");
+        }
+        for value in ["Bearerr", "Basic r", "Bearer", "Bearer ", "r"] {
+            let mut headers = HeaderMap::new();
+            headers.insert(AUTHORIZATION, HeaderValue::from_static(value));
+            assert!(tokens.authorize(&headers, Role::Read).is_err(), "{value}");
+        }
     }
 
     #[test]

@@ -38,7 +38,7 @@ pub(super) async fn send(
 ) -> Result<Response<Body>, ApiError> {
     let handler = percent_decode(raw_handler, false, "the handler name")?;
     Query::parse(request.uri().query(), &[])?;
-    let body = read_body(request, app.limits.max_request_bytes).await?;
+    let body = read_body(app, request, app.limits.max_request_bytes).await?;
     let command = parse_command(app, &body)?;
     let outcome = app
         .commands
@@ -110,10 +110,10 @@ fn parse_command(app: &App, body: &[u8]) -> Result<CommandRequest, ApiError> {
         return Err(ApiError::invalid("metadata must be a JSON object"));
     }
     let size = parsed.data.get().len() + metadata.len();
-    if size > app.limits.max_event_bytes {
+    if size > app.limits.max_command_bytes {
         return Err(ApiError::PayloadTooLarge(format!(
             "the command has {size} bytes of data and metadata; the limit is {}",
-            app.limits.max_event_bytes
+            app.limits.max_command_bytes
         )));
     }
     Ok(CommandRequest {

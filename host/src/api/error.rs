@@ -48,6 +48,11 @@ pub(crate) enum ApiError {
     Internal(String),
     /// 503: the host is shutting down.
     Unavailable,
+    /// 408 `request_timeout`: the request body did not arrive in time.
+    RequestTimeout(String),
+    /// 503 `overloaded`, with `Retry-After`: too much work is waiting already (plugin calls
+    /// queued past their bound); the request did nothing and may be sent again.
+    Overloaded(String),
 }
 
 impl ApiError {
@@ -72,7 +77,8 @@ impl ApiError {
             ApiError::CommandRejected { .. } => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::PluginFailed(_) => StatusCode::INTERNAL_SERVER_ERROR,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
-            ApiError::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Unavailable | ApiError::Overloaded(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::RequestTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             ApiError::NotCaughtUp { .. } => StatusCode::GATEWAY_TIMEOUT,
             ApiError::QueryRejected(_) => StatusCode::BAD_REQUEST,
         }
@@ -95,6 +101,8 @@ impl ApiError {
             ApiError::CommandIdReused(_) => "command_id_reused",
             ApiError::Internal(_) => "internal_error",
             ApiError::Unavailable => "unavailable",
+            ApiError::RequestTimeout(_) => "request_timeout",
+            ApiError::Overloaded(_) => "overloaded",
             ApiError::NotCaughtUp { .. } => "not_caught_up",
             ApiError::QueryRejected(_) => "query_rejected",
         }
@@ -109,7 +117,9 @@ impl ApiError {
             | ApiError::PayloadTooLarge(m)
             | ApiError::PluginFailed(m)
             | ApiError::RetriesExhausted(m)
-            | ApiError::CommandIdReused(m) => m.clone(),
+            | ApiError::CommandIdReused(m)
+            | ApiError::RequestTimeout(m)
+            | ApiError::Overloaded(m) => m.clone(),
             ApiError::InvalidPlugin(reason) => {
                 error.insert("reason".into(), reason.clone().into());
                 format!("the upload is not a valid plugin: {reason}")
@@ -184,6 +194,7 @@ impl From<AppendError> for ApiError {
                 message: error.to_string(),
             },
             AppendError::Invalid(message) => ApiError::InvalidRequest(message),
+            AppendError::TooLarge(message) => ApiError::PayloadTooLarge(message),
             // Only command appends carry a command id, and they answer this case themselves.
             AppendError::CommandRecorded(_) => ApiError::Internal(error.to_string()),
             AppendError::Storage(storage) => storage.into(),

@@ -22,7 +22,7 @@ use super::error::ApiError;
 use super::query::{Query, percent_decode};
 use super::{App, Body, json_response, raw_json_response, read_body};
 use crate::store::{
-    AppendOutcome, AppendRequest, Direction, EventView, ExpectedVersion, LogFilter, ProposedEvent,
+    AppendLimits, AppendOutcome, AppendRequest, Direction, EventView, ExpectedVersion, LogFilter, ProposedEvent,
     RecordedEvent, minify_json, validate_event_id, validate_event_type, validate_stream_name,
 };
 
@@ -106,8 +106,8 @@ pub(super) async fn append(
 ) -> Result<Response<Body>, ApiError> {
     let stream = stream_name(raw_name)?;
     Query::parse(request.uri().query(), &[])?;
-    let body = read_body(request, app.limits.max_request_bytes).await?;
-    let append = parse_append(&app.limits, stream, &body)?;
+    let body = read_body(app, request, app.limits.max_request_bytes).await?;
+    let append = parse_append(&app.limits.append, stream, &body)?;
     let count = append.events.len() as u64;
     let stream = append.stream.clone();
     let (status, result) = match app.store.append(append).await? {
@@ -134,7 +134,7 @@ pub(super) async fn append(
 
 /// Turns an append body into a checked [`AppendRequest`].
 fn parse_append(
-    limits: &super::Limits,
+    append_limits: &AppendLimits,
     stream: String,
     body: &[u8],
 ) -> Result<AppendRequest, ApiError> {
@@ -145,13 +145,8 @@ fn parse_append(
             "events is empty; an append needs at least one event",
         ));
     }
-    if parsed.events.len() > limits.max_events_per_append {
-        return Err(ApiError::PayloadTooLarge(format!(
-            "{} events in one append; the limit is {}",
-            parsed.events.len(),
-            limits.max_events_per_append
-        )));
-    }
+    // Checked before the events are built; the store checks the rest of its limits.
+    append_limits.check_count(parsed.events.len())?;
     let mut seen_ids = std::collections::HashSet::new();
     let mut events = Vec::with_capacity(parsed.events.len());
     for (index, event) in parsed.events.into_iter().enumerate() {
@@ -160,13 +155,6 @@ fn parse_append(
         let metadata = event.metadata.map_or("{}", RawValue::get);
         if !metadata.trim_start().starts_with('{') {
             return Err(at("metadata must be a JSON object".into()));
-        }
-        let size = event.data.get().len() + metadata.len();
-        if size > limits.max_event_bytes {
-            return Err(ApiError::PayloadTooLarge(format!(
-                "events[{index}] has {size} bytes of data and metadata; the limit is {}",
-                limits.max_event_bytes
-            )));
         }
         let id = match event.id {
             Some(id) => {
@@ -463,10 +451,9 @@ impl hyper::body::Body for ChannelBody {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::api::Limits;
 
     fn parse(body: &str) -> Result<AppendRequest, ApiError> {
-        parse_append(&Limits::default(), "s".into(), body.as_bytes())
+        parse_append(&AppendLimits::default(), "s".into(), body.as_bytes())
     }
 
     #[test]

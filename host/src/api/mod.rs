@@ -9,6 +9,7 @@
 
 mod auth;
 mod commands;
+mod connection;
 mod error;
 mod events;
 mod metrics;
@@ -23,7 +24,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::header::{CONTENT_LENGTH, CONTENT_TYPE};
+use http::header::{CONNECTION, CONTENT_LENGTH, CONTENT_TYPE, RETRY_AFTER, TRANSFER_ENCODING};
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full};
@@ -35,37 +36,43 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 pub(crate) use auth::{Role, Tokens};
+pub(crate) use connection::{ConnectionLimits, RESERVED_DESCRIPTORS, raise_open_files_limit};
+use connection::{BodyReader, LingeringIo};
 use error::ApiError;
 use metrics::Metrics;
 
 use crate::commands::Commands;
 use crate::plugins::Plugins;
 use crate::replays::Replays;
-use crate::store::{EventStore, StorageError};
+use crate::store::{AppendLimits, EventStore, StorageError};
 
 /// The body of every response.
 pub(crate) type Body = BoxBody<Bytes, Infallible>;
 
-/// Size limits on what clients send.
+/// Size limits on what clients send. The limits of an append (events, their bytes, their
+/// nesting) are the store's [`crate::store::AppendLimits`], which every path meets.
 #[derive(Debug, Clone)]
 pub(crate) struct Limits {
-    /// Largest `data` plus `metadata` of one event, in bytes.
-    pub max_event_bytes: usize,
     /// Largest request body, in bytes.
     pub max_request_bytes: usize,
-    /// Most events in one append.
-    pub max_events_per_append: usize,
+    /// Largest `data` plus `metadata` of one command, in bytes.
+    pub max_command_bytes: usize,
     /// Largest plugin upload, in bytes.
     pub max_plugin_bytes: usize,
+    /// What a connection may hold and for how long.
+    pub connection: ConnectionLimits,
+    /// What one append may carry; the store is opened with the same.
+    pub append: AppendLimits,
 }
 
 impl Default for Limits {
     fn default() -> Self {
         Limits {
-            max_event_bytes: 1 << 20,
+            append: AppendLimits::default(),
             max_request_bytes: 16 << 20,
-            max_events_per_append: 10_000,
+            max_command_bytes: 1 << 20,
             max_plugin_bytes: 128 << 20,
+            connection: ConnectionLimits::default(),
         }
     }
 }
@@ -92,7 +99,7 @@ impl App {
         limits: Limits,
     ) -> Result<Arc<Self>, StorageError> {
         let (stop, stopping) = watch::channel(false);
-        let commands = Arc::new(Commands::new(store.clone(), plugins.clone()));
+        let commands = Arc::new(Commands::new(store.clone(), plugins.clone(), limits.append));
         plugins.connect(&commands);
         let replays = tokio::task::block_in_place(|| Replays::new(plugins.clone(), store.clone()))?;
         Ok(Arc::new(App {
@@ -124,6 +131,8 @@ pub(crate) async fn serve(
     // With a timer, hyper closes a connection whose request headers take longer than 30 s to
     // arrive (and idle keep-alive connections after as long), so slow clients cannot pin sockets.
     http.timer(TokioTimer::new());
+    let limits = app.limits.connection.clone();
+    let open = Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
@@ -138,16 +147,22 @@ pub(crate) async fn serve(
                     }
                 };
                 let _ = stream.set_nodelay(true);
+                let Ok(permit) = open.clone().try_acquire_owned() else {
+                    tokio::spawn(refuse_connection(stream, limits.max_connections));
+                    continue;
+                };
                 let app = app.clone();
                 let service = service_fn(move |request| {
                     let app = app.clone();
                     async move { Ok::<_, Infallible>(handle(&app, request).await) }
                 });
-                let connection = graceful.watch(http.serve_connection(TokioIo::new(stream), service));
+                let io = TokioIo::new(LingeringIo::new(stream, limits.linger));
+                let connection = graceful.watch(http.serve_connection(io, service));
                 tokio::spawn(async move {
                     if let Err(error) = connection.await {
                         crate::log::debug!("connection ended: {error}");
                     }
+                    drop(permit);
                 });
             }
             () = &mut shutdown => break,
@@ -161,6 +176,18 @@ pub(crate) async fn serve(
     {
         crate::log::warning!("requests still running after {SHUTDOWN_GRACE:?}; closing anyway");
     }
+}
+
+/// Answers a connection past the cap with a 503 and closes it; a client that does not read
+/// the answer within a second is simply dropped.
+async fn refuse_connection(mut stream: tokio::net::TcpStream, max_connections: usize) {
+    use tokio::io::AsyncWriteExt;
+    let answer = connection::over_capacity_response(max_connections);
+    let _ = tokio::time::timeout(Duration::from_secs(1), async {
+        stream.write_all(&answer).await?;
+        stream.shutdown().await
+    })
+    .await;
 }
 
 /// The routes, by what the first path segment names.
@@ -247,21 +274,38 @@ impl<'a> Route<'a> {
 pub(crate) async fn handle(app: &Arc<App>, request: Request<Incoming>) -> Response<Body> {
     let path = request.uri().path().to_owned();
     let route = Route::of(&path);
+    let head = request.method() == Method::HEAD;
+    // RFC 9112 (6.1): a request with both may be an attempt to smuggle a second request past a
+    // proxy that reads the other header.
+    let framing = if request.headers().contains_key(TRANSFER_ENCODING)
+        && request.headers().contains_key(CONTENT_LENGTH)
+    {
+        Err(ApiError::invalid(
+            "the request has both Content-Length and Transfer-Encoding; send one",
+        ))
+    } else {
+        Ok(())
+    };
     // The token is checked before the route is matched, so a caller without one learns nothing
-    // about which routes exist.
-    let authorized = match required_role(request.method(), route) {
+    // about which routes exist. A refused request is answered without its body being read: the
+    // connection then closes, lingering so that the client still reads the answer.
+    let authorized = framing.and_then(|()| match required_role(request.method(), route) {
         Some(role) => app.tokens.authorize(request.headers(), role),
         None => Ok(()),
-    };
+    });
     let result = match authorized {
         Ok(()) => dispatch(app, route, request).await,
-        Err(error) => {
-            // Most clients read the answer only once they have sent their whole request.
-            drain(&mut request.into_body()).await;
-            Err(error)
-        }
+        Err(error) => Err(error),
     };
-    let response = result.unwrap_or_else(|error| error_response(app, error));
+    let mut response = result.unwrap_or_else(|error| error_response(app, error));
+    if head {
+        // hyper sends a HEAD answer's headers only; the body's length stays in Content-Length.
+        if let Some(length) = hyper::body::Body::size_hint(response.body()).exact() {
+            response
+                .headers_mut()
+                .insert(CONTENT_LENGTH, http::HeaderValue::from(length));
+        }
+    }
     app.metrics
         .request(route.label(), response.status().as_u16());
     response
@@ -283,7 +327,12 @@ async fn dispatch(
     route: Route<'_>,
     request: Request<Incoming>,
 ) -> Result<Response<Body>, ApiError> {
-    match (route, request.method()) {
+    // HEAD is answered as GET is, without the body (load balancers probe with it).
+    let method = match request.method() {
+        &Method::HEAD => &Method::GET,
+        other => other,
+    };
+    match (route, method) {
         (Route::Health, &Method::GET) => Ok(health(app)),
         (Route::Metrics, &Method::GET) => Ok(metrics(app)),
         (Route::Stream(name), &Method::POST) => events::append(app, name, request).await,
@@ -314,7 +363,7 @@ async fn dispatch(
         }
         (Route::PluginControl(name, action), &Method::GET | &Method::POST) => {
             let (parts, mut body) = request.into_parts();
-            drain(&mut body).await;
+            drain(app, &mut body).await?;
             projections::control(app, name, action, &parts).await
         }
         (Route::Projection(rest), &Method::GET) => projections::read(app, rest, &request).await,
@@ -360,7 +409,19 @@ fn error_response(app: &App, error: ApiError) -> Response<Body> {
         crate::log::error!("request failed: {details}");
     }
     app.metrics.error(error.code());
-    json_response(error.status(), &error.body())
+    let mut response = json_response(error.status(), &error.body());
+    let headers = response.headers_mut();
+    match error {
+        ApiError::Overloaded(_) => {
+            headers.insert(RETRY_AFTER, http::HeaderValue::from_static("1"));
+        }
+        // The rest of a body that came too slowly is not waited for.
+        ApiError::RequestTimeout(_) => {
+            headers.insert(CONNECTION, http::HeaderValue::from_static("close"));
+        }
+        _ => {}
+    }
+    response
 }
 
 fn full(bytes: impl Into<Bytes>) -> Body {
@@ -384,13 +445,14 @@ fn raw_json_response(status: StatusCode, json: Vec<u8>) -> Response<Body> {
         .expect("a JSON response is valid")
 }
 
-/// Past this many bytes an oversized body is not read to its end: the connection is closed.
+/// Past this many bytes an oversized body is not read to its end: the answer is sent and the
+/// connection closes (lingering, so that a client still sending can read it).
 const MAX_DRAINED_BYTES: u64 = 64 << 20;
 
-/// Reads a request body of at most `limit` bytes. A larger one is answered with 413 without
-/// being kept; it is read to its end (up to a bound) first, since most clients only see an
-/// answer once they have sent their whole request.
-async fn read_body(request: Request<Incoming>, limit: usize) -> Result<Bytes, ApiError> {
+/// Reads a request body of at most `limit` bytes, as fast as [`ConnectionLimits`] demand. A
+/// larger one is answered with 413 without being kept; it is read to its end (up to a bound)
+/// first, since most clients only see an answer once they have sent their whole request.
+async fn read_body(app: &App, request: Request<Incoming>, limit: usize) -> Result<Bytes, ApiError> {
     let too_large =
         || ApiError::PayloadTooLarge(format!("the request body is larger than {limit} bytes"));
     let announced = request
@@ -399,19 +461,18 @@ async fn read_body(request: Request<Incoming>, limit: usize) -> Result<Bytes, Ap
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
     let mut body = request.into_body();
+    let mut reader = BodyReader::new(&mut body, &app.limits.connection);
     if let Some(length) = announced.filter(|&length| length > limit as u64) {
         if length <= MAX_DRAINED_BYTES {
-            drain(&mut body).await;
+            reader.discard(MAX_DRAINED_BYTES).await;
         }
         return Err(too_large());
     }
     let mut collected = Vec::new();
-    while let Some(frame) = body.frame().await {
-        let frame = frame
-            .map_err(|e| ApiError::invalid(format!("the request body could not be read: {e}")))?;
-        if let Ok(data) = frame.into_data() {
+    while let Some(frame) = reader.frame().await {
+        if let Ok(data) = frame?.into_data() {
             if collected.len() + data.len() > limit {
-                drain(&mut body).await;
+                reader.discard(MAX_DRAINED_BYTES).await;
                 return Err(too_large());
             }
             collected.extend_from_slice(&data);
@@ -420,13 +481,15 @@ async fn read_body(request: Request<Incoming>, limit: usize) -> Result<Bytes, Ap
     Ok(collected.into())
 }
 
-/// Reads and discards the rest of a body, up to [`MAX_DRAINED_BYTES`].
-async fn drain(body: &mut Incoming) {
-    let mut seen = 0u64;
-    while let Some(Ok(frame)) = body.frame().await {
-        seen += frame.data_ref().map_or(0, |d| d.len() as u64);
-        if seen > MAX_DRAINED_BYTES {
-            return;
+/// Reads and discards a body a route does not use, up to [`MAX_DRAINED_BYTES`], as fast as
+/// [`ConnectionLimits`] demand; a body that comes too slowly is a 408.
+async fn drain(app: &App, body: &mut Incoming) -> Result<(), ApiError> {
+    let mut reader = BodyReader::new(body, &app.limits.connection);
+    while let Some(frame) = reader.frame().await {
+        frame?;
+        if reader.received() > MAX_DRAINED_BYTES {
+            break;
         }
     }
+    Ok(())
 }

@@ -24,7 +24,7 @@ pub(super) async fn deploy(
     // answer only once it has sent the whole of it.
     let uri = request.uri().clone();
     let content_type = request.headers().get(CONTENT_TYPE).cloned();
-    let wasm = read_body(request, app.limits.max_plugin_bytes).await?;
+    let wasm = read_body(app, request, app.limits.max_plugin_bytes).await?;
     let query = Query::parse(uri.query(), &["memory_mib", "timeout_ms", "promote"])?;
     let promote = match query.single("promote")? {
         None => None,
@@ -111,7 +111,7 @@ pub(super) async fn switch(
 ) -> Result<Response<Body>, ApiError> {
     Query::parse(request.uri().query(), &[])?;
     let name = percent_decode(raw_name, false, "the plugin name")?;
-    let body = read_body(request, app.limits.max_request_bytes).await?;
+    let body = read_body(app, request, app.limits.max_request_bytes).await?;
     let switched = if rollback {
         app.plugins.rollback(&name).await
     } else {

@@ -28,7 +28,7 @@ pub(super) async fn start(
 ) -> Result<Response<Body>, ApiError> {
     Query::parse(request.uri().query(), &[])?;
     let name = percent_decode(raw_name, false, "the plugin name")?;
-    let body = read_body(request, app.limits.max_request_bytes).await?;
+    let body = read_body(app, request, app.limits.max_request_bytes).await?;
     let body: StartBody = serde_json::from_slice(&body).map_err(|e| {
         ApiError::invalid(format!(
             "the body must be {{\"version\": string, \"from\"?: position, \"to\"?: position, \

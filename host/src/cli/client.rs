@@ -121,11 +121,28 @@ impl Connection {
     }
 }
 
+/// JSON the host sent. Its answers nest a few levels deeper than the data they carry (a page
+/// holds events, which hold data nested as deep as the host allows), which is past serde_json's
+/// default limit of 128 levels; anything deeper than the host would ever send is refused.
+pub(super) fn parse_json(text: &[u8]) -> anyhow::Result<Value> {
+    use serde::Deserialize;
+    let depth = crate::store::json_depth(&String::from_utf8_lossy(text));
+    if depth > crate::store::MAX_JSON_DEPTH + 8 {
+        bail!("the host's answer nests {depth} levels deep");
+    }
+    let mut deserializer = serde_json::Deserializer::from_slice(text);
+    deserializer.disable_recursion_limit();
+    let value = Value::deserialize(&mut deserializer)?;
+    deserializer.end()?;
+    Ok(value)
+}
+
 /// Sends a request and returns its JSON answer, or the host's error message.
 pub(super) fn send(request: reqwest::blocking::RequestBuilder) -> anyhow::Result<(u16, Value)> {
     let response = request.send().context("cannot reach the host")?;
     let status = response.status().as_u16();
-    let body: Value = response.json().context("the host's answer is not JSON")?;
+    let text = response.bytes().context("the host's answer could not be read")?;
+    let body = parse_json(&text).context("the host's answer is not JSON")?;
     if status >= 400 {
         let code = body["error"]["code"].as_str().unwrap_or("error");
         let message = body["error"]["message"].as_str().unwrap_or("");
@@ -295,8 +312,8 @@ pub(super) fn tail(args: TailArgs) -> anyhow::Result<()> {
             let Some(data) = line.strip_prefix("data: ") else {
                 continue;
             };
-            let event: Value =
-                serde_json::from_str(data).context("the host sent an event that is not JSON")?;
+            let event =
+                parse_json(data.as_bytes()).context("the host sent an event that is not JSON")?;
             last_seen = event["position"].as_u64().unwrap_or(last_seen);
             if args.json {
                 writeln!(out, "{data}")?;

@@ -81,6 +81,17 @@ pub(crate) struct ServeArgs {
     /// Longest wait, in microseconds, for a commit group to fill up to the size of the last one.
     #[arg(long, env = "EVHOST_GROUP_COMMIT_WAIT_US", default_value_t = 250)]
     group_commit_wait_us: u64,
+    /// Most client connections open at once; past it a connection is answered 503 and closed.
+    /// Never more than the process's limit of open files allows.
+    #[arg(long, default_value_t = 1024)]
+    max_connections: usize,
+    /// The longest a request body may take to arrive, in milliseconds.
+    #[arg(long, default_value_t = 60_000)]
+    body_timeout_ms: u64,
+    /// The lowest rate, in bytes per second, at which a request body may arrive (on average,
+    /// after its first 5 seconds).
+    #[arg(long, default_value_t = 1024)]
+    body_min_rate: u64,
 }
 
 /// Where a client subcommand finds the host.

@@ -14,6 +14,7 @@ use crate::runtime::Runtime;
 use crate::store::{EventStore, RedbStore, StoreOptions};
 
 pub(super) fn run(args: ServeArgs) -> anyhow::Result<()> {
+    let limits = limits(&args);
     let tokens = Tokens::new(args.admin_token, args.write_token, args.read_token);
     let address = resolve(&args.listen)?;
     if !address.ip().is_loopback() && tokens.is_open() && !args.insecure {
@@ -31,6 +32,7 @@ pub(super) fn run(args: ServeArgs) -> anyhow::Result<()> {
         let options = StoreOptions {
             cache_bytes: args.cache_mib << 20,
             group_wait: std::time::Duration::from_micros(args.group_commit_wait_us),
+            append_limits: limits.append,
         };
         let store = Arc::new(RedbStore::open(&args.data, &options).context("opening the store")?);
         let runtime = Runtime::new().map_err(anyhow::Error::msg)?;
@@ -40,6 +42,11 @@ pub(super) fn run(args: ServeArgs) -> anyhow::Result<()> {
             .await
             .with_context(|| format!("binding {address}"))?;
         let local = listener.local_addr()?;
+        let app = App::new(store.clone(), Arc::new(plugins), tokens, limits)
+            .context("starting the API")?;
+        // Installed before the address is announced: a SIGTERM sent as soon as a script sees
+        // the line below stops the host cleanly rather than killing it.
+        let shutdown = shutdown_signal().context("installing the signal handlers")?;
         crate::log::info!(
             "serving {} on http://{local} (head {})",
             args.data.display(),
@@ -48,13 +55,32 @@ pub(super) fn run(args: ServeArgs) -> anyhow::Result<()> {
         // The one line scripts wait for: the host accepts connections from now on.
         println!("evhost listening on http://{local}");
         std::io::stdout().flush()?;
-        let app = App::new(store.clone(), Arc::new(plugins), tokens, Limits::default())
-            .context("starting the API")?;
-        api::serve(listener, app, shutdown_signal()).await;
+        api::serve(listener, app, shutdown).await;
         store.close();
         crate::log::info!("stopped cleanly at head {}", store.head());
         Ok(())
     })
+}
+
+/// The API's limits from the command line, with the cap on connections kept within the open
+/// files this process may have.
+fn limits(args: &ServeArgs) -> Limits {
+    let mut limits = Limits::default();
+    let connection = &mut limits.connection;
+    connection.body_timeout = std::time::Duration::from_millis(args.body_timeout_ms.max(1));
+    connection.body_min_rate = args.body_min_rate;
+    connection.max_connections = args.max_connections.max(1);
+    if let Some(files) = api::raise_open_files_limit() {
+        let room = files.saturating_sub(api::RESERVED_DESCRIPTORS).max(1) as usize;
+        if room < connection.max_connections {
+            crate::log::warning!(
+                "--max-connections {} is more than {files} open files allow; serving at most {room}",
+                connection.max_connections
+            );
+            connection.max_connections = room;
+        }
+    }
+    limits
 }
 
 fn resolve(listen: &str) -> anyhow::Result<SocketAddr> {
@@ -65,13 +91,17 @@ fn resolve(listen: &str) -> anyhow::Result<SocketAddr> {
         .with_context(|| format!("--listen {listen:?} resolves to no address"))
 }
 
-/// Resolves on SIGTERM or ctrl-c.
-async fn shutdown_signal() {
-    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .expect("installing a SIGTERM handler");
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = terminate.recv() => {}
-    }
-    crate::log::info!("shutting down: finishing requests in flight");
+/// Installs the handlers of SIGTERM and SIGINT (ctrl-c) now, and answers a future that
+/// resolves on either.
+fn shutdown_signal() -> std::io::Result<impl std::future::Future<Output = ()>> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut terminate = signal(SignalKind::terminate())?;
+    let mut interrupt = signal(SignalKind::interrupt())?;
+    Ok(async move {
+        tokio::select! {
+            _ = interrupt.recv() => {}
+            _ = terminate.recv() => {}
+        }
+        crate::log::info!("shutting down: finishing requests in flight");
+    })
 }

@@ -35,7 +35,7 @@ pub(crate) use policy::{PolicyAction, PolicyPlugin};
 use pool::InstancePool;
 pub(crate) use projection::{LogEvent, ProjectionPlugin};
 use sandbox::PluginState;
-pub(crate) use sandbox::{MAX_SCAN_ENTRIES, StateAccess};
+pub(crate) use sandbox::StateAccess;
 
 /// How often the epoch advances: the granularity of call deadlines.
 const EPOCH_TICK: Duration = Duration::from_millis(2);

@@ -161,6 +161,8 @@ impl state::Host for PluginState {
                 "state value under key {key:?} is not JSON text: {error}"
             )));
         }
+        crate::store::check_json_depth(&format!("the state value under key {key:?}"), &value)
+            .map_err(wasmtime::Error::msg)?;
         self.state()?.put(key, value).map_err(wasmtime::Error::msg)
     }
 

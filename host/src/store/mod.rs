@@ -26,7 +26,7 @@ use tokio::sync::watch;
 pub(crate) use clock::{millis_from_rfc3339, now_rfc3339};
 pub(crate) use names::category_of;
 pub(crate) use names::{validate_event_id, validate_event_type, validate_stream_name};
-pub(crate) use record::{EventView, RecordView, minify_json};
+pub(crate) use record::{EventView, RecordView, json_depth, minify_json};
 pub(crate) use redb_store::{RedbStore, StoreOptions};
 
 /// The version a writer expects a stream to be at; checked in the same transaction as the write.
@@ -74,6 +74,99 @@ pub(crate) struct ProposedEvent {
     pub data: String,
     /// JSON object text on one line.
     pub metadata: String,
+}
+
+/// The most an append may carry, whoever proposes it: a client over HTTP, a handler's
+/// `decide`, any later path. The store refuses an append past them ([`AppendError::TooLarge`],
+/// [`AppendError::Invalid`] for nesting), so no path can skip them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct AppendLimits {
+    /// Most events in one append.
+    pub max_events: usize,
+    /// Largest `data` plus `metadata` of one event, in bytes.
+    pub max_event_bytes: usize,
+    /// Largest `data` plus `metadata` of all of an append's events together, in bytes.
+    pub max_append_bytes: usize,
+    /// Deepest nesting of arrays and objects in `data` or `metadata` (a scalar is 0).
+    pub max_json_depth: usize,
+}
+
+impl Default for AppendLimits {
+    fn default() -> Self {
+        AppendLimits {
+            max_events: 10_000,
+            max_event_bytes: 1 << 20,
+            max_append_bytes: 16 << 20,
+            max_json_depth: MAX_JSON_DEPTH,
+        }
+    }
+}
+
+/// The deepest nesting of arrays and objects the host takes in any JSON it stores or passes on
+/// (event data and metadata, command data, plugin state, timers): deeper documents break
+/// ordinary parsers (serde_json's default limit is 128 levels for a whole document).
+pub(crate) const MAX_JSON_DEPTH: usize = 128;
+
+/// Checks that JSON text nests no deeper than [`MAX_JSON_DEPTH`]; the error names `what`.
+pub(crate) fn check_json_depth(what: &str, json: &str) -> Result<(), String> {
+    let depth = json_depth(json);
+    if depth > MAX_JSON_DEPTH {
+        return Err(format!(
+            "{what} nests {depth} levels deep; the limit is {MAX_JSON_DEPTH}"
+        ));
+    }
+    Ok(())
+}
+
+impl AppendLimits {
+    /// Checks a count of events before they are built.
+    pub(crate) fn check_count(&self, count: usize) -> Result<(), AppendError> {
+        if count > self.max_events {
+            return Err(AppendError::TooLarge(format!(
+                "{count} events in one append; the limit is {}",
+                self.max_events
+            )));
+        }
+        Ok(())
+    }
+
+    /// Checks one event, the `index`-th of its append.
+    pub(crate) fn check_event(&self, index: usize, event: &ProposedEvent) -> Result<(), AppendError> {
+        let size = event.data.len() + event.metadata.len();
+        if size > self.max_event_bytes {
+            return Err(AppendError::TooLarge(format!(
+                "events[{index}] has {size} bytes of data and metadata; the limit is {}",
+                self.max_event_bytes
+            )));
+        }
+        for (what, json) in [("data", &event.data), ("metadata", &event.metadata)] {
+            let depth = json_depth(json);
+            if depth > self.max_json_depth {
+                return Err(AppendError::Invalid(format!(
+                    "events[{index}]: its {what} nests {depth} levels deep; the limit is {}",
+                    self.max_json_depth
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// Checks a whole append.
+    pub(crate) fn check(&self, events: &[ProposedEvent]) -> Result<(), AppendError> {
+        self.check_count(events.len())?;
+        let mut total = 0;
+        for (index, event) in events.iter().enumerate() {
+            self.check_event(index, event)?;
+            total += event.data.len() + event.metadata.len();
+        }
+        if total > self.max_append_bytes {
+            return Err(AppendError::TooLarge(format!(
+                "the events hold {total} bytes of data and metadata together; the limit is {}",
+                self.max_append_bytes
+            )));
+        }
+        Ok(())
+    }
 }
 
 /// An append of one or more events to one stream, all or nothing.
@@ -152,6 +245,9 @@ pub(crate) enum AppendError {
     /// The request broke a rule the store keeps (callers validate first; this is the last line).
     #[error("invalid append: {0}")]
     Invalid(String),
+    /// The request carries more than [`AppendLimits`] allow.
+    #[error("{0}")]
+    TooLarge(String),
     /// The request's command id is already recorded: this is its record, and nothing was written.
     #[error("command {} is already recorded", .0.position)]
     CommandRecorded(StoredCommand),

@@ -136,9 +136,51 @@ pub(crate) fn minify_json(json: &str) -> Cow<'_, str> {
     Cow::Owned(String::from_utf8(out).expect("removing ASCII whitespace keeps UTF-8 valid"))
 }
 
+/// How deeply arrays and objects nest in valid JSON text: 0 for a scalar, 1 for `[1]` or
+/// `{}`, 2 for `{"a":[1]}`. serde_json checks nesting only when it builds values; a raw value
+/// it passes through may be nested without bound.
+pub(crate) fn json_depth(json: &str) -> usize {
+    let (mut depth, mut deepest) = (0usize, 0usize);
+    let mut in_string = false;
+    let mut escaped = false;
+    for &b in json.as_bytes() {
+        if in_string {
+            if escaped {
+                escaped = false;
+            } else if b == b'\\' {
+                escaped = true;
+            } else if b == b'"' {
+                in_string = false;
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_string = true,
+            b'[' | b'{' => {
+                depth += 1;
+                deepest = deepest.max(depth);
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    deepest
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn depth_counts_nesting_outside_strings() {
+        assert_eq!(json_depth("1"), 0);
+        assert_eq!(json_depth("\"[[[\""), 0);
+        assert_eq!(json_depth("[]"), 1);
+        assert_eq!(json_depth(r#"{"a":[1,{"b":"]\\"}],"c":{}}"#), 3);
+        assert_eq!(json_depth(r#"["\"[",[[]]]"#), 3);
+        let deep = format!("{}{}", "[".repeat(200), "]".repeat(200));
+        assert_eq!(json_depth(&deep), 200);
+    }
 
     #[test]
     fn minify_keeps_strings_and_drops_layout() {

@@ -13,7 +13,7 @@
 use std::borrow::Cow;
 use std::collections::HashMap;
 use std::ops::Bound;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
@@ -35,7 +35,7 @@ use super::rows::{
     encode_chunk, encode_entries,
 };
 use super::{
-    AppendError, AppendFuture, AppendOutcome, AppendRecordsFuture, AppendRequest, AppendResult,
+    AppendError, AppendFuture, AppendLimits, AppendOutcome, AppendRecordsFuture, AppendRequest, AppendResult,
     DataFuture, DataSnapshot, DataWrite, Direction, EventStore, LogFilter, LogPage, RecordedEvent,
     StorageError, StoreStats, StoredCommand, StreamPage,
 };
@@ -126,6 +126,8 @@ pub(crate) struct StoreOptions {
     pub cache_bytes: usize,
     /// How long a commit group may wait for more appends when recent groups were larger.
     pub group_wait: Duration,
+    /// The most one append may carry.
+    pub append_limits: AppendLimits,
 }
 
 impl Default for StoreOptions {
@@ -133,8 +135,49 @@ impl Default for StoreOptions {
         StoreOptions {
             cache_bytes: 64 << 20,
             group_wait: Duration::from_micros(250),
+            append_limits: AppendLimits::default(),
         }
     }
+}
+
+/// Creates `dir` and its missing ancestors; answers the directories it created, outermost first.
+fn create_dirs(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
+    let mut missing = Vec::new();
+    let mut at = Some(dir);
+    while let Some(path) = at.filter(|p| !p.as_os_str().is_empty() && !p.exists()) {
+        missing.push(path.to_path_buf());
+        at = path.parent();
+    }
+    std::fs::create_dir_all(dir)?;
+    missing.reverse();
+    Ok(missing)
+}
+
+/// The directories whose entries must be made durable after opening a store in `data_dir`:
+/// neither redb nor the file system makes a new file's name durable with its contents, so a new
+/// database file needs its directory synced, and each directory created for it its parent (a
+/// power cut could otherwise lose the whole store, though its commits were fsync'd).
+fn dirs_to_sync(data_dir: &Path, new_file: bool, created: &[PathBuf]) -> Vec<PathBuf> {
+    let mut dirs: Vec<PathBuf> = created
+        .iter()
+        .filter_map(|dir| dir.parent())
+        .map(|parent| {
+            if parent.as_os_str().is_empty() {
+                PathBuf::from(".")
+            } else {
+                parent.to_path_buf()
+            }
+        })
+        .collect();
+    if new_file || !created.is_empty() {
+        dirs.push(data_dir.to_path_buf());
+    }
+    dirs.dedup();
+    dirs
+}
+
+fn sync_dir(dir: &Path) -> std::io::Result<()> {
+    std::fs::File::open(dir)?.sync_all()
 }
 
 fn engine<E: std::fmt::Display>(error: E) -> StorageError {
@@ -181,22 +224,29 @@ pub(crate) struct RedbStore {
     writer: Mutex<Option<JoinHandle<()>>>,
     head: watch::Receiver<u64>,
     counters: Arc<Counters>,
+    append_limits: AppendLimits,
 }
 
 impl RedbStore {
     /// Opens (or creates) the store in `data_dir`.
     pub(crate) fn open(data_dir: &Path, options: &StoreOptions) -> Result<Self, StorageError> {
-        std::fs::create_dir_all(data_dir).map_err(|e| {
+        let created = create_dirs(data_dir).map_err(|e| {
             StorageError::Engine(format!(
                 "cannot create data directory {}: {e}",
                 data_dir.display()
             ))
         })?;
         let path = data_dir.join(DATABASE_FILE);
+        let new_file = !path.exists();
         let db = Database::builder()
             .set_cache_size(options.cache_bytes)
             .create(&path)
             .map_err(|e| StorageError::Engine(format!("cannot open {}: {e}", path.display())))?;
+        for dir in dirs_to_sync(data_dir, new_file, &created) {
+            sync_dir(&dir).map_err(|e| {
+                StorageError::Engine(format!("cannot sync directory {}: {e}", dir.display()))
+            })?;
+        }
         let db = Arc::new(db);
         let state = WriterState::load(&db)?;
         let (head_tx, head_rx) = watch::channel(state.head);
@@ -219,11 +269,16 @@ impl RedbStore {
             writer: Mutex::new(Some(handle)),
             head: head_rx,
             counters,
+            append_limits: options.append_limits,
         })
     }
 
-    /// Hands an append to the writer; the future resolves once its group is durable.
+    /// Hands an append to the writer; the future resolves once its group is durable. An append
+    /// past the limits is refused here, on the caller's thread, before the writer sees it.
     fn send_append(&self, request: AppendRequest, want_records: bool) -> AppendRecordsFuture {
+        if let Err(error) = self.append_limits.check(&request.events) {
+            return Box::pin(async move { Err(error) });
+        }
         let (reply, answer) = oneshot::channel();
         let sent = self.jobs.send(WriterMessage::Append(Job {
             request,
@@ -1584,6 +1639,31 @@ mod tests {
     use super::*;
     use crate::store::names::category_of;
     use crate::store::{CommandEntry, ExpectedVersion, ProposedEvent};
+
+    #[test]
+    fn a_new_store_syncs_its_directory_and_the_parents_of_the_directories_made_for_it() {
+        let root = tempfile::tempdir().unwrap();
+        let data = root.path().join("a/b");
+        let created = create_dirs(&data).unwrap();
+        assert_eq!(created, [root.path().join("a"), data.clone()]);
+        assert_eq!(
+            dirs_to_sync(&data, true, &created),
+            [root.path().to_path_buf(), root.path().join("a"), data.clone()]
+        );
+        // Opening the same store again makes no new entry: nothing needs syncing.
+        let again = create_dirs(&data).unwrap();
+        assert!(again.is_empty());
+        assert!(dirs_to_sync(&data, false, &again).is_empty());
+        // A new file in a directory that was there: that directory only.
+        assert_eq!(dirs_to_sync(&data, true, &again), [data.clone()]);
+        assert_eq!(
+            dirs_to_sync(Path::new("rel"), true, &[PathBuf::from("rel")]),
+            [PathBuf::from("."), PathBuf::from("rel")]
+        );
+        let store = RedbStore::open(&data, &StoreOptions::default()).unwrap();
+        store.close();
+        assert!(data.join(DATABASE_FILE).exists());
+    }
 
     fn event(n: usize) -> ProposedEvent {
         typed_event(n, "T")
