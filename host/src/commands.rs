@@ -414,7 +414,9 @@ impl Commands {
             PluginFailure::Returned(format!("decide returned events past the limits: {error}"))
         };
         // Counted before anything is built: a plugin returning a million events costs no more.
-        self.append_limits.check_count(events.len()).map_err(refused)?;
+        self.append_limits
+            .check_count(events.len())
+            .map_err(refused)?;
         let correlation_id =
             serde_json::from_str::<serde_json::Map<String, serde_json::Value>>(command_metadata)
                 .ok()

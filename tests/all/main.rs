@@ -10,6 +10,7 @@ mod cli;
 mod commands;
 mod durability;
 mod guides;
+mod hardening;
 mod harness;
 mod hostile;
 mod idempotency;

@@ -22,8 +22,9 @@ use super::error::ApiError;
 use super::query::{Query, percent_decode};
 use super::{App, Body, json_response, raw_json_response, read_body};
 use crate::store::{
-    AppendLimits, AppendOutcome, AppendRequest, Direction, EventView, ExpectedVersion, LogFilter, ProposedEvent,
-    RecordedEvent, minify_json, validate_event_id, validate_event_type, validate_stream_name,
+    AppendLimits, AppendOutcome, AppendRequest, Direction, EventView, ExpectedVersion, LogFilter,
+    ProposedEvent, RecordedEvent, minify_json, validate_event_id, validate_event_type,
+    validate_stream_name,
 };
 
 /// Page sizes: defaults and maxima of `limit`.

@@ -24,7 +24,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::header::{CONNECTION, CONTENT_LENGTH, CONTENT_TYPE, RETRY_AFTER, TRANSFER_ENCODING};
+use http::header::{CONNECTION, CONTENT_LENGTH, CONTENT_TYPE, RETRY_AFTER};
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full};
@@ -36,8 +36,8 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 pub(crate) use auth::{Role, Tokens};
-pub(crate) use connection::{ConnectionLimits, RESERVED_DESCRIPTORS, raise_open_files_limit};
 use connection::{BodyReader, LingeringIo};
+pub(crate) use connection::{ConnectionLimits, RESERVED_DESCRIPTORS, raise_open_files_limit};
 use error::ApiError;
 use metrics::Metrics;
 
@@ -275,24 +275,13 @@ pub(crate) async fn handle(app: &Arc<App>, request: Request<Incoming>) -> Respon
     let path = request.uri().path().to_owned();
     let route = Route::of(&path);
     let head = request.method() == Method::HEAD;
-    // RFC 9112 (6.1): a request with both may be an attempt to smuggle a second request past a
-    // proxy that reads the other header.
-    let framing = if request.headers().contains_key(TRANSFER_ENCODING)
-        && request.headers().contains_key(CONTENT_LENGTH)
-    {
-        Err(ApiError::invalid(
-            "the request has both Content-Length and Transfer-Encoding; send one",
-        ))
-    } else {
-        Ok(())
-    };
     // The token is checked before the route is matched, so a caller without one learns nothing
     // about which routes exist. A refused request is answered without its body being read: the
     // connection then closes, lingering so that the client still reads the answer.
-    let authorized = framing.and_then(|()| match required_role(request.method(), route) {
+    let authorized = match required_role(request.method(), route) {
         Some(role) => app.tokens.authorize(request.headers(), role),
         None => Ok(()),
-    });
+    };
     let result = match authorized {
         Ok(()) => dispatch(app, route, request).await,
         Err(error) => Err(error),

@@ -141,7 +141,9 @@ pub(super) fn parse_json(text: &[u8]) -> anyhow::Result<Value> {
 pub(super) fn send(request: reqwest::blocking::RequestBuilder) -> anyhow::Result<(u16, Value)> {
     let response = request.send().context("cannot reach the host")?;
     let status = response.status().as_u16();
-    let text = response.bytes().context("the host's answer could not be read")?;
+    let text = response
+        .bytes()
+        .context("the host's answer could not be read")?;
     let body = parse_json(&text).context("the host's answer is not JSON")?;
     if status >= 400 {
         let code = body["error"]["code"].as_str().unwrap_or("error");

@@ -131,7 +131,11 @@ impl AppendLimits {
     }
 
     /// Checks one event, the `index`-th of its append.
-    pub(crate) fn check_event(&self, index: usize, event: &ProposedEvent) -> Result<(), AppendError> {
+    pub(crate) fn check_event(
+        &self,
+        index: usize,
+        event: &ProposedEvent,
+    ) -> Result<(), AppendError> {
         let size = event.data.len() + event.metadata.len();
         if size > self.max_event_bytes {
             return Err(AppendError::TooLarge(format!(

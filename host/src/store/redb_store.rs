@@ -35,9 +35,9 @@ use super::rows::{
     encode_chunk, encode_entries,
 };
 use super::{
-    AppendError, AppendFuture, AppendLimits, AppendOutcome, AppendRecordsFuture, AppendRequest, AppendResult,
-    DataFuture, DataSnapshot, DataWrite, Direction, EventStore, LogFilter, LogPage, RecordedEvent,
-    StorageError, StoreStats, StoredCommand, StreamPage,
+    AppendError, AppendFuture, AppendLimits, AppendOutcome, AppendRecordsFuture, AppendRequest,
+    AppendResult, DataFuture, DataSnapshot, DataWrite, Direction, EventStore, LogFilter, LogPage,
+    RecordedEvent, StorageError, StoreStats, StoredCommand, StreamPage,
 };
 
 /// The log and its position indexes, in one ordered tree so that a commit touches one table root
@@ -1648,7 +1648,11 @@ mod tests {
         assert_eq!(created, [root.path().join("a"), data.clone()]);
         assert_eq!(
             dirs_to_sync(&data, true, &created),
-            [root.path().to_path_buf(), root.path().join("a"), data.clone()]
+            [
+                root.path().to_path_buf(),
+                root.path().join("a"),
+                data.clone()
+            ]
         );
         // Opening the same store again makes no new entry: nothing needs syncing.
         let again = create_dirs(&data).unwrap();

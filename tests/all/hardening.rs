@@ -1,0 +1,414 @@
+//! Limits that hold on every path, and clients that cannot stall the host: each test here is a
+//! way an adversary or a careless plugin once got past a limit (a body that never ends, a
+//! handler's output, nesting, a refused request's body, the last page of keys, ...), checked
+//! against the real binary.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::thread;
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+use crate::harness::{Api, Launch, Reply, Server, assert_error, event, guest_wasm, run_evhost};
+
+/// The longest a test waits for the host to act on a stalled client. The host's own deadline
+/// is 5 s (the body grace at the default rate); before these limits it waited forever.
+const STALL_OUTCOME: Duration = Duration::from_secs(40);
+
+/// The `host:port` of a server's URL.
+fn address(server: &Server) -> String {
+    server.url().trim_start_matches("http://").to_string()
+}
+
+/// Opens a connection and sends `head` (and `body`, which may be incomplete) without closing.
+fn send_partial(server: &Server, head: &str, body: &[u8]) -> TcpStream {
+    let mut stream = TcpStream::connect(address(server)).expect("connect");
+    stream.set_read_timeout(Some(STALL_OUTCOME)).unwrap();
+    stream.write_all(head.as_bytes()).unwrap();
+    stream.write_all(body).unwrap();
+    stream
+}
+
+/// Reads what the host sends until it closes the connection; panics if it stays open.
+fn read_until_closed(stream: &mut TcpStream) -> String {
+    let mut received = Vec::new();
+    let mut chunk = [0u8; 16 << 10];
+    loop {
+        match stream.read(&mut chunk) {
+            Ok(0) => return String::from_utf8_lossy(&received).into_owned(),
+            Ok(n) => received.extend_from_slice(&chunk[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {
+                return String::from_utf8_lossy(&received).into_owned();
+            }
+            Err(e) => panic!(
+                "the host kept the connection open ({e}); received so far: {:?}",
+                String::from_utf8_lossy(&received)
+            ),
+        }
+    }
+}
+
+/// The status code of the first response in `text`.
+fn status_of(text: &str) -> u16 {
+    text.split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("not an HTTP response: {text:?}"))
+}
+
+#[test]
+fn a_body_that_stops_coming_is_answered_408_and_closed() {
+    let server = Server::start();
+    let head = "POST /streams/s-1 HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n\
+                content-length: 100\r\n\r\n";
+    let mut stalled = send_partial(&server, head, b"{\"events\":");
+    let answer = read_until_closed(&mut stalled);
+    assert_eq!(status_of(&answer), 408, "{answer}");
+    assert!(answer.contains("request_timeout"), "{answer}");
+
+    // A chunked body that never ends is the same.
+    let head = "POST /streams/s-1 HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n\
+                transfer-encoding: chunked\r\n\r\n";
+    let mut stalled = send_partial(&server, head, b"a\r\n{\"events\":\r\n");
+    let answer = read_until_closed(&mut stalled);
+    assert_eq!(status_of(&answer), 408, "{answer}");
+
+    // Nothing was written, and the host serves everyone else.
+    assert_error(&server.api().get("/streams/s-1"), 404, "stream_not_found");
+    assert_eq!(server.api().head(), 0);
+}
+
+#[test]
+fn a_body_arriving_slower_than_the_minimum_rate_is_cut_off() {
+    let server = Launch::default()
+        .arg("--body-min-rate")
+        .arg("100000")
+        .start();
+    let head = "POST /streams/s-1 HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n\
+                content-length: 10000000\r\n\r\n";
+    let mut slow = send_partial(&server, head, b"{\"events\":[");
+    // A trickle: a byte now and then, far below 100 kB/s once the grace is over.
+    let mut writer = slow.try_clone().unwrap();
+    let trickle = thread::spawn(move || {
+        while writer.write_all(b" ").is_ok() {
+            thread::sleep(Duration::from_millis(200));
+        }
+    });
+    let answer = read_until_closed(&mut slow);
+    assert_eq!(status_of(&answer), 408, "{answer}");
+    drop(slow);
+    trickle.join().unwrap();
+    assert_eq!(server.api().head(), 0);
+}
+
+#[test]
+fn a_request_refused_for_its_token_is_answered_without_its_body() {
+    let server = Launch::default().tokens("a", "w", "r").start();
+    // The body will never come; the 401 must not wait for it.
+    let head = "POST /streams/s-1 HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n\
+                content-length: 100\r\n\r\n";
+    let mut refused = send_partial(&server, head, b"{\"events\":");
+    let answer = read_until_closed(&mut refused);
+    assert_eq!(status_of(&answer), 401, "{answer}");
+    assert!(answer.contains("unauthorized"), "{answer}");
+    // The answer came before any body deadline could have passed.
+    assert!(
+        !answer.contains("408"),
+        "the refusal waited for the body: {answer}"
+    );
+}
+
+#[test]
+fn stalled_clients_past_the_connection_cap_get_503_and_health_answers_once_they_go() {
+    let server = Launch::default()
+        .arg("--max-connections")
+        .arg("8")
+        .tokens("a", "w", "r")
+        .start();
+    let head = "POST /streams/s-1 HTTP/1.1\r\nhost: x\r\ncontent-length: 100\r\n\r\n";
+    let stalled: Vec<TcpStream> = (0..8)
+        .map(|_| {
+            let mut stream = TcpStream::connect(address(&server)).unwrap();
+            // Headers not finished: the connection is open and holds its place.
+            stream.write_all(head.as_bytes()[..20].as_ref()).unwrap();
+            stream
+        })
+        .collect();
+    let mut ninth = send_partial(&server, "GET /health HTTP/1.1\r\nhost: x\r\n\r\n", b"");
+    let answer = read_until_closed(&mut ninth);
+    assert_eq!(status_of(&answer), 503, "{answer}");
+    assert!(answer.contains("too_many_connections"), "{answer}");
+    assert!(
+        answer.to_ascii_lowercase().contains("retry-after: 1"),
+        "{answer}"
+    );
+    drop(stalled);
+    // Once they are gone, the host answers again.
+    let api = server.api();
+    let deadline = std::time::Instant::now() + STALL_OUTCOME;
+    loop {
+        match api.try_send("GET", "/health", &[], None) {
+            Ok(reply) if reply.status == 200 => break,
+            other => assert!(
+                std::time::Instant::now() < deadline,
+                "health does not answer after the stalled clients left: {other:?}"
+            ),
+        }
+        thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn a_body_past_every_bound_is_answered_413_to_a_client_that_reads_only_after_writing() {
+    let server = Server::start();
+    let mut stream = TcpStream::connect(address(&server)).unwrap();
+    stream.set_read_timeout(Some(STALL_OUTCOME)).unwrap();
+    let size = 100 << 20;
+    let head = format!(
+        "POST /streams/s-1 HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n\
+         content-length: {size}\r\n\r\n"
+    );
+    stream.write_all(head.as_bytes()).unwrap();
+    // A simple client: the whole body first, the answer after.
+    let chunk = vec![b' '; 1 << 20];
+    let mut written = 0;
+    while written < size {
+        if stream.write_all(&chunk).is_err() {
+            break;
+        }
+        written += chunk.len();
+    }
+    let answer = read_until_closed(&mut stream);
+    assert_eq!(status_of(&answer), 413, "after {written} bytes: {answer}");
+}
+
+#[test]
+fn a_request_with_both_content_length_and_chunked_encoding_cannot_smuggle_a_second_one() {
+    // RFC 9112 (6.3): the chunked encoding wins over the length, and the connection closes
+    // after the answer, so that bytes a proxy would read as another request never are one.
+    let server = Server::start();
+    let body = "{\"events\":[{\"type\":\"T\",\"data\":1}]}";
+    let head = format!(
+        "POST /streams/s-1 HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n\
+         content-length: {}\r\ntransfer-encoding: chunked\r\n\r\n",
+        body.len()
+    );
+    let smuggled = format!(
+        "POST /streams/s-2 HTTP/1.1\r\nhost: x\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    let chunked = format!("{:x}\r\n{body}\r\n0\r\n\r\n{smuggled}", body.len());
+    let mut stream = send_partial(&server, &head, chunked.as_bytes());
+    let answer = read_until_closed(&mut stream);
+    assert_eq!(status_of(&answer), 201, "{answer}");
+    assert_eq!(
+        answer.matches("HTTP/1.1").count(),
+        1,
+        "two answers: {answer}"
+    );
+    assert!(answer.contains("connection: close"), "{answer}");
+    assert_error(&server.api().get("/streams/s-2"), 404, "stream_not_found");
+    assert_eq!(server.api().head(), 1);
+}
+
+#[test]
+fn head_is_answered_on_every_get_route() {
+    let server = Server::start();
+    let api = server.api();
+    api.append_ok("s-1", json!([event("T", json!({"a": 1}))]));
+    for path in ["/health", "/events", "/streams/s-1", "/plugins", "/metrics"] {
+        let get = api.get(path);
+        let head = api.send("HEAD", path, &[], None);
+        assert_eq!(head.status, get.status, "HEAD {path}: {}", head.body);
+        assert_eq!(head.status, 200, "HEAD {path}");
+        assert!(head.body.is_empty(), "HEAD {path} sent a body");
+    }
+    let missing = api.send("HEAD", "/streams/nope", &[], None);
+    assert_eq!(missing.status, 404);
+}
+
+#[test]
+fn sigterm_right_after_the_listening_line_stops_the_host_cleanly() {
+    for _ in 0..5 {
+        // `terminate` signals as soon as the line is seen, and asserts exit code 0.
+        let mut server = Server::start();
+        server.terminate();
+    }
+}
+
+#[test]
+fn a_lowercase_bearer_scheme_is_accepted() {
+    let server = Launch::default().tokens("a", "w", "r").start();
+    for scheme in ["bearer", "BEARER", "Bearer"] {
+        let header = format!("{scheme} r");
+        let reply = server
+            .api()
+            .send("GET", "/events", &[("authorization", &header)], None);
+        assert_eq!(reply.status, 200, "{scheme}: {}", reply.body);
+    }
+    let reply = server
+        .api()
+        .send("GET", "/events", &[("authorization", "Basic r")], None);
+    assert_error(&reply, 401, "unauthorized");
+}
+
+/// `depth` arrays nested in each other around a number: JSON text nesting `depth` levels.
+fn nested(depth: usize) -> String {
+    format!("{}1{}", "[".repeat(depth), "]".repeat(depth))
+}
+
+#[test]
+fn json_nested_past_128_levels_is_refused_on_every_path() {
+    let server = Server::start();
+    let api = server.api();
+    let append = |data: &str, metadata: &str| {
+        let body =
+            format!("{{\"events\":[{{\"type\":\"T\",\"data\":{data},\"metadata\":{metadata}}}]}}");
+        api.send("POST", "/streams/deep-1", &[], Some(body.into_bytes()))
+    };
+    for depth in [129, 200, 100_000] {
+        assert_error(&append(&nested(depth), "{}"), 400, "invalid_request");
+    }
+    let meta_deep = format!("{{\"a\":{}}}", nested(128));
+    assert_error(&append("1", &meta_deep), 400, "invalid_request");
+    assert_eq!(api.head(), 0, "a refused append wrote something");
+    append(&nested(128), "{}").expect(201);
+
+    // What was stored reads back, with the CLI too.
+    let output = run_evhost(&["read", "deep-1", "--url", server.url(), "--json"]);
+    assert!(
+        output.status.success(),
+        "evhost read failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+
+    // Commands: the data a client sends and the events a handler returns.
+    api.deploy_guest("fixture-hostile");
+    let body = format!(
+        "{{\"stream\":\"hostile-1\",\"type\":\"Ok\",\"data\":{}}}",
+        nested(129)
+    );
+    let reply = api.send(
+        "POST",
+        "/handlers/hostile/commands",
+        &[],
+        Some(body.into_bytes()),
+    );
+    assert_error(&reply, 400, "invalid_request");
+    // Data nested at the limit is stored; the answer nests deeper than serde_json's default
+    // limit for a whole document, so only its status is looked at here.
+    let reply = api.command(
+        "hostile",
+        &json!({"stream": "hostile-1", "type": "Nest", "data": {"depth": 127}}),
+    );
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    let reply = api.command(
+        "hostile",
+        &json!({"stream": "hostile-2", "type": "Nest", "data": {"depth": 128}}),
+    );
+    assert_error(&reply, 500, "plugin_failed");
+    assert!(reply.body.contains("nests 129 levels"), "{}", reply.body);
+    assert_eq!(api.stream_version("hostile-2"), 0);
+}
+
+/// A command to the hostile handler.
+fn hostile(api: &Api, command_type: &str, data: Value) -> Reply {
+    api.command(
+        "hostile",
+        &json!({"stream": "hostile-out", "type": command_type, "data": data}),
+    )
+}
+
+#[test]
+fn a_handlers_events_meet_the_limits_of_an_http_append() {
+    let server = Server::start();
+    let api = server.api();
+    api.deploy(
+        &guest_wasm("fixture-hostile"),
+        "memory_mib=512&timeout_ms=10000",
+    )
+    .expect(201);
+    let cases = [
+        // More events than an append may hold.
+        (
+            json!({"count": 10_001, "bytes": 1}),
+            "10001 events in one append",
+        ),
+        // One event larger than an event may be.
+        (
+            json!({"count": 1, "bytes": 1 << 20}),
+            "bytes of data and metadata",
+        ),
+        // Events each within bounds, together past what one request may carry.
+        (json!({"count": 20, "bytes": 1_000_000}), "together"),
+    ];
+    for (data, words) in cases {
+        let reply = hostile(&api, "Emit", data.clone());
+        assert_error(&reply, 500, "plugin_failed");
+        assert!(reply.body.contains(words), "{data}: {}", reply.body);
+    }
+    assert_eq!(api.head(), 0, "a refused handler output was stored");
+    // At the limits, it is stored.
+    let reply = hostile(&api, "Emit", json!({"count": 10_000, "bytes": 1}));
+    assert_eq!(
+        reply.expect(200)["events"].as_array().unwrap().len(),
+        10_000
+    );
+}
+
+#[test]
+fn a_policy_asking_for_more_actions_than_one_call_may_is_parked() {
+    let server = Server::start();
+    let api = server.api();
+    api.deploy_guest("fixture-counter");
+    api.deploy_guest("fixture-hostile-policy");
+    for data in [json!({"commands": 1001}), json!({"timers": 1001})] {
+        api.append_ok("hostile-9", json!([event("Flood", data)]));
+    }
+    api.append_ok("hostile-9", json!([event("Flood", json!({"commands": 3}))]));
+    let plugin = api.wait_for_plugin("hostile-policy", Duration::from_secs(120), |p| {
+        p["parked"].as_u64() == Some(2) && p["position"].as_u64() >= Some(3)
+    });
+    let parked = api.get("/plugins/hostile-policy/parked").expect(200);
+    let errors: Vec<&str> = parked
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["error"].as_str().unwrap())
+        .collect();
+    assert!(
+        errors[0].contains("1001 commands in one call"),
+        "{errors:?}"
+    );
+    assert!(errors[1].contains("1001 timers in one call"), "{errors:?}");
+    // The reaction within the limits went through.
+    api.wait_for_events("counter-9", 3, Duration::from_secs(60));
+    assert_eq!(plugin["kind"], "policy");
+}
+
+#[test]
+fn keys_page_on_at_the_largest_page() {
+    let server = Server::start();
+    let api = server.api();
+    api.deploy_guest("fixture-hostile-projection");
+    api.append_ok(
+        "hostile-1",
+        json!([event("Flood", json!({"puts": 1500, "bytes": 1}))]),
+    );
+    api.wait_for_position("hostile-projection", 1, Duration::from_secs(60));
+    let first = api
+        .get("/projections/hostile-projection/keys?prefix=flood/&limit=1000")
+        .expect(200);
+    assert_eq!(first["items"].as_array().unwrap().len(), 1000);
+    let next = first["next"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no next page after 1000 of 1500 keys: {}", first["next"]));
+    let second = api
+        .get(&format!(
+            "/projections/hostile-projection/keys?prefix=flood/&limit=1000&after={next}"
+        ))
+        .expect(200);
+    assert_eq!(second["items"].as_array().unwrap().len(), 500);
+    assert!(second["next"].is_null());
+}
