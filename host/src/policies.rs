@@ -184,6 +184,11 @@ impl PolicyRunner {
         self.plugin.limits()
     }
 
+    /// Applies new limits to the calls this runner makes from now on.
+    pub(crate) fn set_limits(&self, limits: crate::runtime::PluginLimits) {
+        self.plugin.set_limits(limits);
+    }
+
     pub(crate) fn position(&self) -> u64 {
         *self.processed.borrow()
     }

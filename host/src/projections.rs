@@ -205,6 +205,11 @@ impl ProjectionRunner {
         self.plugin.limits()
     }
 
+    /// Applies new limits to the calls this runner makes from now on.
+    pub(crate) fn set_limits(&self, limits: crate::runtime::PluginLimits) {
+        self.plugin.set_limits(limits);
+    }
+
     /// The last position processed.
     pub(crate) fn position(&self) -> u64 {
         *self.processed.borrow()

@@ -412,3 +412,78 @@ fn keys_page_on_at_the_largest_page() {
     assert_eq!(second["items"].as_array().unwrap().len(), 500);
     assert!(second["next"].is_null());
 }
+
+/// Sends `Random` with id `id` on `stream` to the hostile handler, and answers the value rolled.
+fn roll(api: &Api, id: &str, stream: &str) -> u64 {
+    let reply = api.command(
+        "hostile",
+        &json!({"id": id, "stream": stream, "type": "Random", "data": null}),
+    );
+    reply.expect(200)["events"][0]["data"]["value"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("no value rolled: {}", reply.body))
+}
+
+/// Makes the hostile handler trap, which drops the instance it ran on.
+fn drop_an_instance(api: &Api) {
+    let reply = api.command(
+        "hostile",
+        &json!({"stream": "hostile-panic", "type": "Panic", "data": null}),
+    );
+    assert_error(&reply, 500, "plugin_failed");
+}
+
+#[test]
+fn a_calls_randomness_depends_on_its_inputs_not_on_the_instance_that_runs_it() {
+    let first = Server::start();
+    let api = first.api();
+    let version = api.deploy_guest("fixture-hostile");
+    let a = roll(&api, "roll-a", "hostile-a");
+    let b = roll(&api, "roll-b", "hostile-b");
+    drop_an_instance(&api);
+    let c = roll(&api, "roll-c", "hostile-c");
+    assert!(
+        a != b && b != c && a != c,
+        "different commands rolled alike: {a} {b} {c}"
+    );
+
+    // Another host, another order, other instances: the same commands roll the same values.
+    let second = Server::start();
+    let other = second.api();
+    other.deploy_guest("fixture-hostile");
+    drop_an_instance(&other);
+    assert_eq!(roll(&other, "roll-c", "hostile-c"), c);
+    assert_eq!(roll(&other, "roll-b", "hostile-b"), b);
+    drop_an_instance(&other);
+    assert_eq!(roll(&other, "roll-a", "hostile-a"), a);
+
+    // And a replay decides them again exactly as they were decided.
+    let replay = api
+        .post("/plugins/hostile/replays", &json!({"version": version}))
+        .expect(202);
+    let done = api.wait_for_replay(replay["id"].as_str().unwrap(), Duration::from_secs(120));
+    assert_eq!(done["status"], "done", "{done}");
+    assert_eq!(done["report"]["same"], 3, "{done}");
+}
+
+#[test]
+fn deploying_the_same_bytes_with_new_limits_applies_them_to_a_running_projection() {
+    let server = Server::start();
+    let api = server.api();
+    let wasm = guest_wasm("fixture-hostile-projection");
+    api.deploy(&wasm, "").expect(201);
+    let again = api.deploy(&wasm, "timeout_ms=300");
+    assert_eq!(again.status, 200, "{}", again.body);
+    api.append_ok("hostile-1", json!([event("Loop", json!(null))]));
+    let plugin = api.wait_for_plugin("hostile-projection", Duration::from_secs(120), |p| {
+        p["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("time budget"))
+    });
+    let error = plugin["error"].as_str().unwrap();
+    assert!(
+        error.contains("300 ms"),
+        "the old budget still holds: {error}"
+    );
+    assert_eq!(plugin["limits"]["timeout_ms"], 300, "{plugin}");
+}

@@ -183,6 +183,14 @@ impl Version {
         }
     }
 
+    fn set_limits(&self, limits: PluginLimits) {
+        match self {
+            Version::Handler(handler) => handler.plugin.set_limits(limits),
+            Version::Projection(runner) => runner.set_limits(limits),
+            Version::Policy(runner) => runner.set_limits(limits),
+        }
+    }
+
     /// What the version runs in the background, if it is a projection or a policy.
     fn runner(&self) -> Option<Runner> {
         match self {

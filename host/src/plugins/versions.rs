@@ -257,10 +257,13 @@ impl Plugins {
         let mut to_start = Vec::new();
         for version in &wanted {
             let fresh = fresh.take_if(|f| &f.version == version);
-            // Bytes deployed again may carry new limits: a handler takes them at once; a
-            // running projection or policy keeps what it runs.
+            // Bytes deployed again may carry new limits: a handler is loaded again; a running
+            // projection or policy takes them from its next call on, without a restart.
             let reload = fresh.is_some() && record.kind == PluginKind::Handler;
-            if current.contains_key(version) && !reload {
+            if let Some(running) = current.get(version).filter(|_| !reload) {
+                if let Some(limits) = fresh.as_ref().and_then(|f| record.limits(&f.version)) {
+                    running.version.set_limits(limits);
+                }
                 continue;
             }
             let loaded = match fresh {

@@ -7,7 +7,7 @@ use wasmtime::component::{ComponentType, Func, Instance as ComponentInstance, In
 use super::bindings::handler::{Handler, HandlerPre};
 use super::bindings::{self};
 use super::pool::{InstancePool, WorldExports};
-use super::sandbox::PluginState;
+use super::sandbox::{PluginState, call_seed};
 use super::{PluginFailure, PluginInfo, PluginLimits};
 
 /// An event of the handler's stream as `evolve` receives it.
@@ -114,6 +114,11 @@ impl HandlerPlugin {
         self.pool.limits()
     }
 
+    /// Applies new limits from the next call on.
+    pub(crate) fn set_limits(&self, limits: PluginLimits) {
+        self.pool.set_limits(limits);
+    }
+
     /// Asks the plugin what it is.
     pub(crate) fn describe(&self) -> Result<PluginInfo, PluginFailure> {
         self.pool.describe()
@@ -144,8 +149,15 @@ impl HandlerPlugin {
                 }
             })
             .collect();
+        // Folding a stream's events into a state: the first and last versions identify them.
+        let seed = call_seed(&[
+            b"evolve",
+            &events.first().map_or(0, |e| e.version).to_le_bytes(),
+            &events.last().map_or(0, |e| e.version).to_le_bytes(),
+            state.unwrap_or_default(),
+        ]);
         self.pool
-            .call(None, |instance| {
+            .call(None, seed, |instance| {
                 let evolve = instance
                     .exports
                     .evolve
@@ -162,8 +174,16 @@ impl HandlerPlugin {
         state: Option<&[u8]>,
         command: &CommandInput<'_>,
     ) -> Result<Result<Vec<NewEvent>, String>, PluginFailure> {
+        let seed = call_seed(&[
+            b"decide",
+            command.id.as_bytes(),
+            command.stream.as_bytes(),
+            command.command_type.as_bytes(),
+            command.data.as_bytes(),
+            state.unwrap_or_default(),
+        ]);
         let command = command.to_binding();
-        let decided = self.pool.call(None, |instance| {
+        let decided = self.pool.call(None, seed, |instance| {
             (instance.exports.bindings).call_decide(&mut instance.store, state, &command)
         })?;
         Ok(decided.map(|events| {

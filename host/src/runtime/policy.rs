@@ -9,7 +9,7 @@ use wasmtime::component::{Func, Instance as ComponentInstance, InstancePre};
 use super::bindings::{self, Action, policy::Policy, policy::PolicyPre};
 use super::pool::{InstancePool, WorldExports};
 use super::projection::LogEvent;
-use super::sandbox::{PluginState, StateAccess};
+use super::sandbox::{PluginState, StateAccess, call_seed};
 use super::{CommandInput, PluginFailure, PluginLimits};
 
 /// What a policy asks the host to do (not yet validated).
@@ -86,13 +86,19 @@ impl PolicyPlugin {
         self.pool.limits()
     }
 
+    /// Applies new limits from the next call on.
+    pub(crate) fn set_limits(&self, limits: PluginLimits) {
+        self.pool.set_limits(limits);
+    }
+
     /// Reacts to one event.
     pub(crate) fn react(
         &self,
         event: &LogEvent<'_>,
         state: Arc<dyn StateAccess>,
     ) -> Result<Reaction, PluginFailure> {
-        self.pool.call(Some(state), |instance| {
+        let seed = call_seed(&[b"react", &event.position.to_le_bytes()]);
+        self.pool.call(Some(state), seed, |instance| {
             let react = instance
                 .exports
                 .react
@@ -109,7 +115,8 @@ impl PolicyPlugin {
         payload: &str,
         state: Arc<dyn StateAccess>,
     ) -> Result<Reaction, PluginFailure> {
-        self.pool.call(Some(state), |instance| {
+        let seed = call_seed(&[b"on-timer", key.as_bytes(), payload.as_bytes()]);
+        self.pool.call(Some(state), seed, |instance| {
             let result =
                 (instance.exports.bindings).call_on_timer(&mut instance.store, key, payload)?;
             Ok(result.map(actions))
@@ -123,8 +130,9 @@ impl PolicyPlugin {
         reason: &str,
         state: Arc<dyn StateAccess>,
     ) -> Result<Reaction, PluginFailure> {
+        let seed = call_seed(&[b"on-rejected", command.id.as_bytes(), reason.as_bytes()]);
         let command = command.to_binding();
-        self.pool.call(Some(state), |instance| {
+        self.pool.call(Some(state), seed, |instance| {
             let result = (instance.exports.bindings).call_on_rejected(
                 &mut instance.store,
                 &command,

@@ -50,7 +50,9 @@ pub(super) struct InstancePool<W> {
     pre: InstancePre<PluginState>,
     /// `name@version`, for the log.
     label: Arc<str>,
-    limits: PluginLimits,
+    /// Read at the start of each call and instantiation, so that new limits apply to the next
+    /// call; a call in flight keeps the limits it started with.
+    limits: Mutex<PluginLimits>,
     idle: Mutex<Vec<Instance<W>>>,
 }
 
@@ -76,7 +78,7 @@ impl<W: WorldExports> InstancePool<W> {
             ticker: runtime.ticker.clone(),
             pre,
             label: label.into(),
-            limits,
+            limits: Mutex::new(limits),
             idle: Mutex::new(Vec::new()),
         })
     }
@@ -92,12 +94,22 @@ impl<W: WorldExports> InstancePool<W> {
     }
 
     pub(super) fn limits(&self) -> PluginLimits {
-        self.limits
+        *self.limits.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Applies new limits from the next call on. Idle instances were made under the old memory
+    /// cap, so they are dropped.
+    pub(super) fn set_limits(&self, limits: PluginLimits) {
+        *self.limits.lock().unwrap_or_else(|p| p.into_inner()) = limits;
+        self.idle
+            .lock()
+            .expect("the idle list is never poisoned")
+            .clear();
     }
 
     /// Asks the plugin what it is.
     pub(super) fn describe(&self) -> Result<PluginInfo, PluginFailure> {
-        let info = self.call(None, |instance| {
+        let info = self.call(None, 0, |instance| {
             instance.exports.describe(&mut instance.store)
         })?;
         Ok(PluginInfo {
@@ -115,10 +127,11 @@ impl<W: WorldExports> InstancePool<W> {
     }
 
     /// Runs one call on an instance, within the limits, with `state` behind the `state`
-    /// import for the length of the call.
+    /// import for the length of the call and its randomness seeded with `seed`.
     pub(super) fn call<R>(
         &self,
         state: Option<Arc<dyn StateAccess>>,
+        seed: u64,
         f: impl FnOnce(&mut Instance<W>) -> wasmtime::Result<R>,
     ) -> Result<R, PluginFailure> {
         // The epoch advances only while some call is in flight.
@@ -132,8 +145,15 @@ impl<W: WorldExports> InstancePool<W> {
             Some(instance) => instance,
             None => self.instantiate()?,
         };
-        instance.store.set_epoch_deadline(self.deadline_ticks());
+        let limits = self.limits();
+        // An idle instance made under another memory cap (the limits changed meanwhile) is
+        // not reused.
+        if instance.store.data().memory_cap() != memory_cap(limits) {
+            instance = self.instantiate()?;
+        }
+        instance.store.set_epoch_deadline(deadline_ticks(limits));
         instance.store.data_mut().state = state;
+        instance.store.data_mut().seed(seed);
         let outcome = f(&mut instance);
         instance.store.data_mut().state = None;
         match outcome {
@@ -144,47 +164,46 @@ impl<W: WorldExports> InstancePool<W> {
                 }
                 Ok(result)
             }
-            Err(error) => Err(self.failure(error, &instance.store)),
+            Err(error) => Err(self.failure(error, &instance.store, limits)),
         }
     }
 
     fn instantiate(&self) -> Result<Instance<W>, PluginFailure> {
-        let memory_cap = (self.limits.memory_mib << 20) as usize;
+        let limits = self.limits();
         let mut store = Store::new(
             &self.engine,
-            PluginState::new(self.label.clone(), memory_cap),
+            PluginState::new(self.label.clone(), memory_cap(limits)),
         );
         store.limiter(|state| state);
         // Instantiation runs guest code too (start functions), under the same budget as a call.
-        store.set_epoch_deadline(self.deadline_ticks());
+        store.set_epoch_deadline(deadline_ticks(limits));
         let instantiated = self
             .pre
             .instantiate(&mut store)
             .and_then(|instance| W::bind(&mut store, &instance));
         match instantiated {
             Ok(exports) => Ok(Instance { store, exports }),
-            Err(error) => match self.failure(error, &store) {
+            Err(error) => match self.failure(error, &store, limits) {
                 PluginFailure::Trap(message) => Err(PluginFailure::Instantiate(message)),
                 other => Err(other),
             },
         }
     }
 
-    /// Epoch ticks in the time budget, rounded up, plus one for the tick in progress.
-    fn deadline_ticks(&self) -> u64 {
-        let tick = EPOCH_TICK.as_millis() as u64;
-        self.limits.timeout_ms.div_ceil(tick) + 1
-    }
-
     /// Says what went wrong in a failed call, and logs it under the plugin's label.
-    fn failure(&self, error: wasmtime::Error, store: &Store<PluginState>) -> PluginFailure {
+    fn failure(
+        &self,
+        error: wasmtime::Error,
+        store: &Store<PluginState>,
+        limits: PluginLimits,
+    ) -> PluginFailure {
         let failure = if store.data().memory_cap_hit {
             PluginFailure::MemoryCap {
-                memory_mib: self.limits.memory_mib,
+                memory_mib: limits.memory_mib,
             }
         } else if matches!(error.downcast_ref::<Trap>(), Some(Trap::Interrupt)) {
             PluginFailure::Timeout {
-                timeout_ms: self.limits.timeout_ms,
+                timeout_ms: limits.timeout_ms,
             }
         } else {
             PluginFailure::Trap(trap_message(&error))
@@ -192,6 +211,17 @@ impl<W: WorldExports> InstancePool<W> {
         crate::log::warning!("plugin {}: {failure} ({error:?})", self.label);
         failure
     }
+}
+
+/// Epoch ticks in the time budget, rounded up, plus one for the tick in progress.
+fn deadline_ticks(limits: PluginLimits) -> u64 {
+    let tick = EPOCH_TICK.as_millis() as u64;
+    limits.timeout_ms.div_ceil(tick) + 1
+}
+
+/// The memory cap of an instance, in bytes.
+fn memory_cap(limits: PluginLimits) -> usize {
+    (limits.memory_mib << 20) as usize
 }
 
 /// What a failed call says: the trap's kind, with a hint where a panic's message is, or the

@@ -8,7 +8,7 @@ use wasmtime::component::{ComponentType, Func, Instance as ComponentInstance, In
 
 use super::bindings::{self, projection::Projection, projection::ProjectionPre};
 use super::pool::{InstancePool, WorldExports};
-use super::sandbox::{PluginState, StateAccess};
+use super::sandbox::{PluginState, StateAccess, call_seed};
 use super::{PluginFailure, PluginLimits};
 
 /// An event of the log as projections and policies receive it (the WIT `event` record), lowered
@@ -80,6 +80,11 @@ impl ProjectionPlugin {
         self.pool.limits()
     }
 
+    /// Applies new limits from the next call on.
+    pub(crate) fn set_limits(&self, limits: PluginLimits) {
+        self.pool.set_limits(limits);
+    }
+
     /// Applies `events` with `state` behind the `state` import: `Ok(Err(reason))` when the
     /// plugin refused the batch.
     pub(crate) fn apply(
@@ -87,7 +92,12 @@ impl ProjectionPlugin {
         events: &[LogEvent<'_>],
         state: Arc<dyn StateAccess>,
     ) -> Result<Result<(), String>, PluginFailure> {
-        self.pool.call(Some(state), |instance| {
+        let seed = call_seed(&[
+            b"apply",
+            &events.first().map_or(0, |e| e.position).to_le_bytes(),
+            &events.last().map_or(0, |e| e.position).to_le_bytes(),
+        ]);
+        self.pool.call(Some(state), seed, |instance| {
             let apply = instance
                 .exports
                 .apply
@@ -105,7 +115,11 @@ impl ProjectionPlugin {
         params: &[(String, String)],
         state: Arc<dyn StateAccess>,
     ) -> Result<Result<String, String>, PluginFailure> {
-        self.pool.call(Some(state), |instance| {
+        let mut parts: Vec<&[u8]> = vec![b"query", path.as_bytes()];
+        for (name, value) in params {
+            parts.extend([name.as_bytes(), value.as_bytes()]);
+        }
+        self.pool.call(Some(state), call_seed(&parts), |instance| {
             (instance.exports.bindings).call_query(&mut instance.store, path, params)
         })
     }

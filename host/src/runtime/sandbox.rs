@@ -1,11 +1,14 @@
 //! What a plugin instance sees of the world: an empty WASI context (no files, sockets,
-//! environment or arguments; a clock frozen at the epoch and randomness from a fixed seed, so
-//! that a plugin's answers depend on its inputs only), its output streams and log lines going to
+//! environment or arguments; a clock frozen at the epoch, and randomness seeded afresh at the
+//! start of every call from that call's inputs ([`call_seed`]), so that what the sandbox gives
+//! a call depends on the call alone, not on which instance runs it or what ran there before),
+//! its output streams and log lines going to
 //! the host's log under the plugin's label, and a cap on its linear memory. During a call of a
 //! projection or policy, the `state` import reaches the [`StateAccess`] the caller lent for that
 //! call, after the keys and values the plugin writes have been checked.
 
-use std::sync::Arc;
+use std::convert::Infallible;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -60,17 +63,22 @@ pub(crate) struct PluginState {
     /// What the `state` import reaches during the current call; none outside calls and for
     /// handlers.
     pub state: Option<Arc<dyn StateAccess>>,
+    /// The generators behind `wasi:random`, reseeded at the start of each call.
+    random: CallRandom,
+    insecure_random: CallRandom,
 }
 
 impl PluginState {
     pub(crate) fn new(label: Arc<str>, memory_cap: usize) -> Self {
+        let random = CallRandom::default();
+        let insecure_random = CallRandom::default();
         let mut wasi = WasiCtx::builder();
         wasi.stdout(LogStream::new(label.clone(), "stdout"))
             .stderr(LogStream::new(label.clone(), "stderr"))
             .wall_clock(FrozenClock)
             .monotonic_clock(FrozenClock)
-            .secure_random(StdRng::seed_from_u64(0x6576_686f_7374))
-            .insecure_random(StdRng::seed_from_u64(0x7365_6564))
+            .secure_random(random.clone())
+            .insecure_random(insecure_random.clone())
             .insecure_random_seed(0)
             .allow_tcp(false)
             .allow_udp(false)
@@ -82,7 +90,78 @@ impl PluginState {
             memory_cap,
             memory_cap_hit: false,
             state: None,
+            random,
+            insecure_random,
         }
+    }
+
+    /// Seeds the instance's randomness for the call about to start.
+    pub(crate) fn seed(&mut self, seed: u64) {
+        self.random.reseed(seed);
+        self.insecure_random.reseed(seed ^ 0x7365_6564);
+    }
+}
+
+/// A generator shared between an instance's WASI context and the host, which reseeds it per
+/// call.
+#[derive(Clone)]
+struct CallRandom(Arc<Mutex<StdRng>>);
+
+impl Default for CallRandom {
+    fn default() -> Self {
+        CallRandom(Arc::new(Mutex::new(StdRng::seed_from_u64(0))))
+    }
+}
+
+impl CallRandom {
+    fn reseed(&self, seed: u64) {
+        *self.lock() = StdRng::seed_from_u64(seed);
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, StdRng> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+impl rand::TryRng for CallRandom {
+    type Error = Infallible;
+
+    fn try_next_u32(&mut self) -> Result<u32, Infallible> {
+        Ok(rand::Rng::next_u32(&mut *self.lock()))
+    }
+
+    fn try_next_u64(&mut self) -> Result<u64, Infallible> {
+        Ok(rand::Rng::next_u64(&mut *self.lock()))
+    }
+
+    fn try_fill_bytes(&mut self, dst: &mut [u8]) -> Result<(), Infallible> {
+        rand::Rng::fill_bytes(&mut *self.lock(), dst);
+        Ok(())
+    }
+}
+
+/// The seed of a call's randomness: a digest of what identifies its inputs (each part
+/// length-prefixed, so that parts cannot run into each other). The same inputs give the same
+/// randomness on any instance, in any host, in a replay.
+pub(crate) fn call_seed(parts: &[&[u8]]) -> u64 {
+    use sha2::{Digest, Sha256};
+    let mut digest = Sha256::new();
+    for part in parts {
+        digest.update((part.len() as u64).to_le_bytes());
+        digest.update(part);
+    }
+    let bytes = digest.finalize();
+    u64::from_le_bytes(
+        bytes[..8]
+            .try_into()
+            .expect("a SHA-256 digest has 32 bytes"),
+    )
+}
+
+impl PluginState {
+    /// The cap on this instance's linear memory, in bytes.
+    pub(crate) fn memory_cap(&self) -> usize {
+        self.memory_cap
     }
 }
 
