@@ -300,7 +300,7 @@ fn commands_decide_again_when_a_direct_append_gets_in_first() {
                     // bounded retries and their 409 are for. Here the writer pauses between
                     // appends, as real ones do.
                     thread::sleep(Duration::from_micros(rng.below(3_000)));
-                    api.append_ok(
+                    api.append_past_handler(
                         "counter-mixed",
                         json!([{"type": "Incremented",
                                 "data": {"by": 0, "total": k * 1_000_000, "build": "direct"}}]),

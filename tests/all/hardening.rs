@@ -487,3 +487,30 @@ fn deploying_the_same_bytes_with_new_limits_applies_them_to_a_running_projection
     );
     assert_eq!(plugin["limits"]["timeout_ms"], 300, "{plugin}");
 }
+
+#[test]
+fn a_handlers_category_is_closed_to_direct_appends_but_for_an_admin_who_says_so() {
+    let server = Launch::default().tokens("a", "w", "r").start();
+    let admin = server.api().with_token("a");
+    let writer = server.api().with_token("w");
+    admin.deploy_guest("fixture-counter");
+    let body =
+        json!({"events": [event("Incremented", json!({"by": 5, "total": 5, "build": "raw"}))]});
+    let refused = writer.append("counter-RAW", &body);
+    assert_error(&refused, 403, "category_owned");
+    assert_eq!(refused.json()["error"]["handler"], "counter");
+    // Saying so is not enough for a write token; an admin may.
+    let path = "/streams/counter-RAW?bypass_handler=true";
+    assert_error(&writer.post(path, &body), 403, "forbidden");
+    assert_error(&admin.append("counter-RAW", &body), 403, "category_owned");
+    admin.post(path, &body).expect(201);
+    // Other categories stay open to a write token, and the handler's commands go on.
+    writer.append_ok("other-1", json!([event("T", json!({}))]));
+    writer
+        .command(
+            "counter",
+            &json!({"stream": "counter-1", "type": "Increment", "data": {"by": 1}}),
+        )
+        .expect(200);
+    assert_eq!(writer.stream_version("counter-RAW"), 1);
+}

@@ -613,6 +613,17 @@ impl Api {
             .expect(201)
     }
 
+    /// Appends `events` into a category a deployed handler owns, past the handler (the admin's
+    /// `bypass_handler=true`); asserts 201.
+    #[track_caller]
+    pub fn append_past_handler(&self, stream: &str, events: Value) -> Value {
+        self.post(
+            &format!("/streams/{stream}?bypass_handler=true"),
+            &json!({ "events": events }),
+        )
+        .expect(201)
+    }
+
     /// A stream's current version; 0 when it does not exist (asserting the 404's code).
     pub fn stream_version(&self, stream: &str) -> u64 {
         self.try_stream_version(stream)

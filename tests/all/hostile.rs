@@ -244,7 +244,7 @@ fn a_trap_in_evolve_fails_commands_on_that_stream_only() {
     let api = server.api();
     hostile(&api, "hostile-clean", "Ok", json!(null)).expect(200);
     // Only a direct append can put a Poison event there; the handler never emits one.
-    api.append_ok("hostile-poisoned", json!([event("Poison", json!(null))]));
+    api.append_past_handler("hostile-poisoned", json!([event("Poison", json!(null))]));
     let head = api.head();
 
     for attempt in 1..=2 {
@@ -263,7 +263,7 @@ fn a_trap_in_evolve_fails_commands_on_that_stream_only() {
     );
 
     // An event evolve does not know is an error it returns, not a trap: also a failure.
-    api.append_ok("hostile-odd", json!([event("Unheard", json!({}))]));
+    api.append_past_handler("hostile-odd", json!([event("Unheard", json!({}))]));
     let reply = hostile(&api, "hostile-odd", "Ok", json!(null));
     assert_plugin_failed(
         "Ok on a stream with an unknown event",

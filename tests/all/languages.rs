@@ -122,7 +122,7 @@ fn the_same_projection_in_rust_python_and_javascript_keeps_the_same_state() {
     for visit in (1..=12).filter(|visit| visit % 4 != 0) {
         check_out(&api, visit);
     }
-    api.append_ok(
+    api.append_past_handler(
         "visit-99",
         json!([event(
             "PatientCheckedOut",
@@ -268,7 +268,7 @@ fn handler_failures_in(lang: Lang) {
     assert!(line.contains(&format!("plugin {name}@")), "{line}");
 
     // A stream whose events the handler cannot fold fails every command on it, and only there.
-    api.append_ok("hostile-2", json!([event("Poison", json!(null))]));
+    api.append_past_handler("hostile-2", json!([event("Poison", json!(null))]));
     let reply = hostile(&api, lang, "hostile-2", "Ok", json!(null));
     assert_error(&reply, 500, "plugin_failed");
     let reply = hostile(&api, lang, "hostile-1", "Ok", json!(null));

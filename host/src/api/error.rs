@@ -48,6 +48,9 @@ pub(crate) enum ApiError {
     Internal(String),
     /// 503: the host is shutting down.
     Unavailable,
+    /// 403 `category_owned`: the stream is in a category a handler owns; its events come from
+    /// the handler's commands.
+    CategoryOwned { category: String, handler: String },
     /// 408 `request_timeout`: the request body did not arrive in time.
     RequestTimeout(String),
     /// 503 `overloaded`, with `Retry-After`: too much work is waiting already (plugin calls
@@ -64,7 +67,7 @@ impl ApiError {
         match self {
             ApiError::InvalidRequest(_) => StatusCode::BAD_REQUEST,
             ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
-            ApiError::Forbidden { .. } => StatusCode::FORBIDDEN,
+            ApiError::Forbidden { .. } | ApiError::CategoryOwned { .. } => StatusCode::FORBIDDEN,
             ApiError::NotFound { .. } => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::WrongExpectedVersion { .. }
@@ -89,6 +92,7 @@ impl ApiError {
             ApiError::InvalidRequest(_) => "invalid_request",
             ApiError::Unauthorized => "unauthorized",
             ApiError::Forbidden { .. } => "forbidden",
+            ApiError::CategoryOwned { .. } => "category_owned",
             ApiError::NotFound { code, .. } | ApiError::Conflict { code, .. } => code,
             ApiError::MethodNotAllowed => "method_not_allowed",
             ApiError::WrongExpectedVersion { .. } => "wrong_expected_version",
@@ -131,6 +135,14 @@ impl ApiError {
             }
             ApiError::Unauthorized => "a valid bearer token is required".into(),
             ApiError::Forbidden { needed } => format!("this request needs the {needed} role"),
+            ApiError::CategoryOwned { category, handler } => {
+                error.insert("category".into(), category.clone().into());
+                error.insert("handler".into(), handler.clone().into());
+                format!(
+                    "category {category} is owned by handler {handler}: send it a command, or \
+                     append with bypass_handler=true as an admin"
+                )
+            }
             ApiError::NotFound { message, .. } | ApiError::Conflict { message, .. } => {
                 message.clone()
             }

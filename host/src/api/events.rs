@@ -20,10 +20,10 @@ use tokio::sync::mpsc;
 
 use super::error::ApiError;
 use super::query::{Query, percent_decode};
-use super::{App, Body, json_response, raw_json_response, read_body};
+use super::{App, Body, Role, json_response, raw_json_response, read_body};
 use crate::store::{
     AppendLimits, AppendOutcome, AppendRequest, Direction, EventView, ExpectedVersion, LogFilter,
-    ProposedEvent, RecordedEvent, minify_json, validate_event_id, validate_event_type,
+    ProposedEvent, RecordedEvent, category_of, minify_json, validate_event_id, validate_event_type,
     validate_stream_name,
 };
 
@@ -106,7 +106,27 @@ pub(super) async fn append(
     request: Request<Incoming>,
 ) -> Result<Response<Body>, ApiError> {
     let stream = stream_name(raw_name)?;
-    Query::parse(request.uri().query(), &[])?;
+    let query = Query::parse(request.uri().query(), &["bypass_handler"])?;
+    let bypass = match query.single("bypass_handler")? {
+        None | Some("false") => false,
+        Some("true") => true,
+        Some(other) => {
+            return Err(ApiError::invalid(format!(
+                "bypass_handler must be true or false, found {other:?}"
+            )));
+        }
+    };
+    // A handler's category holds what its commands decided: a direct append would put events
+    // there that the handler never saw. An admin may still do it, saying so.
+    if let Some(handler) = app.plugins.category_owner(category_of(&stream)) {
+        if !bypass {
+            return Err(ApiError::CategoryOwned {
+                category: category_of(&stream).to_owned(),
+                handler,
+            });
+        }
+        app.tokens.authorize(request.headers(), Role::Admin)?;
+    }
     let body = read_body(app, request, app.limits.max_request_bytes).await?;
     let append = parse_append(&app.limits.append, stream, &body)?;
     let count = append.events.len() as u64;

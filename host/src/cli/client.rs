@@ -31,6 +31,9 @@ pub(crate) struct AppendArgs {
     /// A version number, or any, no_stream, exists.
     #[arg(long)]
     expected_version: Option<String>,
+    /// Append into a category a handler owns, past the handler (an admin's repair).
+    #[arg(long)]
+    bypass_handler: bool,
     /// Print the host's JSON answer.
     #[arg(long)]
     json: bool,
@@ -193,7 +196,10 @@ pub(super) fn append(args: AppendArgs) -> anyhow::Result<()> {
             .map_or_else(|_| expected.clone().into(), Value::from);
     }
     let client = args.connection.client(Some(Duration::from_secs(30)))?;
-    let path = format!("/streams/{}", encode(&args.stream));
+    let mut path = format!("/streams/{}", encode(&args.stream));
+    if args.bypass_handler {
+        path.push_str("?bypass_handler=true");
+    }
     let (status, answer) = send(
         args.connection
             .request(&client, reqwest::Method::POST, &path)

@@ -602,6 +602,17 @@ impl Plugins {
     }
 
     /// The active version of a handler.
+    /// The handler that owns `category`, if one is deployed: appends into it go through it.
+    pub(crate) fn category_owner(&self, category: &str) -> Option<String> {
+        self.read_entries()
+            .values()
+            .find(|entry| {
+                entry.record.kind == PluginKind::Handler
+                    && entry.record.category.as_deref() == Some(category)
+            })
+            .map(|entry| entry.record.name.clone())
+    }
+
     pub(crate) fn handler(&self, name: &str) -> Result<Arc<ActiveHandler>, HandlerLookupError> {
         match self.version(name, None, |_| PluginKind::Handler)? {
             Version::Handler(handler) => Ok(handler),
