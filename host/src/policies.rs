@@ -490,6 +490,11 @@ impl PolicyRunner {
                 }
             }
         });
+        // A step whose state writes filled it ends before the event that found no room; that
+        // event starts the next step, which is no failure of it.
+        if failure.is_some() && state.ended_full() {
+            reached = failure.take().map_or(reached, |(position, _)| position - 1);
+        }
         if let Some((position, error)) = &failure {
             reached = position - 1;
             if attempts + 1 >= MAX_ATTEMPTS {

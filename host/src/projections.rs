@@ -630,11 +630,12 @@ impl Source<'_> {
                 from.max(events[0].position) - 1,
                 Some((events[0].position, error)),
             ),
-            Err(_) => self
-                .apply_one_by_one(&events, &state)
-                .map_or((covered, None), |(position, error)| {
-                    (position - 1, Some((position, error)))
-                }),
+            Err(_) => match self.apply_one_by_one(&events, &state) {
+                None => (covered, None),
+                // The batch filled up: it ends before this event, which starts the next one.
+                Some((position, _)) if state.ended_full() => (position - 1, None),
+                Some((position, error)) => (position - 1, Some((position, error))),
+            },
         };
         let state = Arc::into_inner(state).expect("the plugin returns the state after its call");
         let (writes, overlay) = state.into_writes();

@@ -514,3 +514,56 @@ fn a_handlers_category_is_closed_to_direct_appends_but_for_an_admin_who_says_so(
         .expect(200);
     assert_eq!(writer.stream_version("counter-RAW"), 1);
 }
+
+#[test]
+fn a_projections_writes_per_batch_are_bounded_and_a_full_batch_just_ends_early() {
+    let server = Server::start();
+    let api = server.api();
+    api.deploy(
+        &guest_wasm("fixture-hostile-projection"),
+        "memory_mib=512&timeout_ms=20000",
+    )
+    .expect(201);
+    // Three events of 40 000 writes each: more than one batch holds, each within it.
+    let flood = || event("Flood", json!({"puts": 40_000, "bytes": 1}));
+    api.append_ok("hostile-1", json!([flood(), flood(), flood()]));
+    let plugin = api.wait_for_position("hostile-projection", 3, Duration::from_secs(120));
+    assert_eq!(plugin["status"], "running", "{plugin}");
+    assert_eq!(plugin["parked"], 0, "{plugin}");
+    for position in 1..=3 {
+        api.get(&format!(
+            "/projections/hostile-projection/keys/flood/{position}/39999"
+        ))
+        .expect(200);
+    }
+
+    // One event past the limits by itself pauses the projection there, with the reason.
+    for (data, words) in [
+        (
+            json!({"puts": 100_001, "bytes": 1}),
+            "state writes in one batch",
+        ),
+        (
+            json!({"puts": 70, "bytes": 1_000_000}),
+            "bytes in one batch",
+        ),
+    ] {
+        let position =
+            api.append_ok("hostile-2", json!([event("Flood", data.clone())]))["last_position"]
+                .as_u64()
+                .unwrap();
+        let plugin = api.wait_for_plugin("hostile-projection", Duration::from_secs(180), |p| {
+            p["status"] == "paused" && p["parked"] == 1
+        });
+        let parked = api.get("/plugins/hostile-projection/parked").expect(200);
+        assert_eq!(parked[0]["position"], position, "{parked}");
+        let error = parked[0]["error"].as_str().unwrap();
+        assert!(error.contains(words), "{data}: {error}");
+        assert_eq!(plugin["position"], position - 1);
+        api.post(
+            &format!("/plugins/hostile-projection/parked/{position}/skip"),
+            &json!({}),
+        )
+        .expect(200);
+    }
+}

@@ -13,12 +13,31 @@ use crate::store::{DataSnapshot, DataWrite};
 /// Writes not yet committed: a value, or `None` for a removal.
 pub(crate) type Overlay = BTreeMap<String, Option<String>>;
 
+/// Most writes (puts and deletes) one batch of calls may make, and most bytes of keys and
+/// values they may carry: what one transaction of plugin state may hold, so that no plugin can
+/// make the host hold gigabytes or stall the writer for everyone while it commits.
+pub(crate) const MAX_WRITES_PER_BATCH: usize = 100_000;
+pub(crate) const MAX_WRITE_BYTES_PER_BATCH: usize = 64 << 20;
+
 #[derive(Default)]
 struct Layers {
     /// The writes of the calls of this batch that succeeded.
     batch: Overlay,
     /// The writes of the call in progress.
     call: Overlay,
+    /// How many writes the calls of the batch made, and the bytes of their keys and values:
+    /// those that succeeded, and those of the call in progress.
+    batch_written: Written,
+    call_written: Written,
+    /// Set when a call failed because the batch was full: the writes of the calls before it
+    /// left it no room, though the call alone might fit in a batch of its own.
+    full: bool,
+}
+
+#[derive(Default, Clone, Copy)]
+struct Written {
+    writes: usize,
+    bytes: usize,
 }
 
 /// The state of one version during one batch of calls.
@@ -85,6 +104,10 @@ impl BatchState {
     /// Keeps the writes of the call that just succeeded.
     fn call_succeeded(&self) {
         let mut layers = self.layers();
+        layers.full = false;
+        let written = std::mem::take(&mut layers.call_written);
+        layers.batch_written.writes += written.writes;
+        layers.batch_written.bytes += written.bytes;
         let call = std::mem::take(&mut layers.call);
         // Most batches are one call: its writes become the batch's without being sorted again.
         if layers.batch.is_empty() {
@@ -94,9 +117,17 @@ impl BatchState {
         }
     }
 
+    /// Whether the last call failed only because the calls before it in this batch had filled
+    /// it: the batch should end before that call, which is tried again in a batch of its own.
+    pub(crate) fn ended_full(&self) -> bool {
+        self.layers().full
+    }
+
     /// Forgets the writes of the call that just failed.
     fn call_failed(&self) {
-        self.layers().call.clear();
+        let mut layers = self.layers();
+        layers.call.clear();
+        layers.call_written = Written::default();
     }
 
     /// The batch's writes, in key order, as the store takes them and as the next batch sees
@@ -127,7 +158,29 @@ impl BatchState {
         if self.read_only {
             return Err("the state is read-only during a query".into());
         }
-        self.layers().call.insert(key, value);
+        let mut guard = self.layers();
+        let layers = &mut *guard;
+        layers.call_written.writes += 1;
+        layers.call_written.bytes += key.len() + value.as_ref().map_or(0, String::len);
+        let (writes, bytes) = (
+            layers.call_written.writes + layers.batch_written.writes,
+            layers.call_written.bytes + layers.batch_written.bytes,
+        );
+        if writes > MAX_WRITES_PER_BATCH || bytes > MAX_WRITE_BYTES_PER_BATCH {
+            layers.full = layers.batch_written.writes > 0;
+        }
+        if writes > MAX_WRITES_PER_BATCH {
+            return Err(format!(
+                "more than {MAX_WRITES_PER_BATCH} state writes in one batch; that is the limit"
+            ));
+        }
+        if bytes > MAX_WRITE_BYTES_PER_BATCH {
+            return Err(format!(
+                "state writes of more than {MAX_WRITE_BYTES_PER_BATCH} bytes in one batch; that \
+                 is the limit"
+            ));
+        }
+        layers.call.insert(key, value);
         Ok(())
     }
 }
