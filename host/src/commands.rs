@@ -22,7 +22,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
-use crate::plugins::{ActiveHandler, HandlerLookupError, Plugins};
+use crate::plugins::{ActiveHandler, Busy, HandlerLookupError, Plugins};
 use crate::runtime::{CommandInput, EventInput, HandlerPlugin, NewEvent, PluginFailure};
 use crate::store::{
     AppendError, AppendLimits, AppendOutcome, AppendRequest, CommandEntry, Direction, EventStore,
@@ -86,6 +86,9 @@ pub(crate) enum CommandError {
         version: String,
         failure: PluginFailure,
     },
+    /// No place to call the handler came free in time; nothing was decided.
+    #[error(transparent)]
+    Busy(#[from] Busy),
     /// Other writers kept changing the stream between load and append.
     #[error("the stream changed under the command {attempts} times in a row; nothing was appended")]
     RetriesExhausted { attempts: u32 },
@@ -188,6 +191,9 @@ impl Commands {
         {
             return self.replay(stored, handler_name, &request);
         }
+        // Only a command that will call the handler waits for a place to; a recorded one is
+        // answered above without one.
+        let _admitted = self.plugins.admission.admit(handler_name).await?;
         let input = CommandInput {
             id: &command_id,
             stream: &request.stream,

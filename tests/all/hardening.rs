@@ -567,3 +567,68 @@ fn a_projections_writes_per_batch_are_bounded_and_a_full_batch_just_ends_early()
         .expect(200);
     }
 }
+
+#[test]
+fn slow_plugin_calls_in_bulk_are_queued_then_refused_with_retry_after_not_run_late() {
+    let server = Server::start();
+    let api = server.api();
+    api.deploy(&guest_wasm("fixture-hostile"), "timeout_ms=2000")
+        .expect(201);
+    const CLIENTS: usize = 40;
+    let answers: Vec<(u16, String, Option<String>, Duration)> = thread::scope(|scope| {
+        let clients: Vec<_> = (0..CLIENTS)
+            .map(|n| {
+                let api = api.clone();
+                scope.spawn(move || {
+                    let body = json!({"stream": format!("hostile-spin-{n}"), "type": "Loop",
+                                      "data": null});
+                    let started = std::time::Instant::now();
+                    let response = api
+                        .open(
+                            "POST",
+                            "/handlers/hostile/commands",
+                            &[],
+                            Some(body.to_string().into_bytes()),
+                        )
+                        .expect("the host answers");
+                    let status = response.status().as_u16();
+                    let retry_after = response
+                        .headers()
+                        .get("retry-after")
+                        .and_then(|v| v.to_str().ok())
+                        .map(str::to_owned);
+                    let text = response.text().unwrap();
+                    (status, text, retry_after, started.elapsed())
+                })
+            })
+            .collect();
+        // Meanwhile the host serves a client that calls no plugin.
+        for _ in 0..5 {
+            api.get("/health").expect(200);
+        }
+        clients.into_iter().map(|c| c.join().unwrap()).collect()
+    });
+    let mut refused = 0;
+    for (status, body, retry_after, elapsed) in &answers {
+        match status {
+            500 => {
+                assert!(body.contains("time budget of 2000 ms"), "{body}");
+                // Generous for a busy machine; before the bound, calls ran for many budgets.
+                assert!(*elapsed < Duration::from_secs(20), "a call ran {elapsed:?}");
+            }
+            503 => {
+                assert!(body.contains("\"overloaded\""), "{body}");
+                assert_eq!(retry_after.as_deref(), Some("1"), "{body}");
+                refused += 1;
+            }
+            other => panic!("unexpected {other}: {body}"),
+        }
+    }
+    assert!(
+        refused >= CLIENTS / 2,
+        "only {refused} of {CLIENTS} slow calls were refused; the rest ran"
+    );
+    // Nothing was appended, and the handler serves once the crowd is gone.
+    assert_eq!(api.head(), 0);
+    hostile(&api, "Ok", json!(null)).expect(200);
+}

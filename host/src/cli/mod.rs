@@ -92,6 +92,15 @@ pub(crate) struct ServeArgs {
     /// after its first 5 seconds).
     #[arg(long, default_value_t = 1024)]
     body_min_rate: u64,
+    /// Requests (commands, queries) calling one plugin at once; default twice the cores.
+    #[arg(long)]
+    plugin_requests: Option<usize>,
+    /// Requests calling any plugin at once; default four times the cores.
+    #[arg(long)]
+    plugin_requests_total: Option<usize>,
+    /// The longest a request waits for its place to call a plugin before a 503, in milliseconds.
+    #[arg(long, default_value_t = 1000)]
+    plugin_queue_ms: u64,
 }
 
 /// Where a client subcommand finds the host.

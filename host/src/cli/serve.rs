@@ -9,12 +9,18 @@ use anyhow::{Context, bail};
 
 use super::ServeArgs;
 use crate::api::{self, App, Limits, Tokens};
-use crate::plugins::Plugins;
+use crate::plugins::{Admission, AdmissionLimits, Plugins};
 use crate::runtime::Runtime;
 use crate::store::{EventStore, RedbStore, StoreOptions};
 
 pub(super) fn run(args: ServeArgs) -> anyhow::Result<()> {
     let limits = limits(&args);
+    let defaults = AdmissionLimits::default();
+    let admission = AdmissionLimits {
+        per_plugin: args.plugin_requests.unwrap_or(defaults.per_plugin).max(1),
+        total: args.plugin_requests_total.unwrap_or(defaults.total).max(1),
+        queue_wait: std::time::Duration::from_millis(args.plugin_queue_ms),
+    };
     let tokens = Tokens::new(args.admin_token, args.write_token, args.read_token);
     let address = resolve(&args.listen)?;
     if !address.ip().is_loopback() && tokens.is_open() && !args.insecure {
@@ -36,8 +42,9 @@ pub(super) fn run(args: ServeArgs) -> anyhow::Result<()> {
         };
         let store = Arc::new(RedbStore::open(&args.data, &options).context("opening the store")?);
         let runtime = Runtime::new().map_err(anyhow::Error::msg)?;
-        let plugins = tokio::task::block_in_place(|| Plugins::open(runtime, store.clone()))
+        let mut plugins = tokio::task::block_in_place(|| Plugins::open(runtime, store.clone()))
             .context("loading the deployed plugins")?;
+        plugins.admission = Admission::new(admission);
         let listener = tokio::net::TcpListener::bind(address)
             .await
             .with_context(|| format!("binding {address}"))?;

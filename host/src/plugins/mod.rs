@@ -11,7 +11,10 @@
 //! Architecture Invariant: this module knows nothing of HTTP. It reaches wasmtime only through
 //! the runtime and the store only through [`EventStore`].
 
+mod admission;
 mod versions;
+
+pub(crate) use admission::{Admission, AdmissionLimits, Busy};
 
 use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet};
@@ -310,6 +313,8 @@ pub(crate) struct Plugins {
     /// This registry, for the tasks that promote candidates by themselves.
     this: OnceLock<Weak<Plugins>>,
     pub counters: LoadCounters,
+    /// Places for the requests that call plugins (commands, queries).
+    pub admission: Admission,
 }
 
 impl Plugins {
@@ -324,6 +329,7 @@ impl Plugins {
             changing: tokio::sync::Mutex::new(()),
             commands: watch::Sender::new(None),
             this: OnceLock::new(),
+            admission: Admission::new(AdmissionLimits::default()),
             counters: LoadCounters::default(),
         };
         for (name, bytes) in plugins.store.plugin_records()? {

@@ -12,6 +12,7 @@
 //! how events are stored: what crosses its boundary is bytes, strings and plain records.
 
 mod bindings;
+mod gate;
 mod handler;
 mod policy;
 mod pool;
@@ -30,6 +31,7 @@ use sha2::{Digest, Sha256};
 use wasmtime::component::{Component, HasSelf, Linker};
 use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
 
+use gate::CallGate;
 pub(crate) use handler::{CommandInput, EventInput, HandlerPlugin, NewEvent};
 pub(crate) use policy::{PolicyAction, PolicyPlugin};
 use pool::InstancePool;
@@ -177,6 +179,8 @@ pub(crate) struct Runtime {
     compatibility: String,
     ticker: Arc<EpochTicker>,
     ticker_thread: Option<JoinHandle<()>>,
+    /// Bounds the calls running at once, across every plugin.
+    gate: Arc<CallGate>,
 }
 
 /// Advances the engine's epoch while plugin calls run, and sleeps (parked) while none does, so
@@ -278,6 +282,7 @@ impl Runtime {
             compatibility,
             ticker,
             ticker_thread: Some(ticker_thread),
+            gate: Arc::new(CallGate::new(CallGate::default_max())),
         })
     }
 

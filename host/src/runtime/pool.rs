@@ -12,6 +12,7 @@ use wasmtime::component::{Component, Instance as ComponentInstance, InstancePre}
 use wasmtime::{Engine, Store, Trap};
 
 use super::bindings::{self, Kind};
+use super::gate::CallGate;
 use super::sandbox::{PluginState, StateAccess};
 use super::{
     EPOCH_TICK, EpochTicker, InvalidPlugin, PluginFailure, PluginInfo, PluginKind, PluginLimits,
@@ -47,6 +48,7 @@ pub(super) struct Instance<W> {
 pub(super) struct InstancePool<W> {
     engine: Engine,
     ticker: Arc<EpochTicker>,
+    gate: Arc<CallGate>,
     pre: InstancePre<PluginState>,
     /// `name@version`, for the log.
     label: Arc<str>,
@@ -76,6 +78,7 @@ impl<W: WorldExports> InstancePool<W> {
         Ok(InstancePool {
             engine: runtime.engine.clone(),
             ticker: runtime.ticker.clone(),
+            gate: runtime.gate.clone(),
             pre,
             label: label.into(),
             limits: Mutex::new(limits),
@@ -134,6 +137,8 @@ impl<W: WorldExports> InstancePool<W> {
         seed: u64,
         f: impl FnOnce(&mut Instance<W>) -> wasmtime::Result<R>,
     ) -> Result<R, PluginFailure> {
+        // A call's budget starts when it runs, not while it waits for its turn.
+        let _running = self.gate.enter();
         // The epoch advances only while some call is in flight.
         let _ticking = self.ticker.call_started();
         let idle = self
