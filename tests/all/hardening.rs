@@ -632,3 +632,36 @@ fn slow_plugin_calls_in_bulk_are_queued_then_refused_with_retry_after_not_run_la
     assert_eq!(api.head(), 0);
     hostile(&api, "Ok", json!(null)).expect(200);
 }
+
+#[test]
+fn pages_of_large_events_end_at_the_page_bytes_and_point_on() {
+    let server = Server::start();
+    let api = server.api();
+    let big = || event("Big", json!({"pad": "x".repeat(1_000_000)}));
+    for _ in 0..2 {
+        api.append_ok("big-1", json!((0..10).map(|_| big()).collect::<Vec<_>>()));
+    }
+    let limit = 8 << 20;
+    let first = api.get("/events?limit=300");
+    assert_eq!(first.status, 200);
+    assert!(
+        first.body.len() < limit + (2 << 20),
+        "{} bytes",
+        first.body.len()
+    );
+    let page = first.json();
+    let count = page["events"].as_array().unwrap().len() as u64;
+    assert!(count < 20, "the page was not cut: {count} events");
+    assert_eq!(page["next"], count + 1);
+    // Paging with next reads every event once, in order, forward and backward.
+    let all = api.all_events();
+    assert_eq!(all.len(), 20);
+    assert_eq!(api.stream_events("big-1").len(), 20);
+    let backward = api
+        .get("/streams/big-1?direction=backward&limit=300")
+        .json();
+    let events = backward["events"].as_array().unwrap();
+    assert!(events.len() < 20);
+    assert_eq!(events[0]["version"], 20);
+    assert_eq!(backward["next"], 20 - events.len() as u64);
+}

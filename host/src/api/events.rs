@@ -293,11 +293,11 @@ pub(super) fn read_log(app: &App, request: &Request<Incoming>) -> Result<Respons
 }
 
 /// Pages above this many events are read off the request's worker thread.
-const LARGE_READ: usize = 1_000;
+const LARGE_READ: usize = 100;
 
-/// Runs a store read of up to `limit` events. A large page takes milliseconds, so it is read
-/// with the worker thread handed over to the other requests meanwhile; a small one takes less
-/// than that hand-over costs.
+/// Runs a store read of up to `limit` events. A large page (up to the store's page bytes) takes
+/// milliseconds, so it is read with the worker thread handed over to the other requests
+/// meanwhile; a small one takes less than that hand-over costs.
 fn read_sized<T>(limit: usize, read: impl FnOnce() -> T) -> T {
     if limit > LARGE_READ {
         tokio::task::block_in_place(read)
@@ -396,7 +396,9 @@ async fn feed_follower(
         return;
     }
     loop {
-        let page = match app.store.read_log(next, FOLLOW_BATCH, &filter) {
+        let page = match read_sized(FOLLOW_BATCH, || {
+            app.store.read_log(next, FOLLOW_BATCH, &filter)
+        }) {
             Ok(page) => page,
             Err(error) => {
                 crate::log::error!("a follower stopped: {error}");

@@ -39,6 +39,7 @@ pub(super) fn run(args: ServeArgs) -> anyhow::Result<()> {
             cache_bytes: args.cache_mib << 20,
             group_wait: std::time::Duration::from_micros(args.group_commit_wait_us),
             append_limits: limits.append,
+            ..StoreOptions::default()
         };
         let store = Arc::new(RedbStore::open(&args.data, &options).context("opening the store")?);
         let runtime = Runtime::new().map_err(anyhow::Error::msg)?;

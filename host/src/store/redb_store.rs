@@ -128,6 +128,9 @@ pub(crate) struct StoreOptions {
     pub group_wait: Duration,
     /// The most one append may carry.
     pub append_limits: AppendLimits,
+    /// A page of events read ends once its records hold this many bytes (it always holds at
+    /// least one event), so that no read holds or sends more than this at once.
+    pub page_bytes: usize,
 }
 
 impl Default for StoreOptions {
@@ -136,9 +139,18 @@ impl Default for StoreOptions {
             cache_bytes: 64 << 20,
             group_wait: Duration::from_micros(250),
             append_limits: AppendLimits::default(),
+            page_bytes: PAGE_BYTES,
         }
     }
 }
+
+/// Whether a page's records reach `max_bytes`: it was cut there, and more may follow.
+fn bytes_reached(events: &[RecordedEvent], max_bytes: usize) -> bool {
+    events.iter().map(|e| e.json.len()).sum::<usize>() >= max_bytes
+}
+
+/// The default of [`StoreOptions::page_bytes`].
+pub(crate) const PAGE_BYTES: usize = 8 << 20;
 
 /// Creates `dir` and its missing ancestors; answers the directories it created, outermost first.
 fn create_dirs(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
@@ -225,6 +237,7 @@ pub(crate) struct RedbStore {
     head: watch::Receiver<u64>,
     counters: Arc<Counters>,
     append_limits: AppendLimits,
+    page_bytes: usize,
 }
 
 impl RedbStore {
@@ -270,6 +283,7 @@ impl RedbStore {
             head: head_rx,
             counters,
             append_limits: options.append_limits,
+            page_bytes: options.page_bytes.max(1),
         })
     }
 
@@ -294,18 +308,20 @@ impl RedbStore {
         })
     }
 
-    /// The records at `positions` (ascending). Runs of consecutive positions, which a filter
-    /// that matches most of the log yields, are read with one range scan each rather than one
-    /// lookup per event.
+    /// The records at `positions` (ascending), up to the first that brings the records read to
+    /// `max_bytes`. Runs of consecutive positions, which a filter that matches most of the log
+    /// yields, are read with one range scan each rather than one lookup per event.
     fn read_events(
         log: &impl ReadableTable<(u64, u64), &'static [u8]>,
         positions: impl IntoIterator<Item = u64>,
+        max_bytes: usize,
     ) -> Result<Vec<RecordedEvent>, StorageError> {
         let missing = |position| StorageError::Corrupt {
             position,
             reason: "an index points at a missing event".into(),
         };
         let mut events = Vec::new();
+        let mut bytes = 0;
         let mut positions = positions.into_iter().peekable();
         while let Some(first) = positions.next() {
             let mut last = first;
@@ -319,10 +335,14 @@ impl RedbStore {
                 .map_err(engine)?
             {
                 let (key, record) = entry.map_err(engine)?;
+                bytes += record.value().len();
                 events.push(RecordedEvent {
                     position: key.value().1,
                     json: record.value().to_vec(),
                 });
+                if bytes >= max_bytes {
+                    return Ok(events);
+                }
             }
             if events.len() - before != (last - first + 1) as usize {
                 return Err(missing(first));
@@ -374,15 +394,36 @@ impl EventStore for RedbStore {
         } else {
             Vec::new()
         };
-        let next = match direction {
-            Direction::Forward if !positions.is_empty() && window.1 < version => Some(window.1 + 1),
-            Direction::Backward if !positions.is_empty() && window.0 > 1 => Some(window.0 - 1),
-            _ => None,
-        };
         if direction == Direction::Backward {
             positions.reverse();
         }
-        let events = Self::read_events(&log, positions)?;
+        let wanted = positions.len() as u64;
+        let events = match direction {
+            Direction::Forward => Self::read_events(&log, positions, self.page_bytes)?,
+            // Read lowest first, so the byte bound must be applied from the other end.
+            Direction::Backward => {
+                let mut events = Vec::new();
+                let mut bytes = 0;
+                for position in positions {
+                    let event = Self::read_events(&log, [position], usize::MAX)?;
+                    bytes += event.iter().map(|e| e.json.len()).sum::<usize>();
+                    events.extend(event);
+                    if bytes >= self.page_bytes {
+                        break;
+                    }
+                }
+                events
+            }
+        };
+        // Versions are contiguous in the window, so the page's length says where it stopped.
+        let read = events.len() as u64;
+        let next = match direction {
+            Direction::Forward if read > 0 && read < wanted => Some(window.0 + read),
+            Direction::Forward if read > 0 && window.1 < version => Some(window.1 + 1),
+            Direction::Backward if read > 0 && read < wanted => Some(window.1 - read),
+            Direction::Backward if read > 0 && window.0 > 1 => Some(window.0 - 1),
+            _ => None,
+        };
         Ok(Some(StreamPage {
             version,
             events,
@@ -403,24 +444,34 @@ impl EventStore for RedbStore {
         let mut events = Vec::new();
         if filter.is_empty() {
             if from <= head {
+                let mut bytes = 0;
                 for entry in log
                     .range((EVENTS, from)..=(EVENTS, head))
                     .map_err(engine)?
                     .take(limit)
                 {
                     let (key, record) = entry.map_err(engine)?;
+                    bytes += record.value().len();
                     events.push(RecordedEvent {
                         position: key.value().1,
                         json: record.value().to_vec(),
                     });
+                    if bytes >= self.page_bytes {
+                        break;
+                    }
                 }
             }
         } else {
             let positions = filtered_positions(&txn, &log, from, limit, filter)?;
-            events = Self::read_events(&log, positions)?;
+            events = Self::read_events(&log, positions, self.page_bytes)?;
         }
         let next = match events.last() {
-            Some(last) if events.len() == limit && last.position < head => Some(last.position + 1),
+            Some(last)
+                if last.position < head
+                    && (events.len() == limit || bytes_reached(&events, self.page_bytes)) =>
+            {
+                Some(last.position + 1)
+            }
             _ => None,
         };
         Ok(LogPage { events, next, head })
