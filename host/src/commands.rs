@@ -423,6 +423,7 @@ impl Commands {
         self.append_limits
             .check_count(events.len())
             .map_err(refused)?;
+        let causation_depth = causation_depth(command_metadata);
         let correlation_id =
             serde_json::from_str::<serde_json::Map<String, serde_json::Value>>(command_metadata)
                 .ok()
@@ -450,6 +451,10 @@ impl Commands {
                 };
                 metadata.insert("correlation_id".into(), correlation_id.clone().into());
                 metadata.insert("causation_id".into(), command_id.into());
+                // How many policy commands led here, for the policies reacting to these events.
+                if causation_depth > 0 {
+                    metadata.insert("causation_depth".into(), causation_depth.into());
+                }
                 Ok(ProposedEvent {
                     id: None,
                     event_type: event.event_type,
@@ -553,6 +558,17 @@ fn backoff(attempt: u32) -> Duration {
     let bound_micros = 250u64 << attempt.min(10);
     let random = uuid::Uuid::new_v4().as_u128() as u64;
     Duration::from_micros(random % bound_micros)
+}
+
+/// The `causation_depth` of an event's or a command's metadata: how many policy commands led to
+/// it (0 when it says nothing).
+pub(crate) fn causation_depth(metadata: &str) -> u64 {
+    #[derive(Deserialize)]
+    struct Depth {
+        #[serde(default)]
+        causation_depth: u64,
+    }
+    serde_json::from_str::<Depth>(metadata).map_or(0, |d| d.causation_depth)
 }
 
 /// JSON text known to be valid, as a raw value.

@@ -25,7 +25,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{Notify, watch};
 
-use crate::commands::{CommandError, CommandOutcome, CommandRequest, Commands};
+use crate::commands::{CommandError, CommandOutcome, CommandRequest, Commands, causation_depth};
 use crate::projections::state::BatchState;
 use crate::projections::{PAUSES, checkpoint_write, log_event, read_checkpoint};
 use crate::runtime::{CommandInput, LogEvent, PolicyAction, PolicyPlugin, content_hash};
@@ -42,6 +42,10 @@ const MAX_ATTEMPTS: u32 = 4;
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
 /// Outbox entries one dispatcher pass reads.
 const OUTBOX_PAGE: usize = 100;
+/// The longest chain of causes a policy extends: an event that this many policy commands led
+/// to (its metadata's `causation_depth`) is parked rather than reacted to, so that a policy
+/// commanding a handler whose events it reacts to cannot make events without end.
+pub(crate) const MAX_CAUSATION_DEPTH: u64 = 64;
 /// Most commands, and most timers set or cancelled, one call into a policy may ask for.
 pub(crate) const MAX_COMMANDS_PER_CALL: usize = 1_000;
 pub(crate) const MAX_TIMERS_PER_CALL: usize = 1_000;
@@ -70,6 +74,9 @@ struct Timer {
     payload: String,
     /// The correlation id of what set it, for the commands it leads to.
     correlation_id: String,
+    /// The causation depth of what set it.
+    #[serde(default)]
+    causation_depth: u64,
 }
 
 /// An event whose reaction failed every attempt, kept for an operator.
@@ -337,6 +344,7 @@ impl PolicyRunner {
                         metadata: serde_json::json!({
                             "correlation_id": cause.correlation_id(),
                             "causation_id": cause.causation_id(),
+                            "causation_depth": cause.depth() + 1,
                             "policy": self.name,
                         })
                         .to_string(),
@@ -357,6 +365,7 @@ impl PolicyRunner {
                         due_ms,
                         payload,
                         correlation_id: cause.correlation_id(),
+                        causation_depth: cause.depth(),
                     };
                     let value = serde_json::to_vec(&timer).expect("a timer serializes");
                     writes.push(write(&self.timers_space, key.clone(), Some(value)));
@@ -372,6 +381,23 @@ impl PolicyRunner {
         step.writes.extend(writes);
         step.timers.extend(timers);
         Ok(())
+    }
+
+    /// The write that parks the event of `view`, failed `attempts` times for `error`.
+    fn park_write(&self, view: &RecordView<'_>, error: String, attempts: u32) -> DataWrite {
+        self.parked_write(Parked {
+            position: view.position,
+            stream: view.stream.to_string(),
+            event_type: view.event_type.to_string(),
+            error,
+            attempts,
+            parked_at: now_rfc3339(),
+        })
+    }
+
+    fn parked_write(&self, parked: Parked) -> DataWrite {
+        let value = serde_json::to_vec(&parked).expect("a parked event serializes");
+        write(&self.parked_space, parked_key(parked.position), Some(value))
     }
 
     /// Commits a step's state writes with its other writes, then applies its timers in memory
@@ -479,6 +505,22 @@ impl PolicyRunner {
                     }
                 };
                 let event = log_event(&view);
+                let depth = causation_depth(event.metadata);
+                if depth >= MAX_CAUSATION_DEPTH {
+                    let reason = format!(
+                        "the event ends a chain of {depth} policy commands, the limit; reacting \
+                         to it would make the chain longer (a policy commanding a handler whose \
+                         events it reacts to?)"
+                    );
+                    crate::log::error!(
+                        "policy {} parked the event at position {}: {reason}",
+                        self.name,
+                        record.position
+                    );
+                    let parked = self.park_write(&view, reason, 0);
+                    step.writes.push(parked);
+                    continue;
+                }
                 let reacted = state.call(
                     REFUSAL,
                     |state| self.plugin.react(&event, state),
@@ -500,31 +542,23 @@ impl PolicyRunner {
             if attempts + 1 >= MAX_ATTEMPTS {
                 let event = page.events.iter().find(|e| e.position == *position);
                 let view = event.and_then(|e| RecordView::parse(&e.json).ok());
-                let parked = Parked {
-                    position: *position,
-                    stream: view
-                        .as_ref()
-                        .map(|v| v.stream.to_string())
-                        .unwrap_or_default(),
-                    event_type: view
-                        .as_ref()
-                        .map(|v| v.event_type.to_string())
-                        .unwrap_or_default(),
-                    error: error.clone(),
-                    attempts: attempts + 1,
-                    parked_at: now_rfc3339(),
-                };
                 crate::log::error!(
                     "policy {} parked the event at position {position} after {} attempts: {error}",
                     self.name,
-                    parked.attempts
+                    attempts + 1
                 );
-                let value = serde_json::to_vec(&parked).expect("a parked event serializes");
-                step.writes.push(write(
-                    &self.parked_space,
-                    parked_key(*position),
-                    Some(value),
-                ));
+                let parked = match &view {
+                    Some(view) => self.park_write(view, error.clone(), attempts + 1),
+                    None => self.parked_write(Parked {
+                        position: *position,
+                        stream: String::new(),
+                        event_type: String::new(),
+                        error: error.clone(),
+                        attempts: attempts + 1,
+                        parked_at: now_rfc3339(),
+                    }),
+                };
+                step.writes.push(parked);
                 reached = *position;
                 failure = None;
             }
@@ -641,6 +675,7 @@ impl PolicyRunner {
         let cause = Cause::Rejected {
             id,
             correlation: &correlation,
+            metadata: &entry.metadata,
         };
         for attempt in 1..=MAX_ATTEMPTS {
             let _turn = self.turn.lock().await;
@@ -753,8 +788,16 @@ impl Drop for PolicyRunner {
 /// What a policy reacted to: it names the commands that reaction sends.
 enum Cause<'a> {
     Event(&'a LogEvent<'a>),
-    Timer { key: &'a str, timer: &'a Timer },
-    Rejected { id: &'a str, correlation: &'a str },
+    Timer {
+        key: &'a str,
+        timer: &'a Timer,
+    },
+    Rejected {
+        id: &'a str,
+        correlation: &'a str,
+        /// The rejected command's metadata.
+        metadata: &'a str,
+    },
 }
 
 impl Cause<'_> {
@@ -783,6 +826,15 @@ impl Cause<'_> {
             }
             Cause::Timer { timer, .. } => timer.correlation_id.clone(),
             Cause::Rejected { correlation, .. } => (*correlation).to_owned(),
+        }
+    }
+
+    /// How many policy commands led to this cause.
+    fn depth(&self) -> u64 {
+        match self {
+            Cause::Event(event) => causation_depth(event.metadata),
+            Cause::Timer { timer, .. } => timer.causation_depth,
+            Cause::Rejected { metadata, .. } => causation_depth(metadata),
         }
     }
 

@@ -665,3 +665,34 @@ fn pages_of_large_events_end_at_the_page_bytes_and_point_on() {
     assert_eq!(events[0]["version"], 20);
     assert_eq!(backward["next"], 20 - events.len() as u64);
 }
+
+#[test]
+fn a_policy_that_feeds_itself_is_stopped_at_the_chain_bound_and_says_why() {
+    let server = Server::start();
+    let api = server.api();
+    api.deploy_guest("fixture-hostile");
+    api.deploy_guest("fixture-counter");
+    api.deploy_guest("fixture-hostile-policy");
+    // The handler's Stormed makes the policy send another Storm, whose answer is a Stormed.
+    api.command(
+        "hostile",
+        &json!({"stream": "hostile-storm", "type": "Storm", "data": null}),
+    )
+    .expect(200);
+    let plugin = api.wait_for_plugin("hostile-policy", Duration::from_secs(180), |p| {
+        p["parked"] == 1
+    });
+    let parked = api.get("/plugins/hostile-policy/parked").expect(200);
+    let error = parked[0]["error"].as_str().unwrap();
+    assert!(error.contains("chain of 64 policy commands"), "{error}");
+    assert_eq!(parked[0]["stream"], "hostile-storm");
+    // The storm stopped: the first event and 64 more, and nothing is waiting to be sent.
+    let events = api.wait_for_events("hostile-storm", 65, Duration::from_secs(60));
+    assert_eq!(events.len(), 65);
+    assert_eq!(events[64]["metadata"]["causation_depth"], 64);
+    assert_eq!(plugin["kind"], "policy");
+    let head = api.head();
+    api.append_ok("other-1", json!([event("T", json!({}))]));
+    api.wait_for_position("hostile-policy", head + 1, Duration::from_secs(60));
+    assert_eq!(api.stream_version("hostile-storm"), 65);
+}
