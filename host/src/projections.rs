@@ -28,7 +28,7 @@ use crate::store::{
     DataFuture, DataSnapshot, DataWrite, EventStore, LogFilter, RecordView, StorageError,
     now_rfc3339,
 };
-use state::{BatchState, Overlay};
+use state::{BatchState, Overlay, StateBudget};
 
 /// Most events one `apply` call receives.
 const BATCH_EVENTS: usize = 8_192;
@@ -47,6 +47,9 @@ pub(crate) const CHECKPOINTS: &str = "checkpoints";
 /// The data space of pauses: `name/version` → [`Pause`] while the version is paused (a policy's
 /// key is its name).
 pub(crate) const PAUSES: &str = "pauses";
+/// The data space of state sizes: `name/version` → the bytes of keys and values its state
+/// holds (8 bytes, little-endian), committed with every batch that changes the state.
+pub(crate) const STATE_SIZES: &str = "state-sizes";
 
 /// Why and where a projection stopped.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -103,6 +106,8 @@ pub(crate) struct ProjectionRunner {
     key: String,
     /// The last position processed: committed, or past events the subscription skips.
     processed: watch::Sender<u64>,
+    /// The bytes of keys and values the committed state holds.
+    state_bytes: std::sync::atomic::AtomicU64,
     control: watch::Sender<Control>,
     status: Mutex<Status>,
     /// Set once the runner's task has ended: nothing it writes is in flight any more.
@@ -121,6 +126,8 @@ pub(crate) struct Step {
     pub failure: Option<(u64, String)>,
     /// The state writes, for the batch applied while these commit.
     pub overlay: Arc<Overlay>,
+    /// The state's size once these writes are committed, when it is kept to a budget.
+    pub state_bytes: Option<u64>,
 }
 
 /// A batch handed to the writer, and what the next batch must see of it.
@@ -128,6 +135,7 @@ struct Committing {
     commit: DataFuture,
     covered: u64,
     overlay: Arc<Overlay>,
+    state_bytes: Option<u64>,
 }
 
 impl ProjectionRunner {
@@ -141,6 +149,7 @@ impl ProjectionRunner {
         let key = format!("{}/{version}", info.name);
         let snapshot = store.data_snapshot()?;
         let checkpoint = read_checkpoint(&*snapshot, &key)?;
+        let state_bytes = read_state_bytes(&*snapshot, &key)?;
         let paused = snapshot
             .get(PAUSES, &key)?
             .and_then(|bytes| serde_json::from_slice::<Pause>(&bytes).ok());
@@ -161,6 +170,7 @@ impl ProjectionRunner {
             plugin,
             store,
             processed: watch::Sender::new(checkpoint),
+            state_bytes: state_bytes.into(),
             control: watch::Sender::new(control),
             status: Mutex::new(Status {
                 catching_up: true,
@@ -396,7 +406,13 @@ impl ProjectionRunner {
             }
             let runner = self.clone();
             let prior = committing.as_ref().map(|batch| batch.overlay.clone());
-            let step = tokio::task::spawn_blocking(move || runner.step(from, prior)).await;
+            // The state's size as the batch before leaves it, committed or not.
+            let state_bytes = committing
+                .as_ref()
+                .and_then(|batch| batch.state_bytes)
+                .unwrap_or_else(|| self.state_bytes());
+            let step =
+                tokio::task::spawn_blocking(move || runner.step(from, prior, state_bytes)).await;
             // The batch before this one must be durable before this one is sent: if it failed,
             // this one was applied over writes that never happened, and is dropped.
             if let Some(batch) = committing.take()
@@ -433,15 +449,17 @@ impl ProjectionRunner {
                         commit: self.store.write_data(step.writes),
                         covered: step.covered,
                         overlay: step.overlay,
+                        state_bytes: step.state_bytes,
                     });
                 }
                 Some((position, error)) => {
-                    if !step.writes.is_empty()
-                        && let Err(error) = self.store.write_data(step.writes).await
-                    {
-                        self.storage_failed(&error, &mut attempts, &mut control)
-                            .await;
-                        continue;
+                    if !step.writes.is_empty() {
+                        if let Err(error) = self.store.write_data(step.writes).await {
+                            self.storage_failed(&error, &mut attempts, &mut control)
+                                .await;
+                            continue;
+                        }
+                        self.set_state_bytes(step.state_bytes);
                     }
                     self.processed.send_replace(step.covered);
                     attempts += 1;
@@ -461,6 +479,7 @@ impl ProjectionRunner {
     ) -> bool {
         match batch.commit.await {
             Ok(()) => {
+                self.set_state_bytes(batch.state_bytes);
                 self.processed.send_replace(batch.covered);
                 self.succeeded(batch.covered, attempts);
                 true
@@ -536,18 +555,46 @@ impl ProjectionRunner {
     /// Reads and applies the batch that starts at `from`, over the writes of the batch still
     /// committing (`prior`), and adds the checkpoint to its writes. Blocks on the store and the
     /// plugin.
-    fn step(&self, from: u64, prior: Option<Arc<Overlay>>) -> Result<Step, StorageError> {
+    fn step(
+        &self,
+        from: u64,
+        prior: Option<Arc<Overlay>>,
+        state_bytes: u64,
+    ) -> Result<Step, StorageError> {
         let source = Source {
             plugin: &self.plugin,
             store: self.store.as_ref(),
             filter: &self.filter,
             space: &self.space,
         };
-        let mut step = source.apply_batch(from, u64::MAX, prior)?;
+        let budget = StateBudget {
+            bytes: state_bytes,
+            max_bytes: self.plugin.limits().state_mib << 20,
+        };
+        let mut step = source.apply_batch(from, u64::MAX, prior, Some(budget))?;
+        if let Some(bytes) = step.state_bytes.filter(|&bytes| bytes != state_bytes) {
+            step.writes.push(DataWrite {
+                space: STATE_SIZES.into(),
+                key: self.key.clone(),
+                value: Some(bytes.to_le_bytes().to_vec()),
+            });
+        }
         if !step.writes.is_empty() || (step.failure.is_none() && step.matched) {
             step.writes.push(self.checkpoint_write(step.covered));
         }
         Ok(step)
+    }
+
+    /// The bytes of keys and values this version's committed state holds.
+    pub(crate) fn state_bytes(&self) -> u64 {
+        self.state_bytes.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    fn set_state_bytes(&self, bytes: Option<u64>) {
+        if let Some(bytes) = bytes {
+            self.state_bytes
+                .store(bytes, std::sync::atomic::Ordering::SeqCst);
+        }
     }
 
     fn checkpoint_write(&self, position: u64) -> DataWrite {
@@ -580,6 +627,7 @@ impl Source<'_> {
         from: u64,
         until: u64,
         prior: Option<Arc<Overlay>>,
+        budget: Option<StateBudget>,
     ) -> Result<Step, StorageError> {
         let page = self.store.read_log(from, BATCH_EVENTS, self.filter)?;
         let mut covered = match page.next {
@@ -607,6 +655,7 @@ impl Source<'_> {
                 covered,
                 failure: None,
                 overlay: Arc::default(),
+                state_bytes: None,
             });
         }
         let views = events_in
@@ -619,11 +668,10 @@ impl Source<'_> {
             })
             .collect::<Result<Vec<_>, _>>()?;
         let events: Vec<LogEvent<'_>> = views.iter().map(log_event).collect();
-        let state = Arc::new(BatchState::writable(
-            self.space.clone(),
-            self.store.data_snapshot()?,
-            prior,
-        ));
+        let state = Arc::new(
+            BatchState::writable(self.space.clone(), self.store.data_snapshot()?, prior)
+                .with_budget(budget),
+        );
         let (covered, failure) = match self.apply(&events, &state) {
             Ok(()) => (covered, None),
             Err(error) if events.len() == 1 => (
@@ -638,6 +686,7 @@ impl Source<'_> {
             },
         };
         let state = Arc::into_inner(state).expect("the plugin returns the state after its call");
+        let state_bytes = state.bytes_after();
         let (writes, overlay) = state.into_writes();
         Ok(Step {
             writes,
@@ -645,6 +694,7 @@ impl Source<'_> {
             covered,
             failure,
             overlay,
+            state_bytes,
         })
     }
 
@@ -712,7 +762,11 @@ pub(crate) async fn delete_state(
         value: None,
     };
     store
-        .write_data(vec![forget(CHECKPOINTS), forget(PAUSES)])
+        .write_data(vec![
+            forget(CHECKPOINTS),
+            forget(PAUSES),
+            forget(STATE_SIZES),
+        ])
         .await?;
     Ok(entries)
 }
@@ -740,6 +794,30 @@ pub(crate) fn backoff(attempts: u32, max: Duration) -> Duration {
 }
 
 /// The checkpoint stored under `key`, or 0.
+/// The bytes of keys and values the state of version `key` holds: as recorded with its last
+/// batch, or, for a state kept before sizes were recorded, counted once now.
+fn read_state_bytes(snapshot: &dyn DataSnapshot, key: &str) -> Result<u64, StorageError> {
+    if let Some(bytes) = snapshot
+        .get(STATE_SIZES, key)?
+        .and_then(|bytes| <[u8; 8]>::try_from(bytes.as_slice()).ok())
+    {
+        return Ok(u64::from_le_bytes(bytes));
+    }
+    let space = state_space(key);
+    let (mut total, mut after) = (0u64, None::<String>);
+    loop {
+        let page = snapshot.scan(&space, "", after.as_deref(), 1000)?;
+        total += page
+            .iter()
+            .map(|(k, v)| (k.len() + v.len()) as u64)
+            .sum::<u64>();
+        match page.last() {
+            Some((last, _)) if page.len() == 1000 => after = Some(last.clone()),
+            _ => return Ok(total),
+        }
+    }
+}
+
 pub(crate) fn read_checkpoint(snapshot: &dyn DataSnapshot, key: &str) -> Result<u64, StorageError> {
     let stored = snapshot.get(CHECKPOINTS, key)?;
     Ok(stored

@@ -94,7 +94,7 @@ fn deploy_list_and_command_from_the_command_line() {
     let shown: serde_json::Value = serde_json::from_str(&shown).unwrap();
     assert_eq!(
         shown["limits"],
-        json!({"memory_mib": 64, "timeout_ms": 500})
+        json!({"memory_mib": 64, "timeout_ms": 500, "state_mib": 1024})
     );
 
     let check_in = r#"{"patient_id": "p-9", "patient_name": "Ana Lima", "complaint": "fever",

@@ -696,3 +696,44 @@ fn a_policy_that_feeds_itself_is_stopped_at_the_chain_bound_and_says_why() {
     api.wait_for_position("hostile-policy", head + 1, Duration::from_secs(60));
     assert_eq!(api.stream_version("hostile-storm"), 65);
 }
+
+#[test]
+fn a_projections_state_is_kept_to_its_maximum_size_across_restarts() {
+    let mut server = Server::start();
+    let api = server.api();
+    api.deploy(&guest_wasm("fixture-hostile-projection"), "state_mib=1")
+        .expect(201);
+    // 600 kB, then 600 kB more: the second event would take the state past 1 MiB.
+    let flood = || event("Flood", json!({"puts": 600, "bytes": 1000}));
+    api.append_ok("hostile-1", json!([flood()]));
+    let plugin = api.wait_for_position("hostile-projection", 1, Duration::from_secs(60));
+    let size = plugin["versions"][0]["state_bytes"].as_u64().unwrap();
+    assert!((600_000..700_000).contains(&size), "{plugin}");
+    api.append_ok("hostile-1", json!([flood()]));
+    api.wait_for_plugin("hostile-projection", Duration::from_secs(120), |p| {
+        p["status"] == "paused" && p["parked"] == 1
+    });
+    let parked = api.get("/plugins/hostile-projection/parked").expect(200);
+    let error = parked[0]["error"].as_str().unwrap();
+    assert!(
+        error.contains("past its maximum of 1048576 bytes"),
+        "{error}"
+    );
+    assert_eq!(parked[0]["position"], 2);
+
+    // The size is kept with the state: after a restart it still counts, and a larger maximum
+    // deployed for the same bytes lets the event through.
+    server.restart();
+    let api = server.api();
+    let plugin = api.get("/plugins/hostile-projection").expect(200);
+    assert_eq!(plugin["versions"][0]["state_bytes"], size, "{plugin}");
+    api.deploy(&guest_wasm("fixture-hostile-projection"), "state_mib=2")
+        .expect(200);
+    api.post("/plugins/hostile-projection/parked/2/retry", &json!({}))
+        .expect(200);
+    let plugin = api.wait_for_position("hostile-projection", 2, Duration::from_secs(60));
+    assert!(
+        plugin["versions"][0]["state_bytes"].as_u64().unwrap() > 1_200_000,
+        "{plugin}"
+    );
+}

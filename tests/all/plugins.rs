@@ -251,7 +251,10 @@ fn a_deploy_is_answered_listed_and_shown_in_detail() {
             "description",
             json!("Test fixture: counts up, optionally up to a limit"),
         ),
-        ("limits", json!({"memory_mib": 128, "timeout_ms": 1000})),
+        (
+            "limits",
+            json!({"memory_mib": 128, "timeout_ms": 1000, "state_mib": 1024}),
+        ),
         ("parked", json!(0)),
         ("error", json!(null)),
     ] {
@@ -322,21 +325,27 @@ fn limits_given_at_deploy_are_shown_and_replace_earlier_ones() {
 
     api.deploy(&wasm, "memory_mib=32&timeout_ms=200")
         .expect(201);
-    assert_eq!(limits(&api), json!({"memory_mib": 32, "timeout_ms": 200}));
+    assert_eq!(
+        limits(&api),
+        json!({"memory_mib": 32, "timeout_ms": 200, "state_mib": 1024})
+    );
     // Only the limit given now changes.
     api.deploy(&wasm, "timeout_ms=300").expect(200);
-    assert_eq!(limits(&api), json!({"memory_mib": 32, "timeout_ms": 300}));
+    assert_eq!(
+        limits(&api),
+        json!({"memory_mib": 32, "timeout_ms": 300, "state_mib": 1024})
+    );
     // The largest limits there are, and `promote`, are accepted.
     api.deploy(&wasm, "memory_mib=1024&timeout_ms=60000&promote=manual")
         .expect(200);
     assert_eq!(
         limits(&api),
-        json!({"memory_mib": 1024, "timeout_ms": 60000})
+        json!({"memory_mib": 1024, "timeout_ms": 60000, "state_mib": 1024})
     );
     api.deploy(&wasm, "promote=auto").expect(200);
     assert_eq!(
         limits(&api),
-        json!({"memory_mib": 1024, "timeout_ms": 60000})
+        json!({"memory_mib": 1024, "timeout_ms": 60000, "state_mib": 1024})
     );
 }
 
@@ -432,7 +441,7 @@ fn deployed_plugins_come_back_from_the_cache_after_kill_9_and_shutdown() {
         assert_eq!(shown["active_version"], version, "after {how}");
         assert_eq!(
             shown["limits"],
-            json!({"memory_mib": 128, "timeout_ms": 500}),
+            json!({"memory_mib": 128, "timeout_ms": 500, "state_mib": 1024}),
             "after {how} the limits given at deploy are lost"
         );
         assert_eq!(

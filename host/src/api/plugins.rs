@@ -10,7 +10,7 @@ use super::error::ApiError;
 use super::query::{Query, percent_decode};
 use super::{App, Body, json_response, read_body};
 use crate::plugins::{DeployOptions, Promote, Switch, VersionError};
-use crate::runtime::{MAX_MEMORY_MIB, MAX_TIMEOUT_MS};
+use crate::runtime::{MAX_MEMORY_MIB, MAX_STATE_MIB, MAX_TIMEOUT_MS};
 
 /// Content types a deploy may carry: the component's own, or plain bytes.
 const ACCEPTED_TYPES: &[&str] = &["application/wasm", "application/octet-stream"];
@@ -25,7 +25,10 @@ pub(super) async fn deploy(
     let uri = request.uri().clone();
     let content_type = request.headers().get(CONTENT_TYPE).cloned();
     let wasm = read_body(app, request, app.limits.max_plugin_bytes).await?;
-    let query = Query::parse(uri.query(), &["memory_mib", "timeout_ms", "promote"])?;
+    let query = Query::parse(
+        uri.query(),
+        &["memory_mib", "timeout_ms", "state_mib", "promote"],
+    )?;
     let promote = match query.single("promote")? {
         None => None,
         Some("auto") => Some(Promote::Auto),
@@ -39,6 +42,7 @@ pub(super) async fn deploy(
     let options = DeployOptions {
         memory_mib: query.positive("memory_mib", MAX_MEMORY_MIB)?,
         timeout_ms: query.positive("timeout_ms", MAX_TIMEOUT_MS)?,
+        state_mib: query.positive("state_mib", MAX_STATE_MIB)?,
         promote,
     };
     if let Some(content_type) = content_type {

@@ -44,6 +44,7 @@ pub(crate) use versions::{Switch, VersionError};
 pub(crate) struct DeployOptions {
     pub memory_mib: Option<u64>,
     pub timeout_ms: Option<u64>,
+    pub state_mib: Option<u64>,
     /// Whether the upload takes over by itself: a handler or policy at once, a projection once
     /// it has caught up. Manual leaves it a candidate until promoted. Auto when unset.
     pub promote: Option<Promote>,
@@ -476,6 +477,7 @@ impl Plugins {
         let limits = PluginLimits {
             memory_mib: options.memory_mib.unwrap_or(base.memory_mib),
             timeout_ms: options.timeout_ms.unwrap_or(base.timeout_ms),
+            state_mib: options.state_mib.unwrap_or(base.state_mib),
         };
         limits.check().map_err(InvalidPlugin)?;
         let known = previous_limits.is_some();
@@ -799,6 +801,9 @@ impl Plugins {
                         version["position"] = position.into();
                         version["lag"] = head.saturating_sub(position).into();
                         version["error"] = serde_json::json!(error);
+                    }
+                    if let Version::Projection(runner) = &loaded.version {
+                        version["state_bytes"] = runner.state_bytes().into();
                     }
                 }
                 if record.kind == PluginKind::Handler {

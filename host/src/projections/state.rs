@@ -32,6 +32,17 @@ struct Layers {
     /// Set when a call failed because the batch was full: the writes of the calls before it
     /// left it no room, though the call alone might fit in a batch of its own.
     full: bool,
+    /// How the state's size (keys and values) changes with the batch's and the call's writes.
+    batch_growth: i64,
+    call_growth: i64,
+}
+
+/// How large a version's state is before a batch, and how large it may grow.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct StateBudget {
+    /// Bytes of keys and values, with the writes of the batch before (still committing).
+    pub bytes: u64,
+    pub max_bytes: u64,
 }
 
 #[derive(Default, Clone, Copy)]
@@ -48,6 +59,8 @@ pub(crate) struct BatchState {
     prior: Option<Arc<Overlay>>,
     layers: Mutex<Layers>,
     read_only: bool,
+    /// The size the state may grow to, when it is kept to one.
+    budget: Option<StateBudget>,
 }
 
 impl BatchState {
@@ -65,7 +78,22 @@ impl BatchState {
             prior,
             layers: Mutex::default(),
             read_only: false,
+            budget: None,
         }
+    }
+
+    /// The same state, kept within `budget`: a write that would grow it past its maximum
+    /// fails the call.
+    pub(crate) fn with_budget(mut self, budget: Option<StateBudget>) -> Self {
+        self.budget = budget;
+        self
+    }
+
+    /// The state's size once the batch's writes are committed, when it is kept to a budget.
+    pub(crate) fn bytes_after(&self) -> Option<u64> {
+        let growth = self.layers().batch_growth;
+        self.budget
+            .map(|budget| budget.bytes.saturating_add_signed(growth))
     }
 
     /// State for queries: any write fails the call.
@@ -105,6 +133,7 @@ impl BatchState {
     fn call_succeeded(&self) {
         let mut layers = self.layers();
         layers.full = false;
+        layers.batch_growth += std::mem::take(&mut layers.call_growth);
         let written = std::mem::take(&mut layers.call_written);
         layers.batch_written.writes += written.writes;
         layers.batch_written.bytes += written.bytes;
@@ -128,6 +157,7 @@ impl BatchState {
         let mut layers = self.layers();
         layers.call.clear();
         layers.call_written = Written::default();
+        layers.call_growth = 0;
     }
 
     /// The batch's writes, in key order, as the store takes them and as the next batch sees
@@ -180,6 +210,22 @@ impl BatchState {
                  is the limit"
             ));
         }
+        if let Some(budget) = self.budget {
+            let entry = |value: Option<&String>| value.map_or(0, |v| (key.len() + v.len()) as i64);
+            let before = entry(self.visible(layers, &key)?.as_ref());
+            let growth = entry(value.as_ref()) - before;
+            let after = budget
+                .bytes
+                .saturating_add_signed(layers.batch_growth + layers.call_growth + growth);
+            if growth > 0 && after > budget.max_bytes {
+                return Err(format!(
+                    "the state would grow to {after} bytes, past its maximum of {} bytes \
+                     (state_mib)",
+                    budget.max_bytes
+                ));
+            }
+            layers.call_growth += growth;
+        }
         layers.call.insert(key, value);
         Ok(())
     }
@@ -189,16 +235,22 @@ fn utf8(bytes: Vec<u8>) -> Result<String, String> {
     String::from_utf8(bytes).map_err(|_| "a stored state value is not UTF-8".to_owned())
 }
 
+impl BatchState {
+    /// The value a read of `key` sees now: the call's, the batch's, the batch before's, or the
+    /// committed one.
+    fn visible(&self, layers: &Layers, key: &str) -> Result<Option<String>, String> {
+        let pending = layers.call.get(key).or_else(|| layers.batch.get(key));
+        match pending.or_else(|| self.prior.as_ref()?.get(key)) {
+            Some(value) => Ok(value.clone()),
+            None => self.committed(key),
+        }
+    }
+}
+
 impl StateAccess for BatchState {
     fn get(&self, key: &str) -> Result<Option<String>, String> {
-        {
-            let layers = self.layers();
-            let pending = layers.call.get(key).or_else(|| layers.batch.get(key));
-            if let Some(value) = pending.or_else(|| self.prior.as_ref()?.get(key)) {
-                return Ok(value.clone());
-            }
-        }
-        self.committed(key)
+        let layers = self.layers();
+        self.visible(&layers, key)
     }
 
     fn put(&self, key: String, value: String) -> Result<(), String> {

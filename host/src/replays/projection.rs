@@ -204,7 +204,7 @@ fn build(
     let mut next = from;
     while next <= to {
         let prior = committing.as_ref().map(|(_, overlay)| overlay.clone());
-        let step = source.apply_batch(next, to, prior)?;
+        let step = source.apply_batch(next, to, prior, None)?;
         if let Some((commit, _)) = committing.take() {
             runtime.block_on(commit)?;
         }

@@ -48,6 +48,8 @@ const TICKS_BEFORE_SLEEP: u32 = 50;
 pub(crate) const MAX_MEMORY_MIB: u64 = 1024;
 /// The longest time budget a deploy may ask for.
 pub(crate) const MAX_TIMEOUT_MS: u64 = 60_000;
+/// The largest state a deploy may allow a projection version, in MiB (1 TiB).
+pub(crate) const MAX_STATE_MIB: u64 = 1 << 20;
 /// Component instances the pool holds at once, across all plugins.
 const POOL_INSTANCES: u32 = 1000;
 
@@ -58,6 +60,14 @@ pub(crate) struct PluginLimits {
     pub memory_mib: u64,
     /// Time one call may run, in milliseconds.
     pub timeout_ms: u64,
+    /// The most a projection version's state may hold (keys and values), in MiB. Versions
+    /// deployed before this limit existed take the default.
+    #[serde(default = "default_state_mib")]
+    pub state_mib: u64,
+}
+
+fn default_state_mib() -> u64 {
+    1024
 }
 
 impl Default for PluginLimits {
@@ -65,6 +75,7 @@ impl Default for PluginLimits {
         PluginLimits {
             memory_mib: 128,
             timeout_ms: 1_000,
+            state_mib: default_state_mib(),
         }
     }
 }
@@ -76,6 +87,12 @@ impl PluginLimits {
             return Err(format!(
                 "memory_mib must be between 1 and {MAX_MEMORY_MIB}, got {}",
                 self.memory_mib
+            ));
+        }
+        if !(1..=MAX_STATE_MIB).contains(&self.state_mib) {
+            return Err(format!(
+                "state_mib must be between 1 and {MAX_STATE_MIB}, got {}",
+                self.state_mib
             ));
         }
         if !(1..=MAX_TIMEOUT_MS).contains(&self.timeout_ms) {
