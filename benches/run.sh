@@ -17,6 +17,9 @@
 #                         scripts/guest-tools.sh and builds stays-py, stays-js and ten copies of
 #                         stays-py into target/bench-guests, minutes the first time)
 #   --memory-events N     also fill a store with N events and report evhost's memory
+#   --systems stress      the stress benchmark alone (never part of the default set): the worst
+#                         loads of clients and plugins, and other clients' p99 under each; with
+#                         --stress-baseline BINARY an earlier build takes the same loads too
 #
 # Installs PostgreSQL and nats-server from Debian's packages if they are missing, builds the
 # release binaries and the visit and visits components (wasm32-wasip2, adding that target to the toolchain if
@@ -214,6 +217,13 @@ if wants plugins || wants projections || wants versions; then
         log "the visit components did not build; benchmarking without them"
         plugins_error=(--plugins-error "${build_visit[*]} failed")
     fi
+fi
+
+# The stress benchmark runs only when asked for by name, with the hostile fixtures as its loads.
+if [[ ",$systems," == *",stress,"* ]]; then
+    toolchain=$(sed -n 's/^channel *= *"\(.*\)"$/\1/p' rust-toolchain.toml)
+    rustup target add wasm32-wasip2 --toolchain "$toolchain"
+    cargo build --release --locked --target wasm32-wasip2 -p fixture-hostile -p fixture-hostile-projection
 fi
 
 work=$(mktemp -d "${TMPDIR:-/tmp}/evhost-bench.XXXXXX")

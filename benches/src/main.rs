@@ -17,6 +17,7 @@ mod plugins;
 mod postgres;
 mod projections;
 mod report;
+mod stress;
 mod versions;
 mod workload;
 
@@ -88,6 +89,13 @@ struct Args {
     /// The evhost binary (default: `evhost` next to this program).
     #[arg(long)]
     evhost: Option<PathBuf>,
+    /// Another evhost binary (an earlier build, say) that the stress benchmark puts under the
+    /// same loads in the same run, for a before-and-after comparison.
+    #[arg(long)]
+    stress_baseline: Option<PathBuf>,
+    /// Seconds each stress load is measured (default 10).
+    #[arg(long, default_value_t = 10.0)]
+    stress_seconds: f64,
     /// Report evhost as failed with this reason instead of running it (the bench script passes
     /// this when evhost does not build).
     #[arg(long)]
@@ -171,6 +179,8 @@ enum Kind {
     Projections,
     Versions,
     Languages,
+    /// Not in the default set: the worst loads, and other clients' latency under each.
+    Stress,
 }
 
 fn main() -> ExitCode {
@@ -249,6 +259,18 @@ async fn run(args: Args) -> Result<()> {
     } else {
         None
     };
+    // The stress benchmark is a run of its own: its loads would spoil every other figure.
+    if args.systems.contains(&Kind::Stress) {
+        let text = run_stress(&args, &work).await?;
+        println!("{text}");
+        if temporary {
+            let _ = std::fs::remove_dir_all(&work);
+        }
+        std::fs::write(&args.report, text)
+            .with_context(|| format!("writing {}", args.report.display()))?;
+        eprintln!("report written to {}", args.report.display());
+        return Ok(());
+    }
     let mut language_rounds = Vec::new();
     let mut version_rounds = Vec::new();
     let mut all_rounds = Vec::new();
@@ -304,6 +326,7 @@ async fn run(args: Args) -> Result<()> {
                     }
                     None => unreachable!("prepared when the systems include languages"),
                 }),
+                Kind::Stress => unreachable!("the stress benchmark runs on its own"),
             }
         }
         all_rounds.push(runs);
@@ -651,4 +674,28 @@ impl Bench<'_> {
             rates,
         });
     }
+}
+
+/// The stress benchmark, on this build's evhost and on `--stress-baseline` if given.
+async fn run_stress(args: &Args, work: &Path) -> Result<String> {
+    let mut binaries = vec![("this build".to_owned(), evhost_binary(args)?)];
+    if let Some(baseline) = &args.stress_baseline {
+        binaries.push(("baseline".to_owned(), baseline.clone()));
+    }
+    let stress = stress::Stress {
+        binaries,
+        hostile: stress::read_component(&component(&None, "fixture_hostile.wasm")?)?,
+        hostile_projection: stress::read_component(&component(
+            &None,
+            "fixture_hostile_projection.wasm",
+        )?)?,
+        work: work.to_path_buf(),
+        seconds: args.stress_seconds,
+        timeout: Duration::from_secs_f64(args.timeout),
+    };
+    Ok(format!(
+        "# evhost stress benchmark\n\nCommand: `{}`.\n{}",
+        args.command,
+        stress.run().await
+    ))
 }
