@@ -303,6 +303,12 @@ fn json_nested_past_128_levels_is_refused_on_every_path() {
         &json!({"stream": "hostile-1", "type": "Nest", "data": {"depth": 127}}),
     );
     assert_eq!(reply.status, 200, "{}", reply.body);
+    // The handler folds that event when it decides the next command on the stream.
+    let reply = api.command(
+        "hostile",
+        &json!({"stream": "hostile-1", "type": "Ok", "data": null}),
+    );
+    assert_eq!(reply.status, 200, "{}", reply.body);
     let reply = api.command(
         "hostile",
         &json!({"stream": "hostile-2", "type": "Nest", "data": {"depth": 128}}),

@@ -8,7 +8,9 @@
 //! - A connection that closes while its client may still be sending (an answer given before
 //!   the body was read: a 401, a 413) closes the way [`LingeringIo`] does: the answer is sent,
 //!   then the write side is shut and what the client still sends is read and discarded for a
-//!   bounded time, so that the client reads the answer rather than a reset connection.
+//!   bounded time (at most [`ConnectionLimits::linger`], and no longer than half a second after
+//!   the client's last bytes), so that the client reads the answer rather than a reset
+//!   connection.
 //! - The number of open connections is capped ([`ConnectionLimits::max_connections`]); past
 //!   the cap a connection gets a 503 with `Retry-After` at once and is closed, so that no client
 //!   can take the descriptors that everyone else (and the store) needs.
@@ -137,9 +139,20 @@ impl<'a> BodyReader<'a> {
 pub(crate) struct LingeringIo<T> {
     inner: T,
     linger: Duration,
-    /// Set once the write side is shut: until when to keep discarding.
-    lingering: Option<Pin<Box<Sleep>>>,
+    /// Set once the write side is shut: until when to keep discarding at the most, and until
+    /// when at the least if nothing more comes (a client that sends nothing more, such as an
+    /// idle keep-alive one, is not waited for).
+    lingering: Option<Linger>,
 }
+
+/// The two deadlines of a lingering close: the whole linger, and the wait for the next bytes.
+struct Linger {
+    whole: Pin<Box<Sleep>>,
+    idle: Pin<Box<Sleep>>,
+}
+
+/// How long a lingering connection waits for the client's next bytes before it closes.
+const LINGER_IDLE: Duration = Duration::from_millis(500);
 
 impl<T> LingeringIo<T> {
     pub(crate) fn new(inner: T, linger: Duration) -> Self {
@@ -178,20 +191,27 @@ impl<T: AsyncRead + AsyncWrite + Unpin> AsyncWrite for LingeringIo<T> {
         let this = &mut *self;
         if this.lingering.is_none() {
             ready!(Pin::new(&mut this.inner).poll_shutdown(cx))?;
-            this.lingering = Some(Box::pin(tokio::time::sleep(this.linger)));
+            this.lingering = Some(Linger {
+                whole: Box::pin(tokio::time::sleep(this.linger)),
+                idle: Box::pin(tokio::time::sleep(LINGER_IDLE)),
+            });
         }
+        let Some(Linger { whole, idle }) = this.lingering.as_mut() else {
+            unreachable!("set above")
+        };
         let mut scratch = [0u8; 16 << 10];
         loop {
-            if let Some(sleep) = this.lingering.as_mut()
-                && sleep.as_mut().poll(cx).is_ready()
-            {
+            if whole.as_mut().poll(cx).is_ready() || idle.as_mut().poll(cx).is_ready() {
                 return Poll::Ready(Ok(()));
             }
             let mut buf = ReadBuf::new(&mut scratch);
             match Pin::new(&mut this.inner).poll_read(cx, &mut buf) {
                 // The client closed (or reset) its side: nothing more to wait for.
                 Poll::Ready(Ok(())) if buf.filled().is_empty() => return Poll::Ready(Ok(())),
-                Poll::Ready(Ok(())) => continue,
+                Poll::Ready(Ok(())) => {
+                    idle.as_mut()
+                        .reset(tokio::time::Instant::now() + LINGER_IDLE);
+                }
                 Poll::Ready(Err(_)) => return Poll::Ready(Ok(())),
                 Poll::Pending => return Poll::Pending,
             }

@@ -113,25 +113,11 @@ pub(crate) fn minify_json(json: &str) -> Cow<'_, str> {
         return Cow::Borrowed(json);
     }
     let mut out = Vec::with_capacity(bytes.len());
-    let mut in_string = false;
-    let mut escaped = false;
-    for &b in bytes {
-        if in_string {
-            out.push(b);
-            if escaped {
-                escaped = false;
-            } else if b == b'\\' {
-                escaped = true;
-            } else if b == b'"' {
-                in_string = false;
-            }
-        } else if !matches!(b, b' ' | b'\n' | b'\r' | b'\t') {
-            if b == b'"' {
-                in_string = true;
-            }
+    each_byte(bytes, |b, in_string| {
+        if in_string || !matches!(b, b' ' | b'\n' | b'\r' | b'\t') {
             out.push(b);
         }
-    }
+    });
     // Only ASCII whitespace outside strings was removed, so the bytes are still UTF-8.
     Cow::Owned(String::from_utf8(out).expect("removing ASCII whitespace keeps UTF-8 valid"))
 }
@@ -141,10 +127,26 @@ pub(crate) fn minify_json(json: &str) -> Cow<'_, str> {
 /// it passes through may be nested without bound.
 pub(crate) fn json_depth(json: &str) -> usize {
     let (mut depth, mut deepest) = (0usize, 0usize);
+    each_byte(json.as_bytes(), |b, in_string| match b {
+        _ if in_string => {}
+        b'[' | b'{' => {
+            depth += 1;
+            deepest = deepest.max(depth);
+        }
+        b']' | b'}' => depth = depth.saturating_sub(1),
+        _ => {}
+    });
+    deepest
+}
+
+/// Calls `visit` with each byte of valid JSON text and whether it belongs to a string (its
+/// quotes included).
+fn each_byte(json: &[u8], mut visit: impl FnMut(u8, bool)) {
     let mut in_string = false;
     let mut escaped = false;
-    for &b in json.as_bytes() {
+    for &b in json {
         if in_string {
+            visit(b, true);
             if escaped {
                 escaped = false;
             } else if b == b'\\' {
@@ -152,19 +154,11 @@ pub(crate) fn json_depth(json: &str) -> usize {
             } else if b == b'"' {
                 in_string = false;
             }
-            continue;
-        }
-        match b {
-            b'"' => in_string = true,
-            b'[' | b'{' => {
-                depth += 1;
-                deepest = deepest.max(depth);
-            }
-            b']' | b'}' => depth = depth.saturating_sub(1),
-            _ => {}
+        } else {
+            in_string = b == b'"';
+            visit(b, in_string);
         }
     }
-    deepest
 }
 
 #[cfg(test)]

@@ -1710,7 +1710,10 @@ mod tests {
         assert!(again.is_empty());
         assert!(dirs_to_sync(&data, false, &again).is_empty());
         // A new file in a directory that was there: that directory only.
-        assert_eq!(dirs_to_sync(&data, true, &again), [data.clone()]);
+        assert_eq!(
+            dirs_to_sync(&data, true, &again),
+            std::slice::from_ref(&data)
+        );
         assert_eq!(
             dirs_to_sync(Path::new("rel"), true, &[PathBuf::from("rel")]),
             [PathBuf::from("."), PathBuf::from("rel")]

@@ -195,6 +195,9 @@ impl<'de> MapAccess<'de> for TaggedAccess<'de> {
                 match self.tagged.data {
                     Data::Json(text) => {
                         let mut json = serde_json::Deserializer::from_str(text);
+                        // The host takes data nested up to 128 levels, which serde_json's own
+                        // limit (127) would refuse; the host's bound keeps the recursion short.
+                        json.disable_recursion_limit();
                         let value = seed.deserialize(&mut json).map_err(mismatch)?;
                         json.end().map_err(mismatch)?;
                         Ok(value)
