@@ -36,9 +36,12 @@ python=target/guest-tools/python/bin/python
 node sdk/js/bin/evhost-js.js build plugins/js/stays/stays.js -o "$data/stays_js.wasm"
 node sdk/js/bin/evhost-js.js build plugins/js/survey/survey.js -o "$data/survey_js.wasm"
 
+# The first start picks a free port; a restart takes the same one, so that the live follower
+# finds the host again where it was.
+listen=127.0.0.1:0
 start_host() {
   : > "$data/stdout"
-  "$evhost" serve --data "$data/evhost-data" --listen 127.0.0.1:0 > "$data/stdout" 2>> "$log" &
+  "$evhost" serve --data "$data/evhost-data" --listen "$listen" > "$data/stdout" 2>> "$log" &
   host=$!
   url=
   for _ in $(seq 300); do
@@ -48,6 +51,7 @@ start_host() {
   done
   [ -n "$url" ] || { cat "$log"; echo "the host did not start" >&2; exit 1; }
   export EVHOST_URL=$url
+  listen=${url#http://}
 }
 
 # Runs a command that must be refused, and shows the refusal.
