@@ -35,6 +35,9 @@ struct Layers {
     /// How the state's size (keys and values) changes with the batch's and the call's writes.
     batch_growth: i64,
     call_growth: i64,
+    /// The sizes of committed values already read in this batch (only while a budget is kept),
+    /// so that a write after a read of the same key does not read it again.
+    committed_sizes: std::collections::HashMap<String, Option<usize>>,
 }
 
 /// How large a version's state is before a batch, and how large it may grow.
@@ -211,9 +214,9 @@ impl BatchState {
             ));
         }
         if let Some(budget) = self.budget {
-            let entry = |value: Option<&String>| value.map_or(0, |v| (key.len() + v.len()) as i64);
-            let before = entry(self.visible(layers, &key)?.as_ref());
-            let growth = entry(value.as_ref()) - before;
+            let entry = |len: Option<usize>| len.map_or(0, |len| (key.len() + len) as i64);
+            let before = entry(self.visible_len(layers, &key)?);
+            let growth = entry(value.as_ref().map(String::len)) - before;
             let after = budget
                 .bytes
                 .saturating_add_signed(layers.batch_growth + layers.call_growth + growth);
@@ -237,20 +240,41 @@ fn utf8(bytes: Vec<u8>) -> Result<String, String> {
 
 impl BatchState {
     /// The value a read of `key` sees now: the call's, the batch's, the batch before's, or the
-    /// committed one.
-    fn visible(&self, layers: &Layers, key: &str) -> Result<Option<String>, String> {
-        let pending = layers.call.get(key).or_else(|| layers.batch.get(key));
-        match pending.or_else(|| self.prior.as_ref()?.get(key)) {
-            Some(value) => Ok(value.clone()),
-            None => self.committed(key),
+    /// committed one (whose size is kept, while a budget is, for the write that may follow).
+    fn visible(&self, layers: &mut Layers, key: &str) -> Result<Option<String>, String> {
+        if let Some(value) = self.pending(layers, key) {
+            return Ok(value.clone());
         }
+        let value = self.committed(key)?;
+        if self.budget.is_some() {
+            let len = value.as_ref().map(String::len);
+            layers.committed_sizes.insert(key.to_owned(), len);
+        }
+        Ok(value)
+    }
+
+    /// The size of the value a read of `key` sees now, without reading a committed value twice.
+    fn visible_len(&self, layers: &mut Layers, key: &str) -> Result<Option<usize>, String> {
+        if let Some(value) = self.pending(layers, key) {
+            return Ok(value.as_ref().map(String::len));
+        }
+        if let Some(len) = layers.committed_sizes.get(key) {
+            return Ok(*len);
+        }
+        Ok(self.visible(layers, key)?.map(|value| value.len()))
+    }
+
+    /// An uncommitted write of `key`: the call's, the batch's or the batch before's.
+    fn pending<'a>(&'a self, layers: &'a Layers, key: &str) -> Option<&'a Option<String>> {
+        let pending = layers.call.get(key).or_else(|| layers.batch.get(key));
+        pending.or_else(|| self.prior.as_ref()?.get(key))
     }
 }
 
 impl StateAccess for BatchState {
     fn get(&self, key: &str) -> Result<Option<String>, String> {
-        let layers = self.layers();
-        self.visible(&layers, key)
+        let mut layers = self.layers();
+        self.visible(&mut layers, key)
     }
 
     fn put(&self, key: String, value: String) -> Result<(), String> {
