@@ -462,12 +462,9 @@ impl Commands {
                     metadata: serde_json::to_string(&metadata).expect("a JSON map serializes"),
                 })
             })
-            .collect::<Result<Vec<_>, _>>()
-            .and_then(|events| {
-                // As the store will check them again, but said as the plugin's failure.
-                self.append_limits.check(&events).map_err(refused)?;
-                Ok(events)
-            })
+            // The store checks the rest of the limits (sizes, nesting); what it refuses is the
+            // plugin's failure, as any event it refuses.
+            .collect()
     }
 
     /// The events a recorded command produced, read from the log.

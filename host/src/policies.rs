@@ -317,6 +317,9 @@ impl PolicyRunner {
         cause: &Cause<'_>,
     ) -> Result<(), Failure> {
         check_action_limits(&actions)?;
+        // What the cause says is the same for every action: read out of its metadata once.
+        let (correlation_id, causation_id, depth) =
+            (cause.correlation_id(), cause.causation_id(), cause.depth());
         let mut writes = Vec::new();
         let mut timers = Vec::new();
         for (index, action) in actions.into_iter().enumerate() {
@@ -342,9 +345,9 @@ impl PolicyRunner {
                         command_type,
                         data,
                         metadata: serde_json::json!({
-                            "correlation_id": cause.correlation_id(),
-                            "causation_id": cause.causation_id(),
-                            "causation_depth": cause.depth() + 1,
+                            "correlation_id": correlation_id,
+                            "causation_id": causation_id,
+                            "causation_depth": depth + 1,
                             "policy": self.name,
                         })
                         .to_string(),
@@ -364,8 +367,8 @@ impl PolicyRunner {
                     let timer = Timer {
                         due_ms,
                         payload,
-                        correlation_id: cause.correlation_id(),
-                        causation_depth: cause.depth(),
+                        correlation_id: correlation_id.clone(),
+                        causation_depth: depth,
                     };
                     let value = serde_json::to_vec(&timer).expect("a timer serializes");
                     writes.push(write(&self.timers_space, key.clone(), Some(value)));

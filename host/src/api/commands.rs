@@ -138,7 +138,7 @@ fn command_error(error: CommandError) -> ApiError {
         error @ CommandError::RetriesExhausted { .. } => {
             ApiError::RetriesExhausted(error.to_string())
         }
-        CommandError::Busy(busy) => ApiError::Overloaded(busy.to_string()),
+        CommandError::Busy(busy) => busy.into(),
         CommandError::Storage(storage) => storage.into(),
     }
 }

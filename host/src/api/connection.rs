@@ -73,11 +73,6 @@ impl<'a> BodyReader<'a> {
         }
     }
 
-    /// The bytes received so far.
-    pub(crate) fn received(&self) -> u64 {
-        self.received
-    }
-
     /// When the next bytes must have arrived: the grace, plus the time the bytes so far buy at
     /// the minimum rate, within the whole body's deadline.
     fn deadline(&self) -> Instant {
@@ -119,16 +114,16 @@ impl<'a> BodyReader<'a> {
         ))
     }
 
-    /// Reads and discards the rest of the body, up to `max_bytes` in all and within the same
-    /// deadlines; answers whether it reached the end.
-    pub(crate) async fn discard(&mut self, max_bytes: u64) -> bool {
-        loop {
+    /// Reads and discards the rest of the body, within the same deadlines, until its end or
+    /// until `max_bytes` have come in all; a body that falls behind is a 408.
+    pub(crate) async fn discard(&mut self, max_bytes: u64) -> Result<(), ApiError> {
+        while self.received <= max_bytes {
             match self.frame().await {
-                None => return true,
-                Some(Ok(_)) if self.received <= max_bytes => {}
-                Some(_) => return false,
+                None => return Ok(()),
+                Some(frame) => frame.map(drop)?,
             }
         }
+        Ok(())
     }
 }
 

@@ -183,6 +183,12 @@ impl ApiError {
     }
 }
 
+impl From<crate::plugins::Busy> for ApiError {
+    fn from(busy: crate::plugins::Busy) -> Self {
+        ApiError::Overloaded(busy.to_string())
+    }
+}
+
 impl From<StorageError> for ApiError {
     fn from(error: StorageError) -> Self {
         match error {

@@ -274,7 +274,6 @@ impl<'a> Route<'a> {
 pub(crate) async fn handle(app: &Arc<App>, request: Request<Incoming>) -> Response<Body> {
     let path = request.uri().path().to_owned();
     let route = Route::of(&path);
-    let head = request.method() == Method::HEAD;
     // The token is checked before the route is matched, so a caller without one learns nothing
     // about which routes exist. A refused request is answered without its body being read: the
     // connection then closes, lingering so that the client still reads the answer.
@@ -286,15 +285,7 @@ pub(crate) async fn handle(app: &Arc<App>, request: Request<Incoming>) -> Respon
         Ok(()) => dispatch(app, route, request).await,
         Err(error) => Err(error),
     };
-    let mut response = result.unwrap_or_else(|error| error_response(app, error));
-    if head {
-        // hyper sends a HEAD answer's headers only; the body's length stays in Content-Length.
-        if let Some(length) = hyper::body::Body::size_hint(response.body()).exact() {
-            response
-                .headers_mut()
-                .insert(CONTENT_LENGTH, http::HeaderValue::from(length));
-        }
-    }
+    let response = result.unwrap_or_else(|error| error_response(app, error));
     app.metrics
         .request(route.label(), response.status().as_u16());
     response
@@ -453,7 +444,8 @@ async fn read_body(app: &App, request: Request<Incoming>, limit: usize) -> Resul
     let mut reader = BodyReader::new(&mut body, &app.limits.connection);
     if let Some(length) = announced.filter(|&length| length > limit as u64) {
         if length <= MAX_DRAINED_BYTES {
-            reader.discard(MAX_DRAINED_BYTES).await;
+            // The answer is a 413 whether or not the rest arrives in time.
+            let _ = reader.discard(MAX_DRAINED_BYTES).await;
         }
         return Err(too_large());
     }
@@ -461,7 +453,7 @@ async fn read_body(app: &App, request: Request<Incoming>, limit: usize) -> Resul
     while let Some(frame) = reader.frame().await {
         if let Ok(data) = frame?.into_data() {
             if collected.len() + data.len() > limit {
-                reader.discard(MAX_DRAINED_BYTES).await;
+                let _ = reader.discard(MAX_DRAINED_BYTES).await;
                 return Err(too_large());
             }
             collected.extend_from_slice(&data);
@@ -473,12 +465,7 @@ async fn read_body(app: &App, request: Request<Incoming>, limit: usize) -> Resul
 /// Reads and discards a body a route does not use, up to [`MAX_DRAINED_BYTES`], as fast as
 /// [`ConnectionLimits`] demand; a body that comes too slowly is a 408.
 async fn drain(app: &App, body: &mut Incoming) -> Result<(), ApiError> {
-    let mut reader = BodyReader::new(body, &app.limits.connection);
-    while let Some(frame) = reader.frame().await {
-        frame?;
-        if reader.received() > MAX_DRAINED_BYTES {
-            break;
-        }
-    }
-    Ok(())
+    BodyReader::new(body, &app.limits.connection)
+        .discard(MAX_DRAINED_BYTES)
+        .await
 }

@@ -97,12 +97,7 @@ pub(super) async fn read(
         let params = pairs_except(raw_query, READ_PARAMETERS)?;
         let runner = projection(app, &name, &query)?;
         let (reader, at) = reader_of(&runner, &query).await?;
-        let _admitted = app
-            .plugins
-            .admission
-            .admit(&name)
-            .await
-            .map_err(|busy| ApiError::Overloaded(busy.to_string()))?;
+        let _admitted = app.plugins.admission.admit(&name).await?;
         let answer = tokio::task::block_in_place(|| runner.query(reader, &path, &params));
         let json = match answer {
             Ok(Ok(json)) => json,

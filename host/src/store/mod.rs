@@ -77,8 +77,8 @@ pub(crate) struct ProposedEvent {
 }
 
 /// The most an append may carry, whoever proposes it: a client over HTTP, a handler's
-/// `decide`, any later path. The store refuses an append past them ([`AppendError::TooLarge`],
-/// [`AppendError::Invalid`] for nesting), so no path can skip them.
+/// `decide`, any later path. The store refuses an append past them ([`AppendError::TooLarge`]),
+/// or nested past [`MAX_JSON_DEPTH`] ([`AppendError::Invalid`]), so no path can skip them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct AppendLimits {
     /// Most events in one append.
@@ -87,8 +87,6 @@ pub(crate) struct AppendLimits {
     pub max_event_bytes: usize,
     /// Largest `data` plus `metadata` of all of an append's events together, in bytes.
     pub max_append_bytes: usize,
-    /// Deepest nesting of arrays and objects in `data` or `metadata` (a scalar is 0).
-    pub max_json_depth: usize,
 }
 
 impl Default for AppendLimits {
@@ -97,7 +95,6 @@ impl Default for AppendLimits {
             max_events: 10_000,
             max_event_bytes: 1 << 20,
             max_append_bytes: 16 << 20,
-            max_json_depth: MAX_JSON_DEPTH,
         }
     }
 }
@@ -144,13 +141,8 @@ impl AppendLimits {
             )));
         }
         for (what, json) in [("data", &event.data), ("metadata", &event.metadata)] {
-            let depth = json_depth(json);
-            if depth > self.max_json_depth {
-                return Err(AppendError::Invalid(format!(
-                    "events[{index}]: its {what} nests {depth} levels deep; the limit is {}",
-                    self.max_json_depth
-                )));
-            }
+            check_json_depth(&format!("events[{index}]: its {what}"), json)
+                .map_err(AppendError::Invalid)?;
         }
         Ok(())
     }

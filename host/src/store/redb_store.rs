@@ -144,11 +144,6 @@ impl Default for StoreOptions {
     }
 }
 
-/// Whether a page's records reach `max_bytes`: it was cut there, and more may follow.
-fn bytes_reached(events: &[RecordedEvent], max_bytes: usize) -> bool {
-    events.iter().map(|e| e.json.len()).sum::<usize>() >= max_bytes
-}
-
 /// The default of [`StoreOptions::page_bytes`].
 pub(crate) const PAGE_BYTES: usize = 8 << 20;
 
@@ -308,9 +303,9 @@ impl RedbStore {
         })
     }
 
-    /// The records at `positions` (ascending), up to the first that brings the records read to
-    /// `max_bytes`. Runs of consecutive positions, which a filter that matches most of the log
-    /// yields, are read with one range scan each rather than one lookup per event.
+    /// The records at `positions`, in the order given, up to the first that brings the records
+    /// read to `max_bytes`. Runs of consecutive ascending positions, which a filter that matches
+    /// most of the log yields, are read with one range scan each rather than one lookup per event.
     fn read_events(
         log: &impl ReadableTable<(u64, u64), &'static [u8]>,
         positions: impl IntoIterator<Item = u64>,
@@ -398,23 +393,9 @@ impl EventStore for RedbStore {
             positions.reverse();
         }
         let wanted = positions.len() as u64;
-        let events = match direction {
-            Direction::Forward => Self::read_events(&log, positions, self.page_bytes)?,
-            // Read lowest first, so the byte bound must be applied from the other end.
-            Direction::Backward => {
-                let mut events = Vec::new();
-                let mut bytes = 0;
-                for position in positions {
-                    let event = Self::read_events(&log, [position], usize::MAX)?;
-                    bytes += event.iter().map(|e| e.json.len()).sum::<usize>();
-                    events.extend(event);
-                    if bytes >= self.page_bytes {
-                        break;
-                    }
-                }
-                events
-            }
-        };
+        // Backward, the positions are in descending order already: the byte bound falls on the
+        // newest events, which is where a backward page starts.
+        let events = Self::read_events(&log, positions, self.page_bytes)?;
         // Versions are contiguous in the window, so the page's length says where it stopped.
         let read = events.len() as u64;
         let next = match direction {
@@ -441,34 +422,18 @@ impl EventStore for RedbStore {
         let log = txn.open_table(LOG).map_err(engine)?;
         let head = last_position(&log)?;
         let from = from.max(1);
-        let mut events = Vec::new();
-        if filter.is_empty() {
-            if from <= head {
-                let mut bytes = 0;
-                for entry in log
-                    .range((EVENTS, from)..=(EVENTS, head))
-                    .map_err(engine)?
-                    .take(limit)
-                {
-                    let (key, record) = entry.map_err(engine)?;
-                    bytes += record.value().len();
-                    events.push(RecordedEvent {
-                        position: key.value().1,
-                        json: record.value().to_vec(),
-                    });
-                    if bytes >= self.page_bytes {
-                        break;
-                    }
-                }
-            }
+        let positions: Vec<u64> = if filter.is_empty() {
+            // The log is gapless: its positions are the range itself.
+            (from..=head).take(limit).collect()
         } else {
-            let positions = filtered_positions(&txn, &log, from, limit, filter)?;
-            events = Self::read_events(&log, positions, self.page_bytes)?;
-        }
+            filtered_positions(&txn, &log, from, limit, filter)?
+        };
+        let wanted = positions.len();
+        let events = Self::read_events(&log, positions, self.page_bytes)?;
+        // A page ends at `limit` events or where the byte bound cut it; more may follow either way.
         let next = match events.last() {
             Some(last)
-                if last.position < head
-                    && (events.len() == limit || bytes_reached(&events, self.page_bytes)) =>
+                if last.position < head && (events.len() == limit || events.len() < wanted) =>
             {
                 Some(last.position + 1)
             }
