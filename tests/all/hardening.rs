@@ -8,9 +8,10 @@ use std::net::TcpStream;
 use std::thread;
 use std::time::Duration;
 
-use serde_json::{Value, json};
+use serde_json::json;
 
-use crate::harness::{Api, Launch, Reply, Server, assert_error, event, guest_wasm, run_evhost};
+use crate::harness::{Api, Launch, Server, assert_error, event, guest_wasm, run_evhost};
+use crate::hostile::hostile;
 
 /// The longest a test waits for the host to act on a stalled client. The host's own deadline
 /// is 5 s (the body grace at the default rate); before these limits it waited forever.
@@ -318,14 +319,6 @@ fn json_nested_past_128_levels_is_refused_on_every_path() {
     assert_eq!(api.stream_version("hostile-2"), 0);
 }
 
-/// A command to the hostile handler.
-fn hostile(api: &Api, command_type: &str, data: Value) -> Reply {
-    api.command(
-        "hostile",
-        &json!({"stream": "hostile-out", "type": command_type, "data": data}),
-    )
-}
-
 #[test]
 fn a_handlers_events_meet_the_limits_of_an_http_append() {
     let server = Server::start();
@@ -350,13 +343,18 @@ fn a_handlers_events_meet_the_limits_of_an_http_append() {
         (json!({"count": 20, "bytes": 1_000_000}), "together"),
     ];
     for (data, words) in cases {
-        let reply = hostile(&api, "Emit", data.clone());
+        let reply = hostile(&api, "hostile-out", "Emit", data.clone());
         assert_error(&reply, 500, "plugin_failed");
         assert!(reply.body.contains(words), "{data}: {}", reply.body);
     }
     assert_eq!(api.head(), 0, "a refused handler output was stored");
     // At the limits, it is stored.
-    let reply = hostile(&api, "Emit", json!({"count": 10_000, "bytes": 1}));
+    let reply = hostile(
+        &api,
+        "hostile-out",
+        "Emit",
+        json!({"count": 10_000, "bytes": 1}),
+    );
     assert_eq!(
         reply.expect(200)["events"].as_array().unwrap().len(),
         10_000
@@ -636,7 +634,7 @@ fn slow_plugin_calls_in_bulk_are_queued_then_refused_with_retry_after_not_run_la
     );
     // Nothing was appended, and the handler serves once the crowd is gone.
     assert_eq!(api.head(), 0);
-    hostile(&api, "Ok", json!(null)).expect(200);
+    hostile(&api, "hostile-out", "Ok", json!(null)).expect(200);
 }
 
 #[test]

@@ -36,7 +36,7 @@ fn start_with_hostile(query: &str) -> (Server, String) {
 }
 
 /// A command to the hostile handler.
-fn hostile(api: &Api, stream: &str, command_type: &str, data: Value) -> Reply {
+pub fn hostile(api: &Api, stream: &str, command_type: &str, data: Value) -> Reply {
     api.command(
         "hostile",
         &json!({"stream": stream, "type": command_type, "data": data}),
