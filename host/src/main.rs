@@ -2,17 +2,7 @@
 //!
 //! `evhost serve` runs the host; the other subcommands are clients of a running host.
 
-mod api;
 mod cli;
-mod commands;
-mod faults;
-mod log;
-mod plugins;
-mod policies;
-mod projections;
-mod replays;
-mod runtime;
-mod store;
 
 /// The writer thread and the request handlers allocate many small buffers; mimalloc serves
 /// them with less contention and bookkeeping than the system allocator.

@@ -129,8 +129,8 @@ impl Connection {
 /// default limit of 128 levels; anything deeper than the host would ever send is refused.
 pub(super) fn parse_json(text: &[u8]) -> anyhow::Result<Value> {
     use serde::Deserialize;
-    let depth = crate::store::json_depth(&String::from_utf8_lossy(text));
-    if depth > crate::store::MAX_JSON_DEPTH + 8 {
+    let depth = evhost_store::json_depth(&String::from_utf8_lossy(text));
+    if depth > evhost_store::MAX_JSON_DEPTH + 8 {
         bail!("the host's answer nests {depth} levels deep");
     }
     let mut deserializer = serde_json::Deserializer::from_slice(text);

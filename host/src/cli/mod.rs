@@ -5,6 +5,7 @@
 //! to the API, and turns errors into messages and exit codes (`anyhow` lives here only).
 
 mod client;
+mod logging;
 mod plugin_bench;
 mod plugins;
 mod serve;
@@ -101,6 +102,9 @@ pub(crate) struct ServeArgs {
     /// The longest a request waits for its place to call a plugin before a 503, in milliseconds.
     #[arg(long, default_value_t = 1000)]
     plugin_queue_ms: u64,
+    /// How the log on standard error is written: readable lines, or one JSON object per line.
+    #[arg(long, env = "EVHOST_LOG_FORMAT", value_enum, default_value_t = logging::LogFormat::Text)]
+    log_format: logging::LogFormat,
 }
 
 /// Where a client subcommand finds the host.
@@ -116,6 +120,10 @@ pub(crate) struct Connection {
 
 pub(crate) fn main() -> ExitCode {
     let cli = Cli::parse();
+    logging::init(match &cli.action {
+        Action::Serve(args) => args.log_format,
+        _ => logging::LogFormat::Text,
+    });
     let result = match cli.action {
         Action::Serve(args) => serve::run(args),
         Action::Append(args) => client::append(args),

@@ -11,7 +11,7 @@ use clap::Args;
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
-use crate::runtime::{EventInput, PluginCalls, PluginLimits, Runtime};
+use evhost_runtime::{EventInput, PluginCalls, PluginLimits, Runtime};
 
 /// Loads of the compiled artifact timed; the median is reported.
 const LOAD_SAMPLES: usize = 5;
@@ -136,7 +136,7 @@ pub(super) fn run(args: PluginBenchArgs) -> anyhow::Result<()> {
     let compile_ms = compile.as_secs_f64() * 1e3;
     let cached_load_ms = median(&mut loads).as_secs_f64() * 1e3;
     let instantiate_us = median(&mut first_calls).as_secs_f64() * 1e6;
-    let version = crate::runtime::content_hash(&wasm);
+    let version = evhost_runtime::content_hash(&wasm);
     if args.json {
         println!(
             "{}",

@@ -8,10 +8,11 @@ use std::sync::Arc;
 use anyhow::{Context, bail};
 
 use super::ServeArgs;
-use crate::api::{self, App, Limits, Tokens};
-use crate::plugins::{Admission, AdmissionLimits, Plugins};
-use crate::runtime::Runtime;
-use crate::store::{EventStore, RedbStore, StoreOptions};
+use evhost_api::{self as api, App, Limits, Tokens};
+use evhost_engine::plugins::{Admission, AdmissionLimits, Plugins};
+use evhost_runtime::Runtime;
+use evhost_redb::{RedbStore, StoreOptions};
+use evhost_store::EventStore;
 
 pub(super) fn run(args: ServeArgs) -> anyhow::Result<()> {
     let limits = limits(&args);
@@ -55,7 +56,7 @@ pub(super) fn run(args: ServeArgs) -> anyhow::Result<()> {
         // Installed before the address is announced: a SIGTERM sent as soon as a script sees
         // the line below stops the host cleanly rather than killing it.
         let shutdown = shutdown_signal().context("installing the signal handlers")?;
-        crate::log::info!(
+        tracing::info!(
             "serving {} on http://{local} (head {})",
             args.data.display(),
             store.head()
@@ -65,7 +66,7 @@ pub(super) fn run(args: ServeArgs) -> anyhow::Result<()> {
         std::io::stdout().flush()?;
         api::serve(listener, app, shutdown).await;
         store.close();
-        crate::log::info!("stopped cleanly at head {}", store.head());
+        tracing::info!("stopped cleanly at head {}", store.head());
         Ok(())
     })
 }
@@ -81,7 +82,7 @@ fn limits(args: &ServeArgs) -> Limits {
     if let Some(files) = api::raise_open_files_limit() {
         let room = files.saturating_sub(api::RESERVED_DESCRIPTORS).max(1) as usize;
         if room < connection.max_connections {
-            crate::log::warning!(
+            tracing::warn!(
                 "--max-connections {} is more than {files} open files allow; serving at most {room}",
                 connection.max_connections
             );
@@ -110,6 +111,6 @@ fn shutdown_signal() -> std::io::Result<impl std::future::Future<Output = ()>> {
             _ = interrupt.recv() => {}
             _ = terminate.recv() => {}
         }
-        crate::log::info!("shutting down: finishing requests in flight");
+        tracing::info!("shutting down: finishing requests in flight");
     })
 }

@@ -1,0 +1,840 @@
+//! Projection runners: each active projection version folds the log into its own key-value state,
+//! exactly once per event, and serves reads of that state.
+//!
+//! A runner reads the events its projection subscribes to (categories and event types from
+//! `describe`) in batches from its checkpoint on, has the plugin `apply` each batch with the
+//! state behind the `state` import, and commits the batch's writes and the new checkpoint in one
+//! store transaction: after a crash, the state is exactly that of the checkpoint. Caught up, it
+//! sleeps on the store's head watch and wakes at the next commit, so a new event reaches it
+//! within milliseconds. A batch that fails is applied again one event at a time to find the event
+//! at fault; the events before it are committed, that event is retried with backoff, and then the
+//! projection pauses at it until an operator resumes it or skips the event.
+//!
+//! Architecture Invariant: a projection's state and its checkpoint change in the same
+//! transaction; the position a runner reports as processed is durable (or is past events its
+//! subscription does not match, which change nothing).
+//! Architecture Invariant: this module knows nothing of HTTP or wasmtime.
+
+pub mod state;
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+
+use evhost_runtime::{LogEvent, PluginFailure, PluginInfo, ProjectionPlugin};
+use evhost_store::{
+    DataFuture, DataSnapshot, DataWrite, EventStore, LogFilter, RecordView, StorageError,
+    now_rfc3339,
+};
+use state::{BatchState, Overlay, StateBudget};
+
+/// Most events one `apply` call receives.
+const BATCH_EVENTS: usize = 8_192;
+/// Most bytes of records one `apply` call receives (at least one event).
+const BATCH_BYTES: usize = 8 << 20;
+/// Attempts at a failing event before the projection pauses at it.
+const MAX_ATTEMPTS: u32 = 5;
+/// The wait before the second attempt; it doubles with each attempt after.
+const FIRST_BACKOFF: Duration = Duration::from_millis(100);
+/// The longest wait between attempts after a storage error.
+const MAX_BACKOFF: Duration = Duration::from_secs(10);
+
+/// The data space of checkpoints: `name/version` → the last position processed (a policy's key
+/// is its name).
+pub const CHECKPOINTS: &str = "checkpoints";
+/// The data space of pauses: `name/version` → [`Pause`] while the version is paused (a policy's
+/// key is its name).
+pub const PAUSES: &str = "pauses";
+/// The data space of state sizes: `name/version` → the bytes of keys and values its state
+/// holds (8 bytes, little-endian), committed with every batch that changes the state.
+pub const STATE_SIZES: &str = "state-sizes";
+
+/// Why and where a projection stopped.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Pause {
+    /// The event that failed, when a failure paused the projection (none for an operator's pause).
+    pub position: Option<u64>,
+    pub error: Option<String>,
+    pub attempts: u32,
+    pub since: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Control {
+    Run,
+    Pause,
+    Stop,
+}
+
+#[derive(Debug, Default)]
+struct Status {
+    catching_up: bool,
+    paused: Option<Pause>,
+    /// The last failure, while the runner retries.
+    error: Option<String>,
+}
+
+/// What an operator asked of a paused projection cannot be done.
+#[derive(Debug, thiserror::Error)]
+pub enum ControlError {
+    #[error("no event is parked at position {0}")]
+    NotParked(u64),
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+}
+
+/// A read waited for a position the projection did not reach in time.
+#[derive(Debug, thiserror::Error)]
+#[error("the projection has processed position {reached}, not yet {wanted}")]
+pub struct NotCaughtUp {
+    pub wanted: u64,
+    pub reached: u64,
+}
+
+/// One active projection version and the task that runs it.
+pub struct ProjectionRunner {
+    pub name: String,
+    pub version: String,
+    plugin: ProjectionPlugin,
+    store: Arc<dyn EventStore>,
+    filter: LogFilter,
+    /// The data space of this version's state.
+    space: Arc<str>,
+    /// This version's key in [`CHECKPOINTS`] and [`PAUSES`].
+    key: String,
+    /// The last position processed: committed, or past events the subscription skips.
+    processed: watch::Sender<u64>,
+    /// The bytes of keys and values the committed state holds.
+    state_bytes: std::sync::atomic::AtomicU64,
+    control: watch::Sender<Control>,
+    status: Mutex<Status>,
+    /// Set once the runner's task has ended: nothing it writes is in flight any more.
+    finished: watch::Sender<bool>,
+}
+
+/// The outcome of one batch.
+pub struct Step {
+    /// The state writes of the events applied (and, for a runner, their checkpoint).
+    pub writes: Vec<DataWrite>,
+    /// Whether any event of the batch matched the subscription.
+    pub matched: bool,
+    /// The last position this batch covers: the checkpoint to commit.
+    pub covered: u64,
+    /// The event that failed, and why.
+    pub failure: Option<(u64, String)>,
+    /// The state writes, for the batch applied while these commit.
+    pub overlay: Arc<Overlay>,
+    /// The state's size once these writes are committed, when it is kept to a budget.
+    pub state_bytes: Option<u64>,
+}
+
+/// A batch handed to the writer, and what the next batch must see of it.
+struct Committing {
+    commit: DataFuture,
+    covered: u64,
+    overlay: Arc<Overlay>,
+    state_bytes: Option<u64>,
+}
+
+impl ProjectionRunner {
+    /// Starts running `plugin` from its checkpoint (position 1 for a new version).
+    pub fn start(
+        plugin: ProjectionPlugin,
+        info: PluginInfo,
+        version: &str,
+        store: Arc<dyn EventStore>,
+    ) -> Result<Arc<Self>, StorageError> {
+        let key = format!("{}/{version}", info.name);
+        let snapshot = store.data_snapshot()?;
+        let checkpoint = read_checkpoint(&*snapshot, &key)?;
+        let state_bytes = read_state_bytes(&*snapshot, &key)?;
+        let paused = snapshot
+            .get(PAUSES, &key)?
+            .and_then(|bytes| serde_json::from_slice::<Pause>(&bytes).ok());
+        let control = if paused.is_some() {
+            Control::Pause
+        } else {
+            Control::Run
+        };
+        let runner = Arc::new(ProjectionRunner {
+            name: info.name.clone(),
+            version: version.to_owned(),
+            filter: LogFilter {
+                categories: info.categories.clone(),
+                event_types: info.event_types.clone(),
+            },
+            space: state_space(&key).into(),
+            key,
+            plugin,
+            store,
+            processed: watch::Sender::new(checkpoint),
+            state_bytes: state_bytes.into(),
+            control: watch::Sender::new(control),
+            status: Mutex::new(Status {
+                catching_up: true,
+                paused,
+                error: None,
+            }),
+            finished: watch::Sender::new(false),
+        });
+        tracing::info!(
+            "projection {} version {version} follows the log from position {}",
+            info.name,
+            checkpoint + 1
+        );
+        tokio::spawn(runner.clone().run());
+        Ok(runner)
+    }
+
+    /// Stops the runner after the batch in progress.
+    pub fn stop(&self) {
+        self.control.send_replace(Control::Stop);
+    }
+
+    /// Stops the runner and waits until the batch in progress is committed or dropped, so that
+    /// nothing more of this version is written.
+    pub async fn stop_and_wait(&self) {
+        self.stop();
+        let mut finished = self.finished.subscribe();
+        let _ = finished.wait_for(|finished| *finished).await;
+    }
+
+    /// Whether it is paused, by an operator or at a failing event.
+    pub fn is_paused(&self) -> bool {
+        self.status().paused.is_some()
+    }
+
+    /// Follows the last position processed.
+    pub fn watch_position(&self) -> watch::Receiver<u64> {
+        self.processed.subscribe()
+    }
+
+    pub fn limits(&self) -> evhost_runtime::PluginLimits {
+        self.plugin.limits()
+    }
+
+    /// Applies new limits to the calls this runner makes from now on.
+    pub fn set_limits(&self, limits: evhost_runtime::PluginLimits) {
+        self.plugin.set_limits(limits);
+    }
+
+    /// The last position processed.
+    pub fn position(&self) -> u64 {
+        *self.processed.borrow()
+    }
+
+    fn status(&self) -> std::sync::MutexGuard<'_, Status> {
+        self.status.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// `running`, `catching_up` or `paused`, and the error to show, for listings.
+    pub fn state(&self) -> (&'static str, Option<String>) {
+        let status = self.status();
+        match &status.paused {
+            Some(pause) => ("paused", pause.error.clone()),
+            None if status.catching_up => ("catching_up", status.error.clone()),
+            None => ("running", status.error.clone()),
+        }
+    }
+
+    /// The events parked: the one the projection is paused at, if a failure paused it.
+    pub fn parked(&self) -> Vec<Pause> {
+        self.status()
+            .paused
+            .iter()
+            .filter(|pause| pause.position.is_some())
+            .cloned()
+            .collect()
+    }
+
+    /// Pauses the projection after the batch in progress, until [`ProjectionRunner::resume`].
+    pub async fn pause(&self) -> Result<(), StorageError> {
+        let pause = Pause {
+            position: None,
+            error: None,
+            attempts: 0,
+            since: now_rfc3339(),
+        };
+        if self.status().paused.is_some() {
+            return Ok(());
+        }
+        self.save_pause(Some(&pause)).await?;
+        self.status().paused = Some(pause);
+        self.control.send_replace(Control::Pause);
+        Ok(())
+    }
+
+    /// Resumes a paused projection; a failed event is tried again.
+    pub async fn resume(&self) -> Result<(), StorageError> {
+        self.save_pause(None).await?;
+        {
+            let mut status = self.status();
+            status.paused = None;
+            status.error = None;
+        }
+        self.control.send_replace(Control::Run);
+        Ok(())
+    }
+
+    /// Skips the event the projection is paused at, and resumes after it.
+    pub async fn skip(&self, position: u64) -> Result<(), ControlError> {
+        let parked = self.status().paused.as_ref().and_then(|p| p.position);
+        if parked != Some(position) {
+            return Err(ControlError::NotParked(position));
+        }
+        let mut writes = vec![self.checkpoint_write(position)];
+        writes.push(DataWrite {
+            space: PAUSES.into(),
+            key: self.key.clone(),
+            value: None,
+        });
+        self.store.write_data(writes).await?;
+        tracing::warn!(
+            "projection {}: the event at position {position} was skipped by an operator",
+            self.name
+        );
+        self.processed.send_replace(position);
+        {
+            let mut status = self.status();
+            status.paused = None;
+            status.error = None;
+        }
+        self.control.send_replace(Control::Run);
+        Ok(())
+    }
+
+    async fn save_pause(&self, pause: Option<&Pause>) -> Result<(), StorageError> {
+        let value = pause.map(|p| serde_json::to_vec(p).expect("a pause serializes"));
+        self.store
+            .write_data(vec![DataWrite {
+                space: PAUSES.into(),
+                key: self.key.clone(),
+                value,
+            }])
+            .await
+    }
+
+    /// Waits until the projection has processed `position`, at most `timeout`; answers the
+    /// position processed.
+    pub async fn wait_for(
+        &self,
+        position: u64,
+        timeout: Duration,
+    ) -> Result<u64, NotCaughtUp> {
+        let mut processed = self.processed.subscribe();
+        let reached = tokio::time::timeout(timeout, processed.wait_for(|p| *p >= position)).await;
+        match reached {
+            Ok(Ok(reached)) => Ok(*reached),
+            _ => Err(NotCaughtUp {
+                wanted: position,
+                reached: self.position(),
+            }),
+        }
+    }
+
+    /// A read view of the state, with the position it reflects at least.
+    pub fn reader(&self) -> Result<(StateReader, u64), StorageError> {
+        // Read the position first: every commit up to it is then in the snapshot.
+        let position = self.position();
+        let snapshot = self.store.data_snapshot()?;
+        let reader = StateReader {
+            space: self.space.clone(),
+            snapshot,
+        };
+        Ok((reader, position))
+    }
+
+    /// Runs the plugin's `query` over a read-only view of the state. Blocks on the plugin.
+    pub fn query(
+        &self,
+        reader: StateReader,
+        path: &str,
+        params: &[(String, String)],
+    ) -> Result<Result<String, String>, PluginFailure> {
+        let state = Arc::new(BatchState::read_only(reader.space, reader.snapshot));
+        self.plugin.query(path, params, state)
+    }
+
+    async fn run(self: Arc<Self>) {
+        self.clone().follow().await;
+        self.finished.send_replace(true);
+    }
+
+    /// Follows the log until told to stop.
+    async fn follow(self: Arc<Self>) {
+        let mut head = self.store.watch_head();
+        let mut control = self.control.subscribe();
+        let mut attempts = 0u32;
+        // The batch whose commit is under way while the next one is applied.
+        let mut committing: Option<Committing> = None;
+        loop {
+            let command = *control.borrow_and_update();
+            if command != Control::Run
+                && let Some(batch) = committing.take()
+            {
+                self.finish(batch, &mut attempts, &mut control).await;
+            }
+            match command {
+                Control::Stop => return,
+                Control::Pause => {
+                    attempts = 0;
+                    if control.changed().await.is_err() {
+                        return;
+                    }
+                    continue;
+                }
+                Control::Run => {}
+            }
+            let from = committing
+                .as_ref()
+                .map_or_else(|| self.position(), |batch| batch.covered)
+                + 1;
+            head.borrow_and_update();
+            if from > self.store.head() {
+                if let Some(batch) = committing.take() {
+                    self.finish(batch, &mut attempts, &mut control).await;
+                    continue;
+                }
+                self.status().catching_up = false;
+                tokio::select! {
+                    changed = head.changed() => if changed.is_err() { return },
+                    changed = control.changed() => if changed.is_err() { return },
+                }
+                continue;
+            }
+            let runner = self.clone();
+            let prior = committing.as_ref().map(|batch| batch.overlay.clone());
+            // The state's size as the batch before leaves it, committed or not.
+            let state_bytes = committing
+                .as_ref()
+                .and_then(|batch| batch.state_bytes)
+                .unwrap_or_else(|| self.state_bytes());
+            let step =
+                tokio::task::spawn_blocking(move || runner.step(from, prior, state_bytes)).await;
+            // The batch before this one must be durable before this one is sent: if it failed,
+            // this one was applied over writes that never happened, and is dropped.
+            if let Some(batch) = committing.take()
+                && !self.finish(batch, &mut attempts, &mut control).await
+            {
+                continue;
+            }
+            let step = match step {
+                Ok(Ok(step)) => step,
+                Ok(Err(error)) => {
+                    self.storage_failed(&error, &mut attempts, &mut control)
+                        .await;
+                    continue;
+                }
+                Err(panic) => {
+                    tracing::error!("projection {}: a batch panicked: {panic}", self.name);
+                    self.storage_failed(
+                        &StorageError::Engine(panic.to_string()),
+                        &mut attempts,
+                        &mut control,
+                    )
+                    .await;
+                    continue;
+                }
+            };
+            match step.failure {
+                None if !step.matched => {
+                    // Nothing matched: the position moves without a commit.
+                    self.processed.send_replace(step.covered);
+                    self.succeeded(step.covered, &mut attempts);
+                }
+                None => {
+                    committing = Some(Committing {
+                        commit: self.store.write_data(step.writes),
+                        covered: step.covered,
+                        overlay: step.overlay,
+                        state_bytes: step.state_bytes,
+                    });
+                }
+                Some((position, error)) => {
+                    if !step.writes.is_empty() {
+                        if let Err(error) = self.store.write_data(step.writes).await {
+                            self.storage_failed(&error, &mut attempts, &mut control)
+                                .await;
+                            continue;
+                        }
+                        self.set_state_bytes(step.state_bytes);
+                    }
+                    self.processed.send_replace(step.covered);
+                    attempts += 1;
+                    self.event_failed(position, error, attempts, &mut control)
+                        .await;
+                }
+            }
+        }
+    }
+
+    /// Waits for a batch's commit; answers whether it is durable.
+    async fn finish(
+        &self,
+        batch: Committing,
+        attempts: &mut u32,
+        control: &mut watch::Receiver<Control>,
+    ) -> bool {
+        match batch.commit.await {
+            Ok(()) => {
+                self.set_state_bytes(batch.state_bytes);
+                self.processed.send_replace(batch.covered);
+                self.succeeded(batch.covered, attempts);
+                true
+            }
+            Err(error) => {
+                self.storage_failed(&error, attempts, control).await;
+                false
+            }
+        }
+    }
+
+    fn succeeded(&self, covered: u64, attempts: &mut u32) {
+        *attempts = 0;
+        let mut status = self.status();
+        status.error = None;
+        status.catching_up = covered < self.store.head();
+    }
+
+    /// Waits before the next attempt after a storage error; those are retried without end.
+    async fn storage_failed(
+        &self,
+        error: &StorageError,
+        attempts: &mut u32,
+        control: &mut watch::Receiver<Control>,
+    ) {
+        *attempts += 1;
+        tracing::error!("projection {}: {error}; retrying", self.name);
+        self.status().error = Some(error.to_string());
+        let wait = backoff(*attempts, MAX_BACKOFF);
+        let _ = tokio::time::timeout(wait, control.changed()).await;
+    }
+
+    /// Retries a failing event after a backoff, or pauses at it after the last attempt.
+    async fn event_failed(
+        &self,
+        position: u64,
+        error: String,
+        attempts: u32,
+        control: &mut watch::Receiver<Control>,
+    ) {
+        tracing::warn!(
+            "projection {} failed at position {position} (attempt {attempts} of {MAX_ATTEMPTS}): {error}",
+            self.name
+        );
+        if attempts < MAX_ATTEMPTS {
+            self.status().error = Some(format!("at position {position}: {error}"));
+            let wait = backoff(attempts, MAX_BACKOFF);
+            let _ = tokio::time::timeout(wait, control.changed()).await;
+            return;
+        }
+        let pause = Pause {
+            position: Some(position),
+            error: Some(error),
+            attempts,
+            since: now_rfc3339(),
+        };
+        // A pause that cannot be saved still holds in this process; after a restart the event
+        // fails again and pauses again.
+        if let Err(error) = self.save_pause(Some(&pause)).await {
+            tracing::error!(
+                "projection {}: the pause cannot be saved: {error}",
+                self.name
+            );
+        }
+        tracing::error!(
+            "projection {} paused at position {position} after {attempts} attempts",
+            self.name
+        );
+        self.status().paused = Some(pause);
+        self.control.send_replace(Control::Pause);
+    }
+
+    /// Reads and applies the batch that starts at `from`, over the writes of the batch still
+    /// committing (`prior`), and adds the checkpoint to its writes. Blocks on the store and the
+    /// plugin.
+    fn step(
+        &self,
+        from: u64,
+        prior: Option<Arc<Overlay>>,
+        state_bytes: u64,
+    ) -> Result<Step, StorageError> {
+        let source = Source {
+            plugin: &self.plugin,
+            store: self.store.as_ref(),
+            filter: &self.filter,
+            space: &self.space,
+        };
+        let budget = StateBudget {
+            bytes: state_bytes,
+            max_bytes: self.plugin.limits().state_mib << 20,
+        };
+        let mut step = source.apply_batch(from, u64::MAX, prior, Some(budget))?;
+        if let Some(bytes) = step.state_bytes.filter(|&bytes| bytes != state_bytes) {
+            step.writes.push(DataWrite {
+                space: STATE_SIZES.into(),
+                key: self.key.clone(),
+                value: Some(bytes.to_le_bytes().to_vec()),
+            });
+        }
+        if !step.writes.is_empty() || (step.failure.is_none() && step.matched) {
+            step.writes.push(self.checkpoint_write(step.covered));
+        }
+        Ok(step)
+    }
+
+    /// The bytes of keys and values this version's committed state holds.
+    pub fn state_bytes(&self) -> u64 {
+        self.state_bytes.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    fn set_state_bytes(&self, bytes: Option<u64>) {
+        if let Some(bytes) = bytes {
+            self.state_bytes
+                .store(bytes, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+
+    fn checkpoint_write(&self, position: u64) -> DataWrite {
+        checkpoint_write(self.key.clone(), position)
+    }
+}
+
+impl Drop for ProjectionRunner {
+    fn drop(&mut self) {
+        self.control.send_replace(Control::Stop);
+    }
+}
+
+/// What a batch is applied with: a projection's plugin, the log it follows, and the data space
+/// its state lives in (a version's own, or a replay's scratch space).
+pub struct Source<'a> {
+    pub plugin: &'a ProjectionPlugin,
+    pub store: &'a dyn EventStore,
+    pub filter: &'a LogFilter,
+    pub space: &'a Arc<str>,
+}
+
+impl Source<'_> {
+    /// Reads the batch of the log that starts at `from` and ends at `until` at the latest, and
+    /// applies it over the state with the writes of the batch still committing (`prior`). A
+    /// failing batch is applied again one event at a time, to keep the writes of the events
+    /// before the one that fails. Blocks on the store and the plugin.
+    pub fn apply_batch(
+        &self,
+        from: u64,
+        until: u64,
+        prior: Option<Arc<Overlay>>,
+        budget: Option<StateBudget>,
+    ) -> Result<Step, StorageError> {
+        let page = self.store.read_log(from, BATCH_EVENTS, self.filter)?;
+        let mut covered = match page.next {
+            Some(next) => next - 1,
+            None => page.head.max(from - 1),
+        };
+        let mut events_in = page.events;
+        if covered > until {
+            events_in.retain(|event| event.position <= until);
+            covered = until;
+        }
+        // A batch also ends at a size the plugin's memory holds comfortably.
+        let mut bytes = 0;
+        if let Some(cut) = events_in.iter().position(|event| {
+            bytes += event.json.len();
+            bytes > BATCH_BYTES
+        }) {
+            events_in.truncate(cut.max(1));
+            covered = events_in.last().map_or(covered, |event| event.position);
+        }
+        if events_in.is_empty() {
+            return Ok(Step {
+                writes: Vec::new(),
+                matched: false,
+                covered,
+                failure: None,
+                overlay: Arc::default(),
+                state_bytes: None,
+            });
+        }
+        let views = events_in
+            .iter()
+            .map(|event| {
+                RecordView::parse(&event.json).map_err(|e| StorageError::Corrupt {
+                    position: event.position,
+                    reason: e.to_string(),
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let events: Vec<LogEvent<'_>> = views.iter().map(log_event).collect();
+        let state = Arc::new(
+            BatchState::writable(self.space.clone(), self.store.data_snapshot()?, prior)
+                .with_budget(budget),
+        );
+        let (covered, failure) = match self.apply(&events, &state) {
+            Ok(()) => (covered, None),
+            Err(error) if events.len() == 1 => (
+                from.max(events[0].position) - 1,
+                Some((events[0].position, error)),
+            ),
+            Err(_) => match self.apply_one_by_one(&events, &state) {
+                None => (covered, None),
+                // The batch filled up: it ends before this event, which starts the next one.
+                Some((position, _)) if state.ended_full() => (position - 1, None),
+                Some((position, error)) => (position - 1, Some((position, error))),
+            },
+        };
+        let state = Arc::into_inner(state).expect("the plugin returns the state after its call");
+        let state_bytes = state.bytes_after();
+        let (writes, overlay) = state.into_writes();
+        Ok(Step {
+            writes,
+            matched: true,
+            covered,
+            failure,
+            overlay,
+            state_bytes,
+        })
+    }
+
+    /// Applies events one at a time, keeping each one's writes, up to the first that fails:
+    /// its position and error.
+    fn apply_one_by_one(
+        &self,
+        events: &[LogEvent<'_>],
+        state: &Arc<BatchState>,
+    ) -> Option<(u64, String)> {
+        for event in events {
+            if let Err(error) = self.apply(std::slice::from_ref(event), state) {
+                return Some((event.position, error));
+            }
+        }
+        None
+    }
+
+    fn apply(&self, events: &[LogEvent<'_>], state: &Arc<BatchState>) -> Result<(), String> {
+        state.call(
+            "apply returned an error",
+            |state| self.plugin.apply(events, state),
+            Ok,
+        )
+    }
+}
+
+/// A snapshot of one projection version's state, for reads.
+pub struct StateReader {
+    space: Arc<str>,
+    snapshot: Box<dyn DataSnapshot>,
+}
+
+impl StateReader {
+    /// The JSON value stored under `key`.
+    pub fn get(&self, key: &str) -> Result<Option<Vec<u8>>, StorageError> {
+        self.snapshot.get(&self.space, key)
+    }
+
+    /// Entries whose keys start with `prefix`, after `after`, at most `limit`. The caller
+    /// bounds `limit`: a listing asks for one more than its page to learn whether a next page
+    /// exists, so a cap here (such as a plugin's scan cap) would hide every page after the first.
+    pub fn scan(
+        &self,
+        prefix: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<(String, Vec<u8>)>, StorageError> {
+        self.snapshot.scan(&self.space, prefix, after, limit)
+    }
+}
+
+/// Deletes the state of version `version` of projection `name`, with its checkpoint and
+/// pause; answers how many state entries there were. Its runner must be stopped.
+pub async fn delete_state(
+    store: &dyn EventStore,
+    name: &str,
+    version: &str,
+) -> Result<u64, StorageError> {
+    let key = format!("{name}/{version}");
+    let entries = tokio::task::block_in_place(|| store.delete_data(&state_space(&key)))?;
+    let forget = |space: &str| DataWrite {
+        space: space.into(),
+        key: key.clone(),
+        value: None,
+    };
+    store
+        .write_data(vec![
+            forget(CHECKPOINTS),
+            forget(PAUSES),
+            forget(STATE_SIZES),
+        ])
+        .await?;
+    Ok(entries)
+}
+
+/// The data space of the state of the projection version `key` (`name/version`).
+pub fn state_space(key: &str) -> String {
+    format!("projection/{key}")
+}
+
+/// The write that stores `position` as the checkpoint under `key`.
+pub fn checkpoint_write(key: String, position: u64) -> DataWrite {
+    DataWrite {
+        space: CHECKPOINTS.into(),
+        key,
+        value: Some(position.to_le_bytes().to_vec()),
+    }
+}
+
+/// The wait before attempt `attempts + 1`: [`FIRST_BACKOFF`], doubling with each attempt, at
+/// most `max`.
+pub fn backoff(attempts: u32, max: Duration) -> Duration {
+    FIRST_BACKOFF
+        .saturating_mul(1 << attempts.saturating_sub(1).min(16))
+        .min(max)
+}
+
+/// The checkpoint stored under `key`, or 0.
+/// The bytes of keys and values the state of version `key` holds: as recorded with its last
+/// batch, or, for a state kept before sizes were recorded, counted once now.
+fn read_state_bytes(snapshot: &dyn DataSnapshot, key: &str) -> Result<u64, StorageError> {
+    if let Some(bytes) = snapshot
+        .get(STATE_SIZES, key)?
+        .and_then(|bytes| <[u8; 8]>::try_from(bytes.as_slice()).ok())
+    {
+        return Ok(u64::from_le_bytes(bytes));
+    }
+    let space = state_space(key);
+    let (mut total, mut after) = (0u64, None::<String>);
+    loop {
+        let page = snapshot.scan(&space, "", after.as_deref(), 1000)?;
+        total += page
+            .iter()
+            .map(|(k, v)| (k.len() + v.len()) as u64)
+            .sum::<u64>();
+        match page.last() {
+            Some((last, _)) if page.len() == 1000 => after = Some(last.clone()),
+            _ => return Ok(total),
+        }
+    }
+}
+
+pub fn read_checkpoint(snapshot: &dyn DataSnapshot, key: &str) -> Result<u64, StorageError> {
+    let stored = snapshot.get(CHECKPOINTS, key)?;
+    Ok(stored
+        .and_then(|bytes| <[u8; 8]>::try_from(bytes.as_slice()).ok())
+        .map_or(0, u64::from_le_bytes))
+}
+
+/// The record's fields as the plugin receives them.
+pub fn log_event<'a>(view: &'a RecordView<'a>) -> LogEvent<'a> {
+    LogEvent {
+        position: view.position,
+        stream: &view.stream,
+        version: view.version,
+        id: &view.id,
+        event_type: &view.event_type,
+        data: view.data.get(),
+        metadata: view.metadata.get(),
+        recorded_at: &view.recorded_at,
+    }
+}
