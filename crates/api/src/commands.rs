@@ -68,7 +68,7 @@ pub(super) async fn send(
 }
 
 /// `GET /commands/{id}`: the record, the events the command produced and the last position.
-pub(super) fn show(
+pub(super) async fn show(
     app: &App,
     raw_id: &str,
     request: &Request<Incoming>,
@@ -81,7 +81,7 @@ pub(super) fn show(
             format!("no command {id:?} is recorded"),
         )
     };
-    let (stored, events) = app.commands.recorded(&id)?.ok_or_else(not_found)?;
+    let (stored, events) = app.commands.recorded(&id).await?.ok_or_else(not_found)?;
     // The record is a JSON object: open it up and append the events and the position.
     let record = std::str::from_utf8(&stored.record)
         .ok()

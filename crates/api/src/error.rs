@@ -7,7 +7,7 @@
 use http::StatusCode;
 use serde_json::{Map, Value, json};
 
-use evhost_store::{AppendError, StorageError};
+use evhost_store::{CommitError, StorageError};
 
 #[derive(Debug)]
 pub enum ApiError {
@@ -169,7 +169,9 @@ impl ApiError {
                 format!("the projection refused the query: {reason}")
             }
             ApiError::Internal(_) => "the host failed to handle the request; see its log".into(),
-            ApiError::Unavailable => "the host is shutting down".into(),
+            ApiError::Unavailable => {
+                "the host is shutting down or its store cannot take requests now; try again".into()
+            }
         };
         error.insert("message".into(), message.into());
         json!({ "error": error })
@@ -192,30 +194,36 @@ impl From<evhost_engine::plugins::Busy> for ApiError {
 impl From<StorageError> for ApiError {
     fn from(error: StorageError) -> Self {
         match error {
-            StorageError::Closed => ApiError::Unavailable,
+            // Nothing was done, or what was done is not known: either way the client may try
+            // again (an append with event ids, or a command with an id, is recognised).
+            StorageError::Closed
+            | StorageError::Unavailable(_)
+            | StorageError::OutcomeUnknown(_) => ApiError::Unavailable,
             other => ApiError::Internal(other.to_string()),
         }
     }
 }
 
-impl From<AppendError> for ApiError {
-    fn from(error: AppendError) -> Self {
+impl From<CommitError> for ApiError {
+    fn from(error: CommitError) -> Self {
         match error {
-            AppendError::WrongExpectedVersion { expected, actual } => {
+            CommitError::WrongExpectedVersion { expected, actual } => {
                 ApiError::WrongExpectedVersion {
                     expected: expected.to_json(),
                     actual,
                 }
             }
-            AppendError::DuplicateEventId { ref id, .. } => ApiError::DuplicateEventId {
+            CommitError::DuplicateEventId { ref id, .. } => ApiError::DuplicateEventId {
                 id: id.clone(),
                 message: error.to_string(),
             },
-            AppendError::Invalid(message) => ApiError::InvalidRequest(message),
-            AppendError::TooLarge(message) => ApiError::PayloadTooLarge(message),
+            CommitError::Invalid(message) => ApiError::InvalidRequest(message),
+            CommitError::TooLarge(message) => ApiError::PayloadTooLarge(message),
             // Only command appends carry a command id, and they answer this case themselves.
-            AppendError::CommandRecorded(_) => ApiError::Internal(error.to_string()),
-            AppendError::Storage(storage) => storage.into(),
+            CommitError::CommandRecorded(_) => ApiError::Internal(error.to_string()),
+            // Only the plugin runners' commits carry a fence.
+            CommitError::Fenced { .. } => ApiError::Internal(error.to_string()),
+            CommitError::Storage(storage) => storage.into(),
         }
     }
 }

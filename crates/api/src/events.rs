@@ -207,7 +207,7 @@ fn parse_append(
 }
 
 /// `GET /streams/{stream}`.
-pub(super) fn read_stream(
+pub(super) async fn read_stream(
     app: &App,
     raw_name: &str,
     request: &Request<Incoming>,
@@ -225,15 +225,16 @@ pub(super) fn read_stream(
             )));
         }
     };
-    let page = read_sized(limit, || {
-        app.store.read_stream(&stream, from, limit, direction)
-    })?
-    .ok_or_else(|| {
-        ApiError::not_found(
-            "stream_not_found",
-            format!("stream {stream:?} does not exist"),
-        )
-    })?;
+    let page = app
+        .store
+        .read_stream(&stream, from, limit, direction)
+        .await?
+        .ok_or_else(|| {
+            ApiError::not_found(
+                "stream_not_found",
+                format!("stream {stream:?} does not exist"),
+            )
+        })?;
     let mut opening = b"{\"stream\":".to_vec();
     serde_json::to_writer(&mut opening, &stream).expect("writing to a Vec cannot fail");
     opening.extend_from_slice(format!(",\"version\":{},\"events\":", page.version).as_bytes());
@@ -274,13 +275,16 @@ fn log_query(request: &Request<Incoming>) -> Result<LogQuery, ApiError> {
 }
 
 /// `GET /events`.
-pub(super) fn read_log(app: &App, request: &Request<Incoming>) -> Result<Response<Body>, ApiError> {
+pub(super) async fn read_log(
+    app: &App,
+    request: &Request<Incoming>,
+) -> Result<Response<Body>, ApiError> {
     let LogQuery {
         from,
         limit,
         filter,
     } = log_query(request)?;
-    let page = read_sized(limit, || app.store.read_log(from, limit, &filter))?;
+    let page = app.store.read_log(from, limit, &filter).await?;
     let closing = format!(
         ",\"next\":{},\"head\":{}}}",
         json_option(page.next),
@@ -290,20 +294,6 @@ pub(super) fn read_log(app: &App, request: &Request<Incoming>) -> Result<Respons
         StatusCode::OK,
         page_body(b"{\"events\":", &page.events, &closing),
     ))
-}
-
-/// Pages above this many events are read off the request's worker thread.
-const LARGE_READ: usize = 100;
-
-/// Runs a store read of up to `limit` events. A large page (up to the store's page bytes) takes
-/// milliseconds, so it is read with the worker thread handed over to the other requests
-/// meanwhile; a small one takes less than that hand-over costs.
-fn read_sized<T>(limit: usize, read: impl FnOnce() -> T) -> T {
-    if limit > LARGE_READ {
-        tokio::task::block_in_place(read)
-    } else {
-        read()
-    }
 }
 
 /// A page as JSON: `opening` (ending in `"events":`), the records as stored in an array, then
@@ -396,9 +386,7 @@ async fn feed_follower(
         return;
     }
     loop {
-        let page = match read_sized(FOLLOW_BATCH, || {
-            app.store.read_log(next, FOLLOW_BATCH, &filter)
-        }) {
+        let page = match app.store.read_log(next, FOLLOW_BATCH, &filter).await {
             Ok(page) => page,
             Err(error) => {
                 tracing::error!("a follower stopped: {error}");

@@ -5,7 +5,7 @@
 //! checks the token's role before it reads a body.
 //!
 //! Architecture Invariant: only this module knows about HTTP. It reaches events through the
-//! [`EventStore`] trait and nothing else of the store.
+//! [`Store`] trait and nothing else of the store.
 
 mod auth;
 mod commands;
@@ -44,7 +44,7 @@ use metrics::Metrics;
 use evhost_engine::commands::Commands;
 use evhost_engine::plugins::Plugins;
 use evhost_engine::replays::Replays;
-use evhost_store::{AppendLimits, EventStore, StorageError};
+use evhost_store::{AppendLimits, StorageError, Store};
 
 /// The body of every response.
 pub type Body = BoxBody<Bytes, Infallible>;
@@ -79,7 +79,7 @@ impl Default for Limits {
 
 /// Everything a request handler can reach.
 pub struct App {
-    store: Arc<dyn EventStore>,
+    store: Arc<dyn Store>,
     plugins: Arc<Plugins>,
     commands: Arc<Commands>,
     replays: Replays,
@@ -92,8 +92,8 @@ pub struct App {
 }
 
 impl App {
-    pub fn new(
-        store: Arc<dyn EventStore>,
+    pub async fn new(
+        store: Arc<dyn Store>,
         plugins: Arc<Plugins>,
         tokens: Tokens,
         limits: Limits,
@@ -101,7 +101,7 @@ impl App {
         let (stop, stopping) = watch::channel(false);
         let commands = Arc::new(Commands::new(store.clone(), plugins.clone(), limits.append));
         plugins.connect(&commands);
-        let replays = tokio::task::block_in_place(|| Replays::new(plugins.clone(), store.clone()))?;
+        let replays = Replays::new(plugins.clone(), store.clone()).await?;
         Ok(Arc::new(App {
             commands,
             replays,
@@ -121,11 +121,7 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
 /// Serves `app` on `listener` until `shutdown` resolves, then stops accepting, ends followers and
 /// waits (a bounded time) for requests in flight.
-pub async fn serve(
-    listener: TcpListener,
-    app: Arc<App>,
-    shutdown: impl Future<Output = ()>,
-) {
+pub async fn serve(listener: TcpListener, app: Arc<App>, shutdown: impl Future<Output = ()>) {
     let graceful = GracefulShutdown::new();
     let mut http = hyper::server::conn::http1::Builder::new();
     // With a timer, hyper closes a connection whose request headers take longer than 30 s to
@@ -316,14 +312,14 @@ async fn dispatch(
         (Route::Health, &Method::GET) => Ok(health(app)),
         (Route::Metrics, &Method::GET) => Ok(metrics(app)),
         (Route::Stream(name), &Method::POST) => events::append(app, name, request).await,
-        (Route::Stream(name), &Method::GET) => events::read_stream(app, name, &request),
+        (Route::Stream(name), &Method::GET) => events::read_stream(app, name, &request).await,
         (Route::Events, &Method::GET) if events::wants_event_stream(&request) => {
             events::follow(app, &request)
         }
-        (Route::Events, &Method::GET) => events::read_log(app, &request),
+        (Route::Events, &Method::GET) => events::read_log(app, &request).await,
         (Route::Plugins, &Method::POST) => plugins::deploy(app, request).await,
         (Route::Plugins, &Method::GET) => plugins::list(app, &request),
-        (Route::Plugin(name), &Method::GET) => plugins::show(app, name, &request),
+        (Route::Plugin(name), &Method::GET) => plugins::show(app, name, &request).await,
         (Route::PluginControl(name, "promote"), &Method::POST) => {
             plugins::switch(app, name, false, request).await
         }
@@ -348,7 +344,7 @@ async fn dispatch(
         }
         (Route::Projection(rest), &Method::GET) => projections::read(app, rest, &request).await,
         (Route::HandlerCommands(name), &Method::POST) => commands::send(app, name, request).await,
-        (Route::Command(id), &Method::GET) => commands::show(app, id, &request),
+        (Route::Command(id), &Method::GET) => commands::show(app, id, &request).await,
         (Route::Unknown, _) => Err(ApiError::not_found(
             "not_found",
             format!("no route for {}", request.uri().path()),

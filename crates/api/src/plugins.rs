@@ -83,14 +83,14 @@ pub(super) fn list(app: &App, request: &Request<Incoming>) -> Result<Response<Bo
 }
 
 /// `GET /plugins/{name}`.
-pub(super) fn show(
+pub(super) async fn show(
     app: &App,
     raw_name: &str,
     request: &Request<Incoming>,
 ) -> Result<Response<Body>, ApiError> {
     Query::parse(request.uri().query(), &[])?;
     let name = percent_decode(raw_name, false, "the plugin name")?;
-    let details = app.plugins.details(&name)?.ok_or_else(|| {
+    let details = app.plugins.details(&name).await?.ok_or_else(|| {
         ApiError::not_found(
             "plugin_not_found",
             format!("no plugin named {name:?} is deployed"),
@@ -130,7 +130,7 @@ pub(super) async fn switch(
         app.plugins.promote(&name, promote.version.as_deref()).await
     };
     let switched: Option<Switch> = switched.map_err(version_error)?;
-    let details = app.plugins.details(&name)?.ok_or_else(|| {
+    let details = app.plugins.details(&name).await?.ok_or_else(|| {
         ApiError::not_found(
             "plugin_not_found",
             format!("no plugin named {name:?} is deployed"),

@@ -46,7 +46,7 @@ pub(super) async fn read(
         let key = percent_decode(raw_key, false, "the key")?;
         let query = Query::parse(raw_query, READ_PARAMETERS)?;
         let (reader, at) = reader(app, &name, &query).await?;
-        let value = tokio::task::block_in_place(|| reader.get(&key))?;
+        let value = reader.get(&key).await?;
         // An absent key is an answer about the state too: it carries the position it holds at.
         let response = match value {
             Some(value) => raw_json_response(StatusCode::OK, value),
@@ -72,8 +72,7 @@ pub(super) async fn read(
         let limit = query.limit(DEFAULT_KEYS, MAX_KEYS)?;
         let (reader, at) = reader(app, &name, &query).await?;
         // One more than asked tells whether a next page exists.
-        let mut entries =
-            tokio::task::block_in_place(|| reader.scan(&prefix, after.as_deref(), limit + 1))?;
+        let mut entries = reader.scan(&prefix, after.as_deref(), limit + 1).await?;
         let next = (entries.len() > limit).then(|| {
             entries.truncate(limit);
             entries.last().map(|(key, _)| key.clone())
@@ -185,7 +184,7 @@ async fn reader_of(
                 reached: e.reached,
             })?;
     }
-    let (reader, position) = tokio::task::block_in_place(|| runner.reader())?;
+    let (reader, position) = runner.reader().await?;
     let answered = Answered {
         version: runner.version.clone(),
         position,
@@ -223,9 +222,7 @@ pub(super) async fn control(
         ("parked", true) => {
             let parked = match &runner {
                 Runner::Projection(r) => serde_json::to_value(r.parked()),
-                Runner::Policy(r) => {
-                    serde_json::to_value(tokio::task::block_in_place(|| r.parked())?)
-                }
+                Runner::Policy(r) => serde_json::to_value(r.parked().await?),
             };
             return Ok(json_response(
                 StatusCode::OK,

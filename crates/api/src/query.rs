@@ -7,11 +7,7 @@ use std::collections::HashMap;
 use super::error::ApiError;
 
 /// Decodes `%XX` escapes (and `+` as a space when `plus_is_space`); the result must be UTF-8.
-pub fn percent_decode(
-    input: &str,
-    plus_is_space: bool,
-    what: &str,
-) -> Result<String, ApiError> {
+pub fn percent_decode(input: &str, plus_is_space: bool, what: &str) -> Result<String, ApiError> {
     let bytes = input.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;

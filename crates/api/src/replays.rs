@@ -50,6 +50,7 @@ pub(super) async fn start(
     let replay = app
         .replays
         .start(&name, request)
+        .await
         .map_err(|error| match error {
             StartError::Version(version) => super::plugins::version_error(version),
             StartError::Invalid(message) => ApiError::InvalidRequest(message),

@@ -9,7 +9,7 @@
 //! crashes; a repeated id is answered from the record.
 //!
 //! Architecture Invariant: this module knows nothing of HTTP or of wasmtime: it reaches the
-//! store through [`EventStore`] and plugins through [`Plugins`] and the runtime's plain types.
+//! store through [`Store`] and plugins through [`Plugins`] and the runtime's plain types.
 
 mod snapshots;
 mod stream_locks;
@@ -25,11 +25,13 @@ use serde_json::value::RawValue;
 use crate::plugins::{ActiveHandler, Busy, HandlerLookupError, Plugins};
 use evhost_runtime::{CommandInput, EventInput, HandlerPlugin, NewEvent, PluginFailure};
 use evhost_store::{
-    AppendError, AppendLimits, AppendOutcome, AppendRequest, CommandEntry, Direction, EventStore,
-    ExpectedVersion, LogFilter, ProposedEvent, RecordedEvent, StorageError, StoredCommand,
+    AppendLimits, AppendOutcome, AppendRequest, CommandEntry, CommitError, Direction,
+    ExpectedVersion, LogFilter, ProposedEvent, RecordedEvent, StorageError, Store, StoredCommand,
     category_of, check_json_depth, minify_json, now_rfc3339, validate_event_type,
 };
 use snapshots::{Snapshot, SnapshotCache};
+
+use crate::wait::wait;
 use stream_locks::StreamLocks;
 
 /// How many times a command is decided before a run of conflicts makes it give up.
@@ -110,7 +112,7 @@ pub struct CommandCounters {
 
 /// Runs commands against the deployed handlers.
 pub struct Commands {
-    store: Arc<dyn EventStore>,
+    store: Arc<dyn Store>,
     plugins: Arc<Plugins>,
     /// What a handler's events may carry: the limits of any append.
     append_limits: AppendLimits,
@@ -144,11 +146,7 @@ pub struct CommandRecord<'a> {
 }
 
 impl Commands {
-    pub fn new(
-        store: Arc<dyn EventStore>,
-        plugins: Arc<Plugins>,
-        append_limits: AppendLimits,
-    ) -> Self {
+    pub fn new(store: Arc<dyn Store>, plugins: Arc<Plugins>, append_limits: AppendLimits) -> Self {
         Commands {
             store,
             plugins,
@@ -187,9 +185,9 @@ impl Commands {
             .unwrap_or_else(|| uuid::Uuid::now_v7().to_string());
         let _turn = self.streams.turn(&request.stream).await;
         if request.id.is_some()
-            && let Some(stored) = self.store.read_command(&command_id)?
+            && let Some(stored) = self.store.read_command(&command_id).await?
         {
-            return self.replay(stored, handler_name, &request);
+            return self.replay(stored, handler_name, &request).await;
         }
         // Only a command that will call the handler waits for a place to; a recorded one is
         // answered above without one.
@@ -274,16 +272,16 @@ impl Commands {
                         position: result.last_position,
                     });
                 }
-                Err(AppendError::WrongExpectedVersion { .. }) => {
+                Err(CommitError::WrongExpectedVersion { .. }) => {
                     self.counters.conflicts.fetch_add(1, Ordering::Relaxed);
                     tokio::time::sleep(backoff(attempt)).await;
                     continue;
                 }
                 // Another request with the same id was decided first.
-                Err(AppendError::CommandRecorded(stored)) => {
-                    return self.replay(stored, handler_name, &request);
+                Err(CommitError::CommandRecorded(stored)) => {
+                    return self.replay(stored, handler_name, &request).await;
                 }
-                Err(AppendError::Storage(error)) => return Err(error.into()),
+                Err(CommitError::Storage(error)) => return Err(error.into()),
                 Err(other) => {
                     return Err(self.failed(
                         &handler,
@@ -299,26 +297,26 @@ impl Commands {
     }
 
     /// The recorded command with id `id`, and the events it produced.
-    pub fn recorded(
+    pub async fn recorded(
         &self,
         id: &str,
     ) -> Result<Option<(StoredCommand, Vec<RecordedEvent>)>, StorageError> {
-        let Some(stored) = self.store.read_command(id)? else {
+        let Some(stored) = self.store.read_command(id).await? else {
             return Ok(None);
         };
-        let events = self.events_of(&stored)?;
+        let events = self.events_of(&stored).await?;
         Ok(Some((stored, events)))
     }
 
     /// Answers a repeated command id from its record, if the request is the same command.
-    fn replay(
+    async fn replay(
         &self,
         stored: StoredCommand,
         handler_name: &str,
         request: &CommandRequest,
     ) -> Result<CommandOutcome, CommandError> {
         let record: CommandRecord<'_> = serde_json::from_slice(&stored.record)
-            .map_err(|e| StorageError::Engine(format!("a recorded command is corrupt: {e}")))?;
+            .map_err(|e| StorageError::Failed(format!("a recorded command is corrupt: {e}")))?;
         let differences = [
             ("handler", record.handler.as_ref(), handler_name),
             ("stream", record.stream.as_ref(), request.stream.as_str()),
@@ -343,7 +341,7 @@ impl Commands {
                 reason: record.reason.unwrap_or_default().into_owned(),
             });
         }
-        let events = self.events_of(&stored)?;
+        let events = self.events_of(&stored).await?;
         Ok(CommandOutcome::Applied {
             command_id,
             events,
@@ -369,12 +367,12 @@ impl Commands {
             .unwrap_or_default();
         let before = snapshot.version;
         loop {
-            let page = self.store.read_stream(
+            let page = wait(self.store.read_stream(
                 stream,
                 Some(snapshot.version + 1),
                 LOAD_PAGE,
                 Direction::Forward,
-            )?;
+            ))?;
             let Some(page) = page else { break };
             if page.events.is_empty() {
                 break;
@@ -416,7 +414,7 @@ impl Commands {
         command_id: &str,
         command_metadata: &str,
     ) -> Result<Vec<ProposedEvent>, PluginFailure> {
-        let refused = |error: AppendError| {
+        let refused = |error: CommitError| {
             PluginFailure::Returned(format!("decide returned events past the limits: {error}"))
         };
         // Counted before anything is built: a plugin returning a million events costs no more.
@@ -468,14 +466,15 @@ impl Commands {
     }
 
     /// The events a recorded command produced, read from the log.
-    fn events_of(&self, stored: &StoredCommand) -> Result<Vec<RecordedEvent>, StorageError> {
+    async fn events_of(&self, stored: &StoredCommand) -> Result<Vec<RecordedEvent>, StorageError> {
         if stored.event_count == 0 {
             return Ok(Vec::new());
         }
         let first = *stored.positions().start();
-        let page =
-            self.store
-                .read_log(first, stored.event_count as usize, &LogFilter::default())?;
+        let page = self
+            .store
+            .read_log(first, stored.event_count as usize, &LogFilter::default())
+            .await?;
         Ok(page.events)
     }
 }

@@ -12,3 +12,4 @@ pub mod plugins;
 pub mod policies;
 pub mod projections;
 pub mod replays;
+pub mod wait;

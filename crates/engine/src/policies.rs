@@ -27,11 +27,11 @@ use tokio::sync::{Notify, watch};
 
 use crate::commands::{CommandError, CommandOutcome, CommandRequest, Commands, causation_depth};
 use crate::projections::state::BatchState;
-use crate::projections::{PAUSES, checkpoint_write, log_event, read_checkpoint};
+use crate::projections::{PAUSES, checkpoint_write, log_event, read_checkpoint, storage};
 use evhost_runtime::{CommandInput, LogEvent, PolicyAction, PolicyPlugin, content_hash};
 use evhost_store::{
-    DataSnapshot, DataWrite, EventStore, LogFilter, RecordView, StorageError, check_json_depth,
-    now_rfc3339, validate_event_type, validate_stream_name,
+    CommitError, DataSnapshot, DataWrite, Fence, LogFilter, RecordView, StorageError, Store,
+    check_json_depth, now_rfc3339, validate_event_type, validate_stream_name,
 };
 
 /// Most events one step reacts to before it commits.
@@ -109,7 +109,7 @@ const REFUSAL: &str = "the policy returned an error";
 pub struct PolicyRunner {
     pub name: String,
     plugin: PolicyPlugin,
-    store: Arc<dyn EventStore>,
+    store: Arc<dyn Store>,
     commands: watch::Receiver<Option<Weak<Commands>>>,
     filter: LogFilter,
     /// The data spaces of this policy.
@@ -126,26 +126,32 @@ pub struct PolicyRunner {
     paused: watch::Sender<bool>,
     stopped: watch::Sender<bool>,
     error: Mutex<Option<String>>,
+    /// The lease this runner holds on the policy's data: a runner started after it takes it
+    /// over, and this one's commits are refused from then on.
+    fence: Fence,
 }
 
 impl PolicyRunner {
     /// Starts the runner and the dispatcher of `plugin`, from the policy's checkpoint.
-    pub fn start(
+    pub async fn start(
         plugin: PolicyPlugin,
         name: &str,
         version: &str,
         filter: LogFilter,
-        store: Arc<dyn EventStore>,
+        store: Arc<dyn Store>,
         commands: watch::Receiver<Option<Weak<Commands>>>,
     ) -> Result<Arc<Self>, StorageError> {
-        let snapshot = store.data_snapshot()?;
-        let checkpoint = read_checkpoint(&*snapshot, name)?;
+        let lease = format!("policy/{name}");
+        let token = store.take_lease(&lease).await?;
+        let snapshot = store.snapshot().await?;
+        let checkpoint = read_checkpoint(&*snapshot, name).await?;
         let timers_space: Arc<str> = format!("timers/{name}").into();
-        let timers = scan_all(&*snapshot, &timers_space)?
+        let timers = scan_all(&*snapshot, &timers_space)
+            .await?
             .into_iter()
             .filter_map(|(key, value)| Some((key, serde_json::from_slice::<Timer>(&value).ok()?)))
             .collect();
-        let paused = snapshot.get(PAUSES, name)?.is_some();
+        let paused = snapshot.get(PAUSES, name).await?.is_some();
         let runner = Arc::new(PolicyRunner {
             name: name.to_owned(),
             plugin,
@@ -163,6 +169,7 @@ impl PolicyRunner {
             paused: watch::Sender::new(paused),
             stopped: watch::Sender::new(false),
             error: Mutex::new(None),
+            fence: Fence { lease, token },
         });
         tracing::info!(
             "policy {name} version {version} follows the log from position {}",
@@ -179,12 +186,10 @@ impl PolicyRunner {
         self.wake.notify_one();
     }
 
-    /// Stops both tasks and waits for the step in progress to end. Blocks the thread.
-    pub fn stop_and_wait(&self) {
+    /// Stops both tasks and waits for the step in progress to end.
+    pub async fn stop_and_wait(&self) {
         self.stop();
-        tokio::task::block_in_place(|| {
-            let _turn = tokio::runtime::Handle::current().block_on(self.turn.lock());
-        });
+        let _turn = self.turn.lock().await;
     }
 
     pub fn limits(&self) -> evhost_runtime::PluginLimits {
@@ -219,25 +224,24 @@ impl PolicyRunner {
 
     /// Pauses reactions (commands already in the outbox are still delivered).
     pub async fn pause(&self) -> Result<(), StorageError> {
-        self.store
-            .write_data(vec![write(PAUSES, self.name.clone(), Some(b"{}".to_vec()))])
+        self.write(vec![write(PAUSES, self.name.clone(), Some(b"{}".to_vec()))])
             .await?;
         self.paused.send_replace(true);
         Ok(())
     }
 
     pub async fn resume(&self) -> Result<(), StorageError> {
-        self.store
-            .write_data(vec![write(PAUSES, self.name.clone(), None)])
+        self.write(vec![write(PAUSES, self.name.clone(), None)])
             .await?;
         self.paused.send_replace(false);
         Ok(())
     }
 
     /// The events parked, by position.
-    pub fn parked(&self) -> Result<Vec<Parked>, StorageError> {
-        let snapshot = self.store.data_snapshot()?;
-        Ok(scan_all(&*snapshot, &self.parked_space)?
+    pub async fn parked(&self) -> Result<Vec<Parked>, StorageError> {
+        let snapshot = self.store.snapshot().await?;
+        Ok(scan_all(&*snapshot, &self.parked_space)
+            .await?
             .into_iter()
             .filter_map(|(_, value)| serde_json::from_slice::<Parked>(&value).ok())
             .collect())
@@ -246,11 +250,10 @@ impl PolicyRunner {
     /// Forgets a parked event.
     pub async fn skip(&self, position: u64) -> Result<bool, StorageError> {
         let key = parked_key(position);
-        if !self.is_parked(&key)? {
+        if !self.is_parked(&key).await? {
             return Ok(false);
         }
-        self.store
-            .write_data(vec![write(&self.parked_space, key, None)])
+        self.write(vec![write(&self.parked_space, key, None)])
             .await?;
         tracing::warn!(
             "policy {}: parked event {position} skipped by an operator",
@@ -261,22 +264,22 @@ impl PolicyRunner {
 
     /// Reacts to a parked event again; on success its actions are committed and it leaves the
     /// parked list. Answers the error when it fails again (it stays parked).
-    pub async fn retry(
-        self: &Arc<Self>,
-        position: u64,
-    ) -> Result<Option<String>, RetryError> {
+    pub async fn retry(self: &Arc<Self>, position: u64) -> Result<Option<String>, RetryError> {
         let key = parked_key(position);
-        if !self.is_parked(&key)? {
+        if !self.is_parked(&key).await? {
             return Err(RetryError::NotParked(position));
         }
-        let page = self.store.read_log(position, 1, &LogFilter::default())?;
+        let page = self
+            .store
+            .read_log(position, 1, &LogFilter::default())
+            .await?;
         let record = page.events.first().ok_or(RetryError::NotParked(position))?;
         let view = RecordView::parse(&record.json).map_err(|e| StorageError::Corrupt {
             position,
             reason: e.to_string(),
         })?;
         let _turn = self.turn.lock().await;
-        let state = self.new_state()?;
+        let state = self.new_state().await?;
         let event = log_event(&view);
         let mut step = StepWrites::default();
         let outcome = tokio::task::block_in_place(|| {
@@ -296,17 +299,37 @@ impl PolicyRunner {
         }
     }
 
-    fn is_parked(&self, key: &str) -> Result<bool, StorageError> {
-        let snapshot = self.store.data_snapshot()?;
-        Ok(snapshot.get(&self.parked_space, key)?.is_some())
+    async fn is_parked(&self, key: &str) -> Result<bool, StorageError> {
+        let snapshot = self.store.snapshot().await?;
+        Ok(snapshot.get(&self.parked_space, key).await?.is_some())
     }
 
-    fn new_state(&self) -> Result<Arc<BatchState>, StorageError> {
+    async fn new_state(&self) -> Result<Arc<BatchState>, StorageError> {
         Ok(Arc::new(BatchState::writable(
             self.state_space.clone(),
-            self.store.data_snapshot()?,
+            self.store.snapshot().await?,
             None,
         )))
+    }
+
+    /// Commits `writes` under this runner's lease; a runner that lost its lease stops.
+    async fn write(&self, writes: Vec<DataWrite>) -> Result<(), StorageError> {
+        match self
+            .store
+            .write_data(writes, Some(self.fence.clone()))
+            .await
+        {
+            Ok(()) => Ok(()),
+            Err(error @ CommitError::Fenced { .. }) => {
+                tracing::error!(
+                    "policy {}: {error}; another runner took over, this one stops",
+                    self.name
+                );
+                self.stop();
+                Err(storage(error))
+            }
+            Err(error) => Err(storage(error)),
+        }
     }
 
     /// Turns actions into outbox and timer writes; an action that breaks a rule fails them all.
@@ -409,7 +432,7 @@ impl PolicyRunner {
         let state = Arc::into_inner(state).expect("no call holds the state after it returns");
         let (mut writes, _) = state.into_writes();
         writes.extend(step.writes);
-        self.store.write_data(writes).await?;
+        self.write(writes).await?;
         {
             let mut timers = self.timers.lock().unwrap_or_else(|p| p.into_inner());
             for (key, timer) in step.timers {
@@ -483,18 +506,16 @@ impl PolicyRunner {
         from: u64,
         attempts: u32,
     ) -> Result<Option<(u64, String)>, StorageError> {
-        let page = {
-            let (store, filter) = (self.store.clone(), self.filter.clone());
-            tokio::task::spawn_blocking(move || store.read_log(from, BATCH_EVENTS, &filter))
-                .await
-                .map_err(|e| StorageError::Engine(e.to_string()))??
-        };
+        let page = self
+            .store
+            .read_log(from, BATCH_EVENTS, &self.filter)
+            .await?;
         let covered = match page.next {
             Some(next) => next - 1,
             None => page.head.max(from - 1),
         };
         let _turn = self.turn.lock().await;
-        let state = self.new_state()?;
+        let state = self.new_state().await?;
         let mut step = StepWrites::default();
         let mut reached = covered;
         let mut failure = None;
@@ -610,10 +631,7 @@ impl PolicyRunner {
                 Ok(_) => attempts = 0,
                 Err(error) => {
                     attempts += 1;
-                    tracing::warn!(
-                        "policy {}: delivery failed: {error}; retrying",
-                        self.name
-                    );
+                    tracing::warn!("policy {}: delivery failed: {error}; retrying", self.name);
                     self.set_error(Some(format!("delivery: {error}")));
                     let _ = tokio::time::timeout(backoff(attempts), stopped.changed()).await;
                 }
@@ -623,11 +641,12 @@ impl PolicyRunner {
 
     /// Delivers what the outbox holds, in order; answers how many were delivered.
     async fn dispatch_outbox(self: &Arc<Self>, commands: &Commands) -> Result<usize, String> {
-        let page = self
-            .store
-            .data_snapshot()
-            .and_then(|s| s.scan(&self.outbox_space, "", None, OUTBOX_PAGE))
+        let snapshot = self.store.snapshot().await.map_err(|e| e.to_string())?;
+        let page = snapshot
+            .scan(&self.outbox_space, "", None, OUTBOX_PAGE)
+            .await
             .map_err(|e| e.to_string())?;
+        drop(snapshot);
         let mut delivered = 0;
         for (id, value) in page {
             let entry: OutboxEntry = serde_json::from_slice(&value)
@@ -643,8 +662,7 @@ impl PolicyRunner {
             crate::faults::crash_point("policy-after-dispatch");
             match outcome {
                 Ok(CommandOutcome::Applied { .. }) => {
-                    self.store
-                        .write_data(vec![write(&self.outbox_space, id, None)])
+                    self.write(vec![write(&self.outbox_space, id, None)])
                         .await
                         .map_err(|e| e.to_string())?;
                 }
@@ -682,7 +700,7 @@ impl PolicyRunner {
         };
         for attempt in 1..=MAX_ATTEMPTS {
             let _turn = self.turn.lock().await;
-            let state = self.new_state().map_err(|e| e.to_string())?;
+            let state = self.new_state().await.map_err(|e| e.to_string())?;
             let mut step = StepWrites::default();
             let outcome = tokio::task::block_in_place(|| {
                 state.call(
@@ -704,8 +722,7 @@ impl PolicyRunner {
                         self.name
                     );
                     return self
-                        .store
-                        .write_data(vec![write(&self.outbox_space, id.to_owned(), None)])
+                        .write(vec![write(&self.outbox_space, id.to_owned(), None)])
                         .await
                         .map_err(|e| e.to_string());
                 }
@@ -750,7 +767,7 @@ impl PolicyRunner {
             if current.as_ref() != Some(&timer) {
                 continue;
             }
-            let state = self.new_state().map_err(|e| e.to_string())?;
+            let state = self.new_state().await.map_err(|e| e.to_string())?;
             let mut step = StepWrites::default();
             let cause = Cause::Timer {
                 key: &key,
@@ -911,14 +928,14 @@ fn write(space: &str, key: String, value: Option<Vec<u8>>) -> DataWrite {
 }
 
 /// Every entry of a data space, in key order.
-fn scan_all(
+async fn scan_all(
     snapshot: &dyn DataSnapshot,
     space: &str,
 ) -> Result<Vec<(String, Vec<u8>)>, StorageError> {
     let mut entries: Vec<(String, Vec<u8>)> = Vec::new();
     loop {
         let after = entries.last().map(|(key, _)| key.as_str());
-        let page = snapshot.scan(space, "", after, 1000)?;
+        let page = snapshot.scan(space, "", after, 1000).await?;
         if page.is_empty() {
             return Ok(entries);
         }

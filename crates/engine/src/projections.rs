@@ -25,10 +25,12 @@ use tokio::sync::watch;
 
 use evhost_runtime::{LogEvent, PluginFailure, PluginInfo, ProjectionPlugin};
 use evhost_store::{
-    DataFuture, DataSnapshot, DataWrite, EventStore, LogFilter, RecordView, StorageError,
+    CommitError, DataSnapshot, DataWrite, Fence, LogFilter, RecordView, StorageError, Store,
     now_rfc3339,
 };
 use state::{BatchState, Overlay, StateBudget};
+
+use crate::wait::wait;
 
 /// Most events one `apply` call receives.
 const BATCH_EVENTS: usize = 8_192;
@@ -98,7 +100,7 @@ pub struct ProjectionRunner {
     pub name: String,
     pub version: String,
     plugin: ProjectionPlugin,
-    store: Arc<dyn EventStore>,
+    store: Arc<dyn Store>,
     filter: LogFilter,
     /// The data space of this version's state.
     space: Arc<str>,
@@ -112,6 +114,9 @@ pub struct ProjectionRunner {
     status: Mutex<Status>,
     /// Set once the runner's task has ended: nothing it writes is in flight any more.
     finished: watch::Sender<bool>,
+    /// The lease this runner holds on its version's state: a runner started after it (here,
+    /// or on another node) takes it over, and this one's commits are refused from then on.
+    fence: Fence,
 }
 
 /// The outcome of one batch.
@@ -132,7 +137,7 @@ pub struct Step {
 
 /// A batch handed to the writer, and what the next batch must see of it.
 struct Committing {
-    commit: DataFuture,
+    commit: tokio::task::JoinHandle<Result<(), CommitError>>,
     covered: u64,
     overlay: Arc<Overlay>,
     state_bytes: Option<u64>,
@@ -140,18 +145,21 @@ struct Committing {
 
 impl ProjectionRunner {
     /// Starts running `plugin` from its checkpoint (position 1 for a new version).
-    pub fn start(
+    pub async fn start(
         plugin: ProjectionPlugin,
         info: PluginInfo,
         version: &str,
-        store: Arc<dyn EventStore>,
+        store: Arc<dyn Store>,
     ) -> Result<Arc<Self>, StorageError> {
         let key = format!("{}/{version}", info.name);
-        let snapshot = store.data_snapshot()?;
-        let checkpoint = read_checkpoint(&*snapshot, &key)?;
-        let state_bytes = read_state_bytes(&*snapshot, &key)?;
+        let lease = format!("projection/{key}");
+        let token = store.take_lease(&lease).await?;
+        let snapshot = store.snapshot().await?;
+        let checkpoint = read_checkpoint(&*snapshot, &key).await?;
+        let state_bytes = read_state_bytes(&*snapshot, &key).await?;
         let paused = snapshot
-            .get(PAUSES, &key)?
+            .get(PAUSES, &key)
+            .await?
             .and_then(|bytes| serde_json::from_slice::<Pause>(&bytes).ok());
         let control = if paused.is_some() {
             Control::Pause
@@ -178,6 +186,7 @@ impl ProjectionRunner {
                 error: None,
             }),
             finished: watch::Sender::new(false),
+            fence: Fence { lease, token },
         });
         tracing::info!(
             "projection {} version {version} follows the log from position {}",
@@ -290,7 +299,10 @@ impl ProjectionRunner {
             key: self.key.clone(),
             value: None,
         });
-        self.store.write_data(writes).await?;
+        self.store
+            .write_data(writes, Some(self.fence.clone()))
+            .await
+            .map_err(storage)?;
         tracing::warn!(
             "projection {}: the event at position {position} was skipped by an operator",
             self.name
@@ -308,21 +320,21 @@ impl ProjectionRunner {
     async fn save_pause(&self, pause: Option<&Pause>) -> Result<(), StorageError> {
         let value = pause.map(|p| serde_json::to_vec(p).expect("a pause serializes"));
         self.store
-            .write_data(vec![DataWrite {
-                space: PAUSES.into(),
-                key: self.key.clone(),
-                value,
-            }])
+            .write_data(
+                vec![DataWrite {
+                    space: PAUSES.into(),
+                    key: self.key.clone(),
+                    value,
+                }],
+                Some(self.fence.clone()),
+            )
             .await
+            .map_err(storage)
     }
 
     /// Waits until the projection has processed `position`, at most `timeout`; answers the
     /// position processed.
-    pub async fn wait_for(
-        &self,
-        position: u64,
-        timeout: Duration,
-    ) -> Result<u64, NotCaughtUp> {
+    pub async fn wait_for(&self, position: u64, timeout: Duration) -> Result<u64, NotCaughtUp> {
         let mut processed = self.processed.subscribe();
         let reached = tokio::time::timeout(timeout, processed.wait_for(|p| *p >= position)).await;
         match reached {
@@ -335,10 +347,10 @@ impl ProjectionRunner {
     }
 
     /// A read view of the state, with the position it reflects at least.
-    pub fn reader(&self) -> Result<(StateReader, u64), StorageError> {
+    pub async fn reader(&self) -> Result<(StateReader, u64), StorageError> {
         // Read the position first: every commit up to it is then in the snapshot.
         let position = self.position();
-        let snapshot = self.store.data_snapshot()?;
+        let snapshot = self.store.snapshot().await?;
         let reader = StateReader {
             space: self.space.clone(),
             snapshot,
@@ -430,7 +442,7 @@ impl ProjectionRunner {
                 Err(panic) => {
                     tracing::error!("projection {}: a batch panicked: {panic}", self.name);
                     self.storage_failed(
-                        &StorageError::Engine(panic.to_string()),
+                        &StorageError::Failed(panic.to_string()),
                         &mut attempts,
                         &mut control,
                     )
@@ -445,8 +457,12 @@ impl ProjectionRunner {
                     self.succeeded(step.covered, &mut attempts);
                 }
                 None => {
+                    // Sent now, so that it commits while the next batch is applied.
+                    let (store, fence) = (self.store.clone(), self.fence.clone());
                     committing = Some(Committing {
-                        commit: self.store.write_data(step.writes),
+                        commit: tokio::spawn(async move {
+                            store.write_data(step.writes, Some(fence)).await
+                        }),
                         covered: step.covered,
                         overlay: step.overlay,
                         state_bytes: step.state_bytes,
@@ -454,9 +470,9 @@ impl ProjectionRunner {
                 }
                 Some((position, error)) => {
                     if !step.writes.is_empty() {
-                        if let Err(error) = self.store.write_data(step.writes).await {
-                            self.storage_failed(&error, &mut attempts, &mut control)
-                                .await;
+                        let fence = Some(self.fence.clone());
+                        if let Err(error) = self.store.write_data(step.writes, fence).await {
+                            self.commit_failed(error, &mut attempts, &mut control).await;
                             continue;
                         }
                         self.set_state_bytes(step.state_bytes);
@@ -477,7 +493,10 @@ impl ProjectionRunner {
         attempts: &mut u32,
         control: &mut watch::Receiver<Control>,
     ) -> bool {
-        match batch.commit.await {
+        let committed = batch.commit.await.unwrap_or_else(|panic| {
+            Err(StorageError::Failed(format!("a commit panicked: {panic}")).into())
+        });
+        match committed {
             Ok(()) => {
                 self.set_state_bytes(batch.state_bytes);
                 self.processed.send_replace(batch.covered);
@@ -485,10 +504,31 @@ impl ProjectionRunner {
                 true
             }
             Err(error) => {
-                self.storage_failed(&error, attempts, control).await;
+                self.commit_failed(error, attempts, control).await;
                 false
             }
         }
+    }
+
+    /// A commit of this runner failed: it lost its lease and stops, or it retries.
+    async fn commit_failed(
+        &self,
+        error: CommitError,
+        attempts: &mut u32,
+        control: &mut watch::Receiver<Control>,
+    ) {
+        if let CommitError::Fenced { .. } = error {
+            tracing::error!(
+                "projection {} version {}: {error}; another runner took over, this one stops",
+                self.name,
+                self.version
+            );
+            self.status().error = Some(error.to_string());
+            self.control.send_replace(Control::Stop);
+            return;
+        }
+        self.storage_failed(&storage(error), attempts, control)
+            .await;
     }
 
     fn succeeded(&self, covered: u64, attempts: &mut u32) {
@@ -612,7 +652,7 @@ impl Drop for ProjectionRunner {
 /// its state lives in (a version's own, or a replay's scratch space).
 pub struct Source<'a> {
     pub plugin: &'a ProjectionPlugin,
-    pub store: &'a dyn EventStore,
+    pub store: &'a dyn Store,
     pub filter: &'a LogFilter,
     pub space: &'a Arc<str>,
 }
@@ -629,7 +669,7 @@ impl Source<'_> {
         prior: Option<Arc<Overlay>>,
         budget: Option<StateBudget>,
     ) -> Result<Step, StorageError> {
-        let page = self.store.read_log(from, BATCH_EVENTS, self.filter)?;
+        let page = wait(self.store.read_log(from, BATCH_EVENTS, self.filter))?;
         let mut covered = match page.next {
             Some(next) => next - 1,
             None => page.head.max(from - 1),
@@ -669,7 +709,7 @@ impl Source<'_> {
             .collect::<Result<Vec<_>, _>>()?;
         let events: Vec<LogEvent<'_>> = views.iter().map(log_event).collect();
         let state = Arc::new(
-            BatchState::writable(self.space.clone(), self.store.data_snapshot()?, prior)
+            BatchState::writable(self.space.clone(), wait(self.store.snapshot())?, prior)
                 .with_budget(budget),
         );
         let (covered, failure) = match self.apply(&events, &state) {
@@ -730,45 +770,54 @@ pub struct StateReader {
 
 impl StateReader {
     /// The JSON value stored under `key`.
-    pub fn get(&self, key: &str) -> Result<Option<Vec<u8>>, StorageError> {
-        self.snapshot.get(&self.space, key)
+    pub async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, StorageError> {
+        self.snapshot.get(&self.space, key).await
     }
 
     /// Entries whose keys start with `prefix`, after `after`, at most `limit`. The caller
     /// bounds `limit`: a listing asks for one more than its page to learn whether a next page
     /// exists, so a cap here (such as a plugin's scan cap) would hide every page after the first.
-    pub fn scan(
+    pub async fn scan(
         &self,
         prefix: &str,
         after: Option<&str>,
         limit: usize,
     ) -> Result<Vec<(String, Vec<u8>)>, StorageError> {
-        self.snapshot.scan(&self.space, prefix, after, limit)
+        self.snapshot.scan(&self.space, prefix, after, limit).await
     }
 }
 
 /// Deletes the state of version `version` of projection `name`, with its checkpoint and
 /// pause; answers how many state entries there were. Its runner must be stopped.
 pub async fn delete_state(
-    store: &dyn EventStore,
+    store: &dyn Store,
     name: &str,
     version: &str,
 ) -> Result<u64, StorageError> {
     let key = format!("{name}/{version}");
-    let entries = tokio::task::block_in_place(|| store.delete_data(&state_space(&key)))?;
+    let entries = store.delete_data(&state_space(&key)).await?;
     let forget = |space: &str| DataWrite {
         space: space.into(),
         key: key.clone(),
         value: None,
     };
     store
-        .write_data(vec![
-            forget(CHECKPOINTS),
-            forget(PAUSES),
-            forget(STATE_SIZES),
-        ])
-        .await?;
+        .write_data(
+            vec![forget(CHECKPOINTS), forget(PAUSES), forget(STATE_SIZES)],
+            None,
+        )
+        .await
+        .map_err(storage)?;
     Ok(entries)
+}
+
+/// A runner's commit that failed, as a storage error: what its callers report (a fenced
+/// commit is the runner's concern, not theirs).
+pub fn storage(error: CommitError) -> StorageError {
+    match error {
+        CommitError::Storage(error) => error,
+        other => StorageError::Failed(other.to_string()),
+    }
 }
 
 /// The data space of the state of the projection version `key` (`name/version`).
@@ -796,9 +845,10 @@ pub fn backoff(attempts: u32, max: Duration) -> Duration {
 /// The checkpoint stored under `key`, or 0.
 /// The bytes of keys and values the state of version `key` holds: as recorded with its last
 /// batch, or, for a state kept before sizes were recorded, counted once now.
-fn read_state_bytes(snapshot: &dyn DataSnapshot, key: &str) -> Result<u64, StorageError> {
+async fn read_state_bytes(snapshot: &dyn DataSnapshot, key: &str) -> Result<u64, StorageError> {
     if let Some(bytes) = snapshot
-        .get(STATE_SIZES, key)?
+        .get(STATE_SIZES, key)
+        .await?
         .and_then(|bytes| <[u8; 8]>::try_from(bytes.as_slice()).ok())
     {
         return Ok(u64::from_le_bytes(bytes));
@@ -806,7 +856,7 @@ fn read_state_bytes(snapshot: &dyn DataSnapshot, key: &str) -> Result<u64, Stora
     let space = state_space(key);
     let (mut total, mut after) = (0u64, None::<String>);
     loop {
-        let page = snapshot.scan(&space, "", after.as_deref(), 1000)?;
+        let page = snapshot.scan(&space, "", after.as_deref(), 1000).await?;
         total += page
             .iter()
             .map(|(k, v)| (k.len() + v.len()) as u64)
@@ -818,8 +868,8 @@ fn read_state_bytes(snapshot: &dyn DataSnapshot, key: &str) -> Result<u64, Stora
     }
 }
 
-pub fn read_checkpoint(snapshot: &dyn DataSnapshot, key: &str) -> Result<u64, StorageError> {
-    let stored = snapshot.get(CHECKPOINTS, key)?;
+pub async fn read_checkpoint(snapshot: &dyn DataSnapshot, key: &str) -> Result<u64, StorageError> {
+    let stored = snapshot.get(CHECKPOINTS, key).await?;
     Ok(stored
         .and_then(|bytes| <[u8; 8]>::try_from(bytes.as_slice()).ok())
         .map_or(0, u64::from_le_bytes))

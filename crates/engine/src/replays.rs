@@ -20,6 +20,7 @@ mod handler;
 mod policy;
 mod projection;
 
+use crate::wait::wait;
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -29,7 +30,7 @@ use serde_json::{Value, json};
 
 use crate::plugins::{Plugins, VersionError};
 use evhost_runtime::{PluginCalls, PluginKind};
-use evhost_store::{EventStore, StorageError, now_rfc3339};
+use evhost_store::{StorageError, Store, now_rfc3339};
 
 /// The data spaces of every replay's scratch state start with this.
 const SCRATCH: &str = "replay/";
@@ -70,7 +71,7 @@ pub enum StartError {
 /// The replays of this process.
 pub struct Replays {
     plugins: Arc<Plugins>,
-    store: Arc<dyn EventStore>,
+    store: Arc<dyn Store>,
     runs: Mutex<BTreeMap<String, Arc<Replay>>>,
 }
 
@@ -176,7 +177,9 @@ impl Replay {
 /// What a replay worker gets: the store, its replay, the plugin it runs and what it compares
 /// with.
 struct Job<'a> {
-    store: &'a dyn EventStore,
+    store: &'a dyn Store,
+    /// The same store, for the commits a replay sends off while it goes on.
+    shared_store: &'a Arc<dyn Store>,
     replay: &'a Replay,
     differences: usize,
 }
@@ -196,11 +199,8 @@ impl From<StorageError> for Stop {
 impl Replays {
     /// The replays of a host whose store may hold the scratch state of replays a crash cut off:
     /// it is deleted now. Blocks on I/O.
-    pub fn new(
-        plugins: Arc<Plugins>,
-        store: Arc<dyn EventStore>,
-    ) -> Result<Self, StorageError> {
-        let left = store.delete_data(SCRATCH)?;
+    pub async fn new(plugins: Arc<Plugins>, store: Arc<dyn Store>) -> Result<Self, StorageError> {
+        let left = store.delete_data(SCRATCH).await?;
         if left > 0 {
             tracing::info!("deleted {left} entries of scratch state left by replays");
         }
@@ -217,7 +217,7 @@ impl Replays {
 
     /// Starts a replay of version `request.version` of plugin `name`. Loading the version blocks
     /// for a while (from the compiled cache, or compiling).
-    pub fn start(
+    pub async fn start(
         &self,
         name: &str,
         request: ReplayRequest,
@@ -235,8 +235,7 @@ impl Replays {
         if self.runs().values().filter(|r| r.is_running()).count() >= MAX_RUNNING {
             return Err(StartError::Busy);
         }
-        let (calls, info) =
-            tokio::task::block_in_place(|| self.plugins.load_for_replay(name, &request.version))?;
+        let (calls, info) = self.plugins.load_for_replay(name, &request.version).await?;
         let id = uuid::Uuid::now_v7().to_string();
         let replay = Arc::new(Replay {
             scratch: format!("{SCRATCH}{id}/"),
@@ -256,13 +255,16 @@ impl Replays {
         });
         // Whatever a projection compares with is taken now, before the replay starts.
         let baseline = match &calls {
-            PluginCalls::Projection(_) => Some(projection::Baseline::take(
-                &self.plugins,
-                self.store.as_ref(),
-                name,
-                request.from,
-                request.to,
-            )?),
+            PluginCalls::Projection(_) => Some(
+                projection::Baseline::take(
+                    &self.plugins,
+                    self.store.as_ref(),
+                    name,
+                    request.from,
+                    request.to,
+                )
+                .await?,
+            ),
             _ => None,
         };
         {
@@ -292,6 +294,7 @@ impl Replays {
         tokio::task::spawn_blocking(move || {
             let job = Job {
                 store: store.as_ref(),
+                shared_store: &store,
                 replay: &worker,
                 differences: request.differences,
             };
@@ -309,7 +312,7 @@ impl Replays {
                 PluginCalls::Policy(plugin) => policy::run(&job, &runtime, &plugin, &info, to),
             };
             // The scratch state goes, however the replay ended.
-            if let Err(error) = store.delete_data(&worker.scratch) {
+            if let Err(error) = wait(store.delete_data(&worker.scratch)) {
                 tracing::error!("replay {}: its scratch state stays: {error}", worker.id);
             }
             let outcome = match ended {

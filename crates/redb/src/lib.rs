@@ -1,45 +1,47 @@
-//! The embedded backend: every event and index in one redb file, written by one writer thread
-//! that commits concurrent appends together (group commit).
+//! The embedded backend: every event, index and plugin datum in one redb file, written by one
+//! writer thread that commits concurrent commits together (group commit).
 //!
-//! Appends travel over a channel to the writer. It takes every request waiting, applies them one
-//! after another in a single write transaction (each one's checks see the writes of those before
-//! it), commits once with an fsync, and only then answers each. A request whose checks fail writes
-//! nothing and fails alone; the others of its group commit. A storage error fails the whole group,
-//! since nothing of that transaction reaches the disk. Readers use redb's snapshots and never wait
-//! for the writer.
+//! Every write travels over a channel to the writer, which owns every write transaction. It
+//! takes every commit waiting, applies them one after another in a single write transaction
+//! (each one's checks, made by the store contract's append rules, see the writes of those before
+//! it), commits once with an fsync, and only then answers each. A commit whose checks fail writes
+//! nothing and fails alone; the others of its group commit. A storage error fails the whole
+//! group, since nothing of that transaction reaches the disk. The catalog's writes, deletions
+//! and leases are the writer's too, each in a transaction of its own. Readers use redb's
+//! snapshots and never wait for the writer; reads that may be long run on tokio's blocking
+//! threads, a snapshot's point reads where they are asked.
 //!
 //! The tables, keys and encodings are described in `docs/storage.md`.
 
 mod rows;
 
-use std::borrow::Cow;
 use std::collections::HashMap;
 use std::ops::Bound;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use async_trait::async_trait;
 use redb::{
     AccessGuard, CursorError, Database, Key, ReadableDatabase, ReadableTable, Table,
     TableDefinition, Value, WriteTransaction,
 };
 use tokio::sync::{oneshot, watch};
 
-use evhost_store::clock::now_rfc3339;
-use evhost_store::event_id::GeneratedId;
-use evhost_store::names::{category_of, validate_event_id, validate_event_type, validate_stream_name};
-use evhost_store::record::{EventView, json_string, render_record};
+use evhost_store::rules::{self, AppendContext, AppendPlan, Decision, IdEntry};
+use evhost_store::{
+    AppendLimits, AppendOutcome, AppendRequest, AppendResult, Catalog, CommandLog, Commit,
+    CommitError, Commits, Committed, DataSnapshot, Direction, EventLog, Lifecycle, LogFilter,
+    LogPage, PAGE_BYTES, PluginData, RecordedEvent, StorageError, StoreStats, StoredCommand,
+    StreamPage, category_of, log_next, now_rfc3339, stream_next, stream_window,
+};
+
 use crate::rows::{
     SECTION_TAIL_MAX, STREAM_TAIL_MAX, SectionRow, StreamRow, decode_chunk, decode_entries,
     encode_chunk, encode_entries,
-};
-use evhost_store::{
-    AppendError, AppendFuture, AppendLimits, AppendOutcome, AppendRecordsFuture, AppendRequest,
-    AppendResult, DataFuture, DataSnapshot, DataWrite, Direction, EventStore, LogFilter, LogPage,
-    RecordedEvent, StorageError, StoreStats, StoredCommand, StreamPage,
 };
 
 /// The log and its position indexes, in one ordered tree so that a commit touches one table root
@@ -77,6 +79,9 @@ const PLUGINS: TableDefinition<&str, &[u8]> = TableDefinition::new("plugins");
 const BLOBS: TableDefinition<&str, &[u8]> = TableDefinition::new("blobs");
 /// The data plugins keep beside the log: (space, key) → value, opaque to the store.
 const DATA: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("data");
+/// Leases by name → the last token handed out (see [`evhost_store::Fence`]). Added after the
+/// first release of the format; opening an older file creates it empty.
+const LEASES: TableDefinition<&str, u64> = TableDefinition::new("leases");
 
 const META_FORMAT: &str = "format_version";
 const META_NEXT_STREAM_ID: &str = "next_stream_id";
@@ -93,7 +98,11 @@ const FORMAT_VERSION: u64 = 1;
 /// The file inside the data directory.
 const DATABASE_FILE: &str = "events.redb";
 
-/// A group stops taking requests past either bound, so one commit stays short.
+/// Reads of at most this many events (or entries) are small enough to make where they are
+/// asked.
+const SMALL_READ: usize = 100;
+
+/// A group stops taking commits past either bound, so one commit stays short.
 const MAX_GROUP_EVENTS: usize = 50_000;
 const MAX_GROUP_BYTES: usize = 64 << 20;
 
@@ -146,9 +155,6 @@ impl Default for StoreOptions {
     }
 }
 
-/// The default of [`StoreOptions::page_bytes`].
-pub const PAGE_BYTES: usize = 8 << 20;
-
 /// Creates `dir` and its missing ancestors; answers the directories it created, outermost first.
 fn create_dirs(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
     let mut missing = Vec::new();
@@ -190,29 +196,46 @@ fn sync_dir(dir: &Path) -> std::io::Result<()> {
 }
 
 fn engine<E: std::fmt::Display>(error: E) -> StorageError {
-    StorageError::Engine(error.to_string())
+    StorageError::Failed(error.to_string())
 }
 
-struct Job {
-    request: AppendRequest,
-    /// Whether the reply carries the records the append wrote.
-    want_records: bool,
-    reply: oneshot::Sender<Reply>,
+/// A commit waiting for the writer.
+struct CommitJob {
+    commit: Commit,
+    reply: oneshot::Sender<Result<Committed, CommitError>>,
 }
 
-/// What the writer answers an append: its outcome, with the records it wrote if they were asked
-/// for (and empty otherwise).
-type Reply = Result<(AppendOutcome, Vec<RecordedEvent>), AppendError>;
+/// A write of the catalog or the plugin data's administration, in a transaction of its own.
+enum Chore {
+    SavePlugin {
+        name: String,
+        record: Vec<u8>,
+        blobs: Vec<(String, Vec<u8>)>,
+    },
+    SaveBlob {
+        key: String,
+        bytes: Vec<u8>,
+    },
+    DeleteBlobs {
+        prefix: String,
+    },
+    DeleteData {
+        space_prefix: String,
+    },
+    TakeLease {
+        lease: String,
+    },
+}
 
-/// A batch of plugin data writes waiting for the writer.
-struct DataJob {
-    writes: Vec<DataWrite>,
-    reply: oneshot::Sender<Result<(), StorageError>>,
+/// A chore waiting for the writer; it answers a count (entries removed, a lease's token) or 0.
+struct ChoreJob {
+    chore: Chore,
+    reply: oneshot::Sender<Result<u64, StorageError>>,
 }
 
 enum WriterMessage {
-    Append(Job),
-    Data(DataJob),
+    Commit(CommitJob),
+    Chore(ChoreJob),
     Close,
     /// Makes the writer fail as a bug would, for tests of what the store does then.
     #[cfg(test)]
@@ -226,22 +249,22 @@ struct Counters {
     commit_nanos: AtomicU64,
 }
 
-/// The redb-backed [`EventStore`].
+/// The redb-backed [`evhost_store::Store`].
 pub struct RedbStore {
-    db: Arc<Database>,
+    reader: Arc<Reader>,
     jobs: mpsc::Sender<WriterMessage>,
     writer: Mutex<Option<JoinHandle<()>>>,
     head: watch::Receiver<u64>,
     counters: Arc<Counters>,
     append_limits: AppendLimits,
-    page_bytes: usize,
 }
 
 impl RedbStore {
-    /// Opens (or creates) the store in `data_dir`.
+    /// Opens (or creates) the store in `data_dir`. Blocks on I/O: call it where blocking is
+    /// allowed (at start, or on a blocking thread).
     pub fn open(data_dir: &Path, options: &StoreOptions) -> Result<Self, StorageError> {
         let created = create_dirs(data_dir).map_err(|e| {
-            StorageError::Engine(format!(
+            StorageError::Failed(format!(
                 "cannot create data directory {}: {e}",
                 data_dir.display()
             ))
@@ -251,10 +274,10 @@ impl RedbStore {
         let db = Database::builder()
             .set_cache_size(options.cache_bytes)
             .create(&path)
-            .map_err(|e| StorageError::Engine(format!("cannot open {}: {e}", path.display())))?;
+            .map_err(|e| StorageError::Failed(format!("cannot open {}: {e}", path.display())))?;
         for dir in dirs_to_sync(data_dir, new_file, &created) {
             sync_dir(&dir).map_err(|e| {
-                StorageError::Engine(format!("cannot sync directory {}: {e}", dir.display()))
+                StorageError::Failed(format!("cannot sync directory {}: {e}", dir.display()))
             })?;
         }
         let db = Arc::new(db);
@@ -274,44 +297,255 @@ impl RedbStore {
             .spawn(move || writer.run(jobs_rx))
             .map_err(engine)?;
         Ok(RedbStore {
-            db,
+            reader: Arc::new(Reader {
+                db: RwLock::new(Some(db)),
+                page_bytes: options.page_bytes.max(1),
+            }),
             jobs: jobs_tx,
             writer: Mutex::new(Some(handle)),
             head: head_rx,
             counters,
             append_limits: options.append_limits,
-            page_bytes: options.page_bytes.max(1),
         })
     }
 
-    /// Hands an append to the writer; the future resolves once its group is durable. An append
-    /// past the limits is refused here, on the caller's thread, before the writer sees it.
-    fn send_append(&self, request: AppendRequest, want_records: bool) -> AppendRecordsFuture {
-        if let Err(error) = self.append_limits.check(&request.events) {
-            return Box::pin(async move { Err(error) });
+    /// Runs a read: a large one on a blocking thread, so that no async worker waits on the
+    /// disk for long; a small one (a point lookup, a page of at most [`SMALL_READ`] events)
+    /// where it is asked, since it takes less than handing it to another thread costs.
+    async fn read<T: Send + 'static>(
+        &self,
+        small: bool,
+        read: impl FnOnce(&Reader) -> Result<T, StorageError> + Send + 'static,
+    ) -> Result<T, StorageError> {
+        if small {
+            return read(&self.reader);
+        }
+        let reader = self.reader.clone();
+        tokio::task::spawn_blocking(move || read(&reader))
+            .await
+            .map_err(|e| StorageError::Failed(format!("a read failed: {e}")))?
+    }
+
+    /// Hands a chore to the writer and waits for its answer.
+    async fn chore(&self, chore: Chore) -> Result<u64, StorageError> {
+        let (reply, answer) = oneshot::channel();
+        self.jobs
+            .send(WriterMessage::Chore(ChoreJob { chore, reply }))
+            .map_err(|_| StorageError::Closed)?;
+        // A dropped reply means the writer stopped before answering.
+        answer.await.unwrap_or(Err(StorageError::Closed))
+    }
+
+    /// Stops the writer, waits for it, and lets go of the database; blocks.
+    fn stop_writer(&self) {
+        let _ = self.jobs.send(WriterMessage::Close);
+        let handle = self.writer.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(handle) = handle {
+            let _ = handle.join();
+        }
+        self.reader.release();
+    }
+}
+
+#[async_trait]
+impl Commits for RedbStore {
+    /// Refuses a commit past the limits here, on the caller's task, before the writer sees it.
+    async fn commit(&self, commit: Commit) -> Result<Committed, CommitError> {
+        if let Some(request) = &commit.append {
+            self.append_limits.check(&request.events)?;
         }
         let (reply, answer) = oneshot::channel();
-        let sent = self.jobs.send(WriterMessage::Append(Job {
-            request,
-            want_records,
-            reply,
-        }));
-        Box::pin(async move {
-            if sent.is_err() {
-                return Err(StorageError::Closed.into());
-            }
-            // A dropped reply means the writer stopped before answering: nothing was acknowledged.
-            answer.await.unwrap_or(Err(StorageError::Closed.into()))
+        self.jobs
+            .send(WriterMessage::Commit(CommitJob { commit, reply }))
+            .map_err(|_| StorageError::Closed)?;
+        // A dropped reply means the writer stopped before answering: nothing was acknowledged.
+        answer.await.unwrap_or(Err(StorageError::Closed.into()))
+    }
+}
+
+#[async_trait]
+impl EventLog for RedbStore {
+    async fn read_stream(
+        &self,
+        stream: &str,
+        from: Option<u64>,
+        limit: usize,
+        direction: Direction,
+    ) -> Result<Option<StreamPage>, StorageError> {
+        let stream = stream.to_owned();
+        self.read(limit <= SMALL_READ, move |reader| {
+            reader.read_stream(&stream, from, limit, direction)
         })
+        .await
+    }
+
+    async fn read_log(
+        &self,
+        from: u64,
+        limit: usize,
+        filter: &LogFilter,
+    ) -> Result<LogPage, StorageError> {
+        let filter = filter.clone();
+        self.read(limit <= SMALL_READ, move |reader| {
+            reader.read_log(from, limit, &filter)
+        })
+        .await
+    }
+
+    fn head(&self) -> u64 {
+        *self.head.borrow()
+    }
+
+    fn watch_head(&self) -> watch::Receiver<u64> {
+        self.head.clone()
+    }
+}
+
+#[async_trait]
+impl CommandLog for RedbStore {
+    async fn read_command(&self, id: &str) -> Result<Option<StoredCommand>, StorageError> {
+        let id = id.to_owned();
+        self.read(true, move |reader| reader.read_command(&id))
+            .await
+    }
+
+    async fn scan_commands(
+        &self,
+        prefix: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<(String, StoredCommand)>, StorageError> {
+        let (prefix, after) = (prefix.to_owned(), after.map(str::to_owned));
+        self.read(limit <= SMALL_READ, move |reader| {
+            reader.scan_commands(&prefix, after.as_deref(), limit)
+        })
+        .await
+    }
+
+    async fn command_tallies(&self, prefix: &str) -> Result<Vec<(String, u64)>, StorageError> {
+        let prefix = prefix.to_owned();
+        self.read(false, move |reader| reader.command_tallies(&prefix))
+            .await
+    }
+}
+
+#[async_trait]
+impl Catalog for RedbStore {
+    async fn plugin_records(&self) -> Result<Vec<(String, Vec<u8>)>, StorageError> {
+        self.read(false, Reader::plugin_records).await
+    }
+
+    async fn save_plugin(
+        &self,
+        name: &str,
+        record: Vec<u8>,
+        blobs: Vec<(String, Vec<u8>)>,
+    ) -> Result<(), StorageError> {
+        let name = name.to_owned();
+        self.chore(Chore::SavePlugin {
+            name,
+            record,
+            blobs,
+        })
+        .await
+        .map(drop)
+    }
+
+    async fn blob(&self, key: &str) -> Result<Option<Vec<u8>>, StorageError> {
+        let key = key.to_owned();
+        self.read(false, move |reader| reader.blob(&key)).await
+    }
+
+    async fn save_blob(&self, key: &str, bytes: Vec<u8>) -> Result<(), StorageError> {
+        let key = key.to_owned();
+        self.chore(Chore::SaveBlob { key, bytes }).await.map(drop)
+    }
+
+    async fn delete_blobs(&self, prefix: &str) -> Result<u64, StorageError> {
+        let prefix = prefix.to_owned();
+        self.chore(Chore::DeleteBlobs { prefix }).await
+    }
+}
+
+#[async_trait]
+impl PluginData for RedbStore {
+    /// Taken where it is asked: beginning a read transaction does not touch the disk.
+    async fn snapshot(&self) -> Result<Box<dyn DataSnapshot>, StorageError> {
+        let txn = self.reader.db()?.begin_read().map_err(engine)?;
+        let table = txn.open_table(DATA).map_err(engine)?;
+        Ok(Box::new(RedbDataSnapshot { table }))
+    }
+
+    async fn delete_data(&self, space_prefix: &str) -> Result<u64, StorageError> {
+        let space_prefix = space_prefix.to_owned();
+        self.chore(Chore::DeleteData { space_prefix }).await
+    }
+
+    async fn take_lease(&self, lease: &str) -> Result<u64, StorageError> {
+        let lease = lease.to_owned();
+        self.chore(Chore::TakeLease { lease }).await
+    }
+}
+
+#[async_trait]
+impl Lifecycle for RedbStore {
+    fn stats(&self) -> StoreStats {
+        StoreStats {
+            commits: self.counters.commits.load(Ordering::Relaxed),
+            committed_appends: self.counters.committed_appends.load(Ordering::Relaxed),
+            commit_seconds: self.counters.commit_nanos.load(Ordering::Relaxed) as f64 / 1e9,
+        }
+    }
+
+    fn accepts_writes(&self) -> bool {
+        let writer = self.writer.lock().unwrap_or_else(|p| p.into_inner());
+        writer.as_ref().is_some_and(|handle| !handle.is_finished())
+    }
+
+    /// Waits, on a blocking thread, for the writer to finish the commits in flight.
+    async fn close(&self) {
+        let _ = self.jobs.send(WriterMessage::Close);
+        let handle = self.writer.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(handle) = handle {
+            let _ = tokio::task::spawn_blocking(move || handle.join()).await;
+        }
+        self.reader.release();
+    }
+}
+
+impl Drop for RedbStore {
+    fn drop(&mut self) {
+        self.stop_writer();
+    }
+}
+
+/// The reads of the store, each in a read transaction of its own; they block on I/O.
+struct Reader {
+    /// The database, until the store is closed: closing lets go of the file, so that it can be
+    /// opened again (snapshots still alive keep it open until they are dropped).
+    db: RwLock<Option<Arc<Database>>>,
+    /// A page of events ends once its records hold this many bytes.
+    page_bytes: usize,
+}
+
+impl Reader {
+    fn db(&self) -> Result<Arc<Database>, StorageError> {
+        let db = self.db.read().unwrap_or_else(|p| p.into_inner());
+        db.clone().ok_or(StorageError::Closed)
+    }
+
+    fn release(&self) {
+        self.db.write().unwrap_or_else(|p| p.into_inner()).take();
     }
 
     /// The records at `positions`, in the order given, up to the first that brings the records
-    /// read to `max_bytes`. Runs of consecutive ascending positions, which a filter that matches
-    /// most of the log yields, are read with one range scan each rather than one lookup per event.
+    /// read to the page's byte bound. Runs of consecutive ascending positions, which a filter
+    /// that matches most of the log yields, are read with one range scan each rather than one
+    /// lookup per event.
     fn read_events(
+        &self,
         log: &impl ReadableTable<(u64, u64), &'static [u8]>,
         positions: impl IntoIterator<Item = u64>,
-        max_bytes: usize,
     ) -> Result<Vec<RecordedEvent>, StorageError> {
         let missing = |position| StorageError::Corrupt {
             position,
@@ -337,7 +571,7 @@ impl RedbStore {
                     position: key.value().1,
                     json: record.value().to_vec(),
                 });
-                if bytes >= max_bytes {
+                if bytes >= self.page_bytes {
                     return Ok(events);
                 }
             }
@@ -347,17 +581,6 @@ impl RedbStore {
         }
         Ok(events)
     }
-}
-
-impl EventStore for RedbStore {
-    fn append(&self, request: AppendRequest) -> AppendFuture {
-        let answer = self.send_append(request, false);
-        Box::pin(async move { answer.await.map(|(outcome, _)| outcome) })
-    }
-
-    fn append_returning_records(&self, request: AppendRequest) -> AppendRecordsFuture {
-        self.send_append(request, true)
-    }
 
     fn read_stream(
         &self,
@@ -366,25 +589,14 @@ impl EventStore for RedbStore {
         limit: usize,
         direction: Direction,
     ) -> Result<Option<StreamPage>, StorageError> {
-        let txn = self.db.begin_read().map_err(engine)?;
+        let txn = self.db()?.begin_read().map_err(engine)?;
         let rows = txn.open_table(ROWS).map_err(engine)?;
         let Some(row) = rows.get(stream).map_err(engine)? else {
             return Ok(None);
         };
         let row = StreamRow::decode(row.value())?;
         let version = row.version;
-        let limit = limit.max(1) as u64;
-        // The window of versions this page covers, lowest first.
-        let window = match direction {
-            Direction::Forward => {
-                let start = from.unwrap_or(1).max(1);
-                (start, version.min(start.saturating_add(limit - 1)))
-            }
-            Direction::Backward => {
-                let start = from.unwrap_or(version).min(version);
-                (start.saturating_sub(limit - 1).max(1), start)
-            }
-        };
+        let window = stream_window(version, from, limit, direction);
         let log = txn.open_table(LOG).map_err(engine)?;
         let mut positions = if window.0 <= window.1 {
             stream_positions(&log, &row, window.0, window.1)?
@@ -397,16 +609,8 @@ impl EventStore for RedbStore {
         let wanted = positions.len() as u64;
         // Backward, the positions are in descending order already: the byte bound falls on the
         // newest events, which is where a backward page starts.
-        let events = Self::read_events(&log, positions, self.page_bytes)?;
-        // Versions are contiguous in the window, so the page's length says where it stopped.
-        let read = events.len() as u64;
-        let next = match direction {
-            Direction::Forward if read > 0 && read < wanted => Some(window.0 + read),
-            Direction::Forward if read > 0 && window.1 < version => Some(window.1 + 1),
-            Direction::Backward if read > 0 && read < wanted => Some(window.1 - read),
-            Direction::Backward if read > 0 && window.0 > 1 => Some(window.0 - 1),
-            _ => None,
-        };
+        let events = self.read_events(&log, positions)?;
+        let next = stream_next(direction, window, version, events.len() as u64, wanted);
         Ok(Some(StreamPage {
             version,
             events,
@@ -420,7 +624,7 @@ impl EventStore for RedbStore {
         limit: usize,
         filter: &LogFilter,
     ) -> Result<LogPage, StorageError> {
-        let txn = self.db.begin_read().map_err(engine)?;
+        let txn = self.db()?.begin_read().map_err(engine)?;
         let log = txn.open_table(LOG).map_err(engine)?;
         let head = last_position(&log)?;
         let from = from.max(1);
@@ -431,25 +635,13 @@ impl EventStore for RedbStore {
             filtered_positions(&txn, &log, from, limit, filter)?
         };
         let wanted = positions.len();
-        let events = Self::read_events(&log, positions, self.page_bytes)?;
-        // A page ends at `limit` events or where the byte bound cut it; more may follow either way.
-        let next = match events.last() {
-            Some(last)
-                if last.position < head && (events.len() == limit || events.len() < wanted) =>
-            {
-                Some(last.position + 1)
-            }
-            _ => None,
-        };
+        let events = self.read_events(&log, positions)?;
+        let next = log_next(&events, wanted, limit, head);
         Ok(LogPage { events, next, head })
     }
 
-    fn head(&self) -> u64 {
-        *self.head.borrow()
-    }
-
     fn read_command(&self, id: &str) -> Result<Option<StoredCommand>, StorageError> {
-        let txn = self.db.begin_read().map_err(engine)?;
+        let txn = self.db()?.begin_read().map_err(engine)?;
         let commands = txn.open_table(COMMANDS).map_err(engine)?;
         let stored = commands.get(id).map_err(engine)?;
         Ok(stored.map(|entry| {
@@ -468,7 +660,7 @@ impl EventStore for RedbStore {
         after: Option<&str>,
         limit: usize,
     ) -> Result<Vec<(String, StoredCommand)>, StorageError> {
-        let txn = self.db.begin_read().map_err(engine)?;
+        let txn = self.db()?.begin_read().map_err(engine)?;
         let commands = txn.open_table(COMMANDS).map_err(engine)?;
         let start = match after {
             Some(after) if after >= prefix => Bound::Excluded(after),
@@ -495,7 +687,7 @@ impl EventStore for RedbStore {
     }
 
     fn command_tallies(&self, prefix: &str) -> Result<Vec<(String, u64)>, StorageError> {
-        let txn = self.db.begin_read().map_err(engine)?;
+        let txn = self.db()?.begin_read().map_err(engine)?;
         let meta = txn.open_table(META).map_err(engine)?;
         let start = format!("{META_TALLY}{prefix}");
         let mut tallies = Vec::new();
@@ -512,7 +704,7 @@ impl EventStore for RedbStore {
     }
 
     fn plugin_records(&self) -> Result<Vec<(String, Vec<u8>)>, StorageError> {
-        let txn = self.db.begin_read().map_err(engine)?;
+        let txn = self.db()?.begin_read().map_err(engine)?;
         let plugins = txn.open_table(PLUGINS).map_err(engine)?;
         plugins
             .iter()
@@ -524,142 +716,28 @@ impl EventStore for RedbStore {
             .collect()
     }
 
-    fn save_plugin(
-        &self,
-        name: &str,
-        record: &[u8],
-        blobs: &[(&str, &[u8])],
-    ) -> Result<(), StorageError> {
-        let txn = self.db.begin_write().map_err(engine)?;
-        {
-            let mut plugins = txn.open_table(PLUGINS).map_err(engine)?;
-            plugins.insert(name, record).map_err(engine)?;
-            let mut stored = txn.open_table(BLOBS).map_err(engine)?;
-            for (key, bytes) in blobs {
-                stored.insert(*key, *bytes).map_err(engine)?;
-            }
-        }
-        txn.commit().map_err(engine)
-    }
-
     fn blob(&self, key: &str) -> Result<Option<Vec<u8>>, StorageError> {
-        let txn = self.db.begin_read().map_err(engine)?;
+        let txn = self.db()?.begin_read().map_err(engine)?;
         let blobs = txn.open_table(BLOBS).map_err(engine)?;
         let blob = blobs.get(key).map_err(engine)?;
         Ok(blob.map(|bytes| bytes.value().to_vec()))
     }
-
-    fn save_blob(&self, key: &str, bytes: &[u8]) -> Result<(), StorageError> {
-        let txn = self.db.begin_write().map_err(engine)?;
-        txn.open_table(BLOBS)
-            .map_err(engine)?
-            .insert(key, bytes)
-            .map_err(engine)?;
-        txn.commit().map_err(engine)
-    }
-
-    fn write_data(&self, writes: Vec<DataWrite>) -> DataFuture {
-        let (reply, answer) = oneshot::channel();
-        let sent = self
-            .jobs
-            .send(WriterMessage::Data(DataJob { writes, reply }));
-        Box::pin(async move {
-            if sent.is_err() {
-                return Err(StorageError::Closed);
-            }
-            answer.await.unwrap_or(Err(StorageError::Closed))
-        })
-    }
-
-    fn delete_blobs(&self, prefix: &str) -> Result<u64, StorageError> {
-        let end = format!("{prefix}\u{10FFFF}");
-        let txn = self.db.begin_write().map_err(engine)?;
-        let mut removed = 0;
-        {
-            let mut blobs = txn.open_table(BLOBS).map_err(engine)?;
-            for entry in blobs
-                .extract_from_if::<&str, _>(prefix..end.as_str(), |_, _| true)
-                .map_err(engine)?
-            {
-                entry.map_err(engine)?;
-                removed += 1;
-            }
-        }
-        txn.commit().map_err(engine)?;
-        Ok(removed)
-    }
-
-    fn delete_data(&self, space_prefix: &str) -> Result<u64, StorageError> {
-        // Spaces sort by name, so the spaces under a prefix are one range of the table; no
-        // space name holds the last code point, so the range ends past every one of them.
-        let end = format!("{space_prefix}\u{10FFFF}");
-        let txn = self.db.begin_write().map_err(engine)?;
-        let mut removed = 0;
-        {
-            let mut data = txn.open_table(DATA).map_err(engine)?;
-            let range = (space_prefix, "")..(end.as_str(), "");
-            for entry in data
-                .extract_from_if::<(&str, &str), _>(range, |_, _| true)
-                .map_err(engine)?
-            {
-                entry.map_err(engine)?;
-                removed += 1;
-            }
-        }
-        txn.commit().map_err(engine)?;
-        Ok(removed)
-    }
-
-    fn data_snapshot(&self) -> Result<Box<dyn DataSnapshot>, StorageError> {
-        let txn = self.db.begin_read().map_err(engine)?;
-        let table = txn.open_table(DATA).map_err(engine)?;
-        Ok(Box::new(RedbDataSnapshot { table }))
-    }
-
-    fn watch_head(&self) -> watch::Receiver<u64> {
-        self.head.clone()
-    }
-
-    fn stats(&self) -> StoreStats {
-        StoreStats {
-            commits: self.counters.commits.load(Ordering::Relaxed),
-            committed_appends: self.counters.committed_appends.load(Ordering::Relaxed),
-            commit_seconds: self.counters.commit_nanos.load(Ordering::Relaxed) as f64 / 1e9,
-        }
-    }
-
-    fn accepts_writes(&self) -> bool {
-        let writer = self.writer.lock().unwrap_or_else(|p| p.into_inner());
-        writer.as_ref().is_some_and(|handle| !handle.is_finished())
-    }
-
-    fn close(&self) {
-        let _ = self.jobs.send(WriterMessage::Close);
-        let handle = self.writer.lock().unwrap_or_else(|p| p.into_inner()).take();
-        if let Some(handle) = handle {
-            let _ = handle.join();
-        }
-    }
 }
 
-impl Drop for RedbStore {
-    fn drop(&mut self) {
-        self.close();
-    }
-}
-
-/// Plugin data as of one read transaction.
+/// Plugin data as of one read transaction. Its reads are point lookups and short scans, made
+/// where they are asked (a plugin's state reads, from the threads that run plugins).
 struct RedbDataSnapshot {
     table: redb::ReadOnlyTable<(&'static str, &'static str), &'static [u8]>,
 }
 
+#[async_trait]
 impl DataSnapshot for RedbDataSnapshot {
-    fn get(&self, space: &str, key: &str) -> Result<Option<Vec<u8>>, StorageError> {
+    async fn get(&self, space: &str, key: &str) -> Result<Option<Vec<u8>>, StorageError> {
         let value = self.table.get((space, key)).map_err(engine)?;
         Ok(value.map(|v| v.value().to_vec()))
     }
 
-    fn scan(
+    async fn scan(
         &self,
         space: &str,
         prefix: &str,
@@ -840,7 +918,7 @@ fn stream_positions(
         positions.push(row.tail[(version - chunked - 1) as usize]);
     }
     if positions.len() as u64 != high - low + 1 {
-        return Err(StorageError::Engine(format!(
+        return Err(StorageError::Failed(format!(
             "stream id {} should hold versions {low}..={high} but {} positions were found",
             row.id,
             positions.len()
@@ -901,7 +979,7 @@ impl WriterState {
                 }
                 Some(FORMAT_VERSION) => {}
                 Some(other) => {
-                    return Err(StorageError::Engine(format!(
+                    return Err(StorageError::Failed(format!(
                         "the data file has format version {other}; this build reads version {FORMAT_VERSION}"
                     )));
                 }
@@ -931,6 +1009,7 @@ impl WriterState {
             txn.open_table(PLUGINS).map_err(engine)?;
             txn.open_table(BLOBS).map_err(engine)?;
             txn.open_table(DATA).map_err(engine)?;
+            txn.open_table(LEASES).map_err(engine)?;
             WriterState {
                 id_tag,
                 head,
@@ -951,6 +1030,8 @@ struct WriteTables<'txn> {
     event_ids: Table<'txn, &'static str, (u64, u64, u32)>,
     meta: Table<'txn, &'static str, u64>,
     commands: Table<'txn, &'static str, (u64, u64, &'static [u8])>,
+    data: Table<'txn, (&'static str, &'static str), &'static [u8]>,
+    leases: Table<'txn, &'static str, u64>,
 }
 
 impl<'txn> WriteTables<'txn> {
@@ -961,6 +1042,8 @@ impl<'txn> WriteTables<'txn> {
             event_ids: txn.open_table(EVENT_IDS).map_err(engine)?,
             meta: txn.open_table(META).map_err(engine)?,
             commands: txn.open_table(COMMANDS).map_err(engine)?,
+            data: txn.open_table(DATA).map_err(engine)?,
+            leases: txn.open_table(LEASES).map_err(engine)?,
         })
     }
 }
@@ -975,44 +1058,54 @@ struct Writer {
     counters: Arc<Counters>,
 }
 
+/// What a commit's share of a group weighs, against the group's bounds: (entries, bytes).
+fn weight(commit: &Commit) -> (usize, usize) {
+    let events = commit.append.as_ref().map_or(&[][..], |a| &a.events[..]);
+    let bytes = events
+        .iter()
+        .map(|e| e.data.len() + e.metadata.len())
+        .chain(
+            commit
+                .data
+                .iter()
+                .map(|w| w.key.len() + w.value.as_ref().map_or(0, Vec::len)),
+        )
+        .sum();
+    (events.len() + commit.data.len(), bytes)
+}
+
 impl Writer {
     fn run(&mut self, jobs: mpsc::Receiver<WriterMessage>) {
         let mut closing = false;
         // How many appends the last group carried: the writers that are likely to be back soon.
-        let mut last_group = 0;
+        let mut last_appends = 0;
         while !closing {
             let Ok(first) = jobs.recv() else { return };
             let gather_until = Instant::now() + self.group_wait;
             let mut group = Vec::new();
-            let mut data = Vec::new();
-            let (mut events, mut bytes) = (0usize, 0usize);
+            let mut appends = 0;
+            let mut chore = None;
+            let (mut entries, mut bytes) = (0usize, 0usize);
             let mut message = Some(first);
             while let Some(next) = message.take() {
                 match next {
                     WriterMessage::Close => closing = true,
                     #[cfg(test)]
                     WriterMessage::Fail => panic!("the writer failed on purpose"),
-                    WriterMessage::Append(job) => {
-                        events += job.request.events.len();
-                        bytes += job
-                            .request
-                            .events
-                            .iter()
-                            .map(|e| e.data.len() + e.metadata.len())
-                            .sum::<usize>();
+                    WriterMessage::Commit(job) => {
+                        let (e, b) = weight(&job.commit);
+                        (entries, bytes) = (entries + e, bytes + b);
+                        appends += usize::from(job.commit.append.is_some());
                         group.push(job);
                     }
-                    WriterMessage::Data(job) => {
-                        events += job.writes.len();
-                        bytes += job
-                            .writes
-                            .iter()
-                            .map(|w| w.key.len() + w.value.as_ref().map_or(0, Vec::len))
-                            .sum::<usize>();
-                        data.push(job);
-                    }
+                    // A chore runs after the group gathered before it, in order.
+                    WriterMessage::Chore(job) => chore = Some(job),
                 }
-                if closing || events >= MAX_GROUP_EVENTS || bytes >= MAX_GROUP_BYTES {
+                if closing
+                    || chore.is_some()
+                    || entries >= MAX_GROUP_EVENTS
+                    || bytes >= MAX_GROUP_BYTES
+                {
                     break;
                 }
                 message = match jobs.try_recv() {
@@ -1020,7 +1113,7 @@ impl Writer {
                     // The writers answered by the last commit are still sending their next
                     // appends: waiting a moment for them makes this group as large as the last,
                     // which costs one short wait instead of a whole extra commit.
-                    Err(mpsc::TryRecvError::Empty) if group.len() < last_group => {
+                    Err(mpsc::TryRecvError::Empty) if appends < last_appends => {
                         let left = gather_until.saturating_duration_since(Instant::now());
                         if left.is_zero() {
                             None
@@ -1031,18 +1124,21 @@ impl Writer {
                     Err(_) => None,
                 };
             }
-            last_group = group.len();
-            if !group.is_empty() || !data.is_empty() {
-                self.commit_group(group, data);
+            last_appends = appends;
+            if !group.is_empty() {
+                self.commit_group(group);
+            }
+            if let Some(job) = chore {
+                let _ = job.reply.send(self.run_chore(job.chore));
             }
         }
         // Requests that raced with the close are refused rather than left waiting.
         while let Ok(message) = jobs.try_recv() {
             match message {
-                WriterMessage::Append(job) => {
+                WriterMessage::Commit(job) => {
                     let _ = job.reply.send(Err(StorageError::Closed.into()));
                 }
-                WriterMessage::Data(job) => {
+                WriterMessage::Chore(job) => {
                     let _ = job.reply.send(Err(StorageError::Closed));
                 }
                 _ => {}
@@ -1050,11 +1146,82 @@ impl Writer {
         }
     }
 
-    fn commit_group(&mut self, group: Vec<Job>, data: Vec<DataJob>) {
+    /// Runs a chore in a transaction of its own.
+    fn run_chore(&mut self, chore: Chore) -> Result<u64, StorageError> {
+        let txn = self.db.begin_write().map_err(engine)?;
+        let answer = match chore {
+            Chore::SavePlugin {
+                name,
+                record,
+                blobs,
+            } => {
+                txn.open_table(PLUGINS)
+                    .map_err(engine)?
+                    .insert(name.as_str(), record.as_slice())
+                    .map_err(engine)?;
+                let mut stored = txn.open_table(BLOBS).map_err(engine)?;
+                for (key, bytes) in &blobs {
+                    stored
+                        .insert(key.as_str(), bytes.as_slice())
+                        .map_err(engine)?;
+                }
+                0
+            }
+            Chore::SaveBlob { key, bytes } => {
+                txn.open_table(BLOBS)
+                    .map_err(engine)?
+                    .insert(key.as_str(), bytes.as_slice())
+                    .map_err(engine)?;
+                0
+            }
+            Chore::DeleteBlobs { prefix } => {
+                let end = format!("{prefix}\u{10FFFF}");
+                let mut blobs = txn.open_table(BLOBS).map_err(engine)?;
+                let mut removed = 0;
+                for entry in blobs
+                    .extract_from_if::<&str, _>(prefix.as_str()..end.as_str(), |_, _| true)
+                    .map_err(engine)?
+                {
+                    entry.map_err(engine)?;
+                    removed += 1;
+                }
+                removed
+            }
+            Chore::DeleteData { space_prefix } => {
+                // Spaces sort by name, so the spaces under a prefix are one range of the table;
+                // no space name holds the last code point, so the range ends past every one.
+                let end = format!("{space_prefix}\u{10FFFF}");
+                let mut data = txn.open_table(DATA).map_err(engine)?;
+                let range = (space_prefix.as_str(), "")..(end.as_str(), "");
+                let mut removed = 0;
+                for entry in data
+                    .extract_from_if::<(&str, &str), _>(range, |_, _| true)
+                    .map_err(engine)?
+                {
+                    entry.map_err(engine)?;
+                    removed += 1;
+                }
+                removed
+            }
+            Chore::TakeLease { lease } => {
+                let mut leases = txn.open_table(LEASES).map_err(engine)?;
+                let token = leases
+                    .get(lease.as_str())
+                    .map_err(engine)?
+                    .map_or(0, |t| t.value())
+                    + 1;
+                leases.insert(lease.as_str(), token).map_err(engine)?;
+                token
+            }
+        };
+        txn.commit().map_err(engine)?;
+        Ok(answer)
+    }
+
+    fn commit_group(&mut self, group: Vec<CommitJob>) {
         let started = Instant::now();
         let counters_before = self.state.counters();
-        let outcome = self.write_group(&group, &data);
-        match outcome {
+        match self.write_group(&group) {
             Ok(results) => {
                 let elapsed = started.elapsed().as_nanos() as u64;
                 self.counters.commits.fetch_add(1, Ordering::Relaxed);
@@ -1063,7 +1230,15 @@ impl Writer {
                     .fetch_add(elapsed, Ordering::Relaxed);
                 let written = results
                     .iter()
-                    .filter(|r| matches!(r, Ok((AppendOutcome::Written(_), _))))
+                    .filter(|r| {
+                        matches!(
+                            r,
+                            Ok(Committed {
+                                append: Some(AppendOutcome::Written(_)),
+                                ..
+                            })
+                        )
+                    })
                     .count();
                 self.counters
                     .committed_appends
@@ -1072,13 +1247,10 @@ impl Writer {
                 for (job, result) in group.into_iter().zip(results) {
                     let _ = job.reply.send(result);
                 }
-                for job in data {
-                    let _ = job.reply.send(Ok(()));
-                }
             }
             Err(error) => {
                 tracing::error!(
-                    "append group of {} requests failed, nothing written: {error}",
+                    "commit group of {} commits failed, nothing written: {error}",
                     group.len()
                 );
                 // The ids the failed transaction assigned were never stored: hand them out again.
@@ -1086,17 +1258,18 @@ impl Writer {
                 for job in group {
                     let _ = job
                         .reply
-                        .send(Err(StorageError::Engine(error.to_string()).into()));
-                }
-                for job in data {
-                    let _ = job.reply.send(Err(StorageError::Engine(error.to_string())));
+                        .send(Err(StorageError::Failed(error.to_string()).into()));
                 }
             }
         }
     }
 
-    /// Applies every request of the group in one transaction and commits it durably.
-    fn write_group(&mut self, group: &[Job], data: &[DataJob]) -> Result<Vec<Reply>, StorageError> {
+    /// Applies every commit of the group in one transaction and commits it durably. The outer
+    /// error dooms the group; an inner one refuses its commit alone, which then wrote nothing.
+    fn write_group(
+        &mut self,
+        group: &[CommitJob],
+    ) -> Result<Vec<Result<Committed, CommitError>>, StorageError> {
         let txn = self.db.begin_write().map_err(engine)?;
         let recorded_at = now_rfc3339();
         let mut results = Vec::with_capacity(group.len());
@@ -1105,14 +1278,7 @@ impl Writer {
             let ids_before = self.state.counters()[1..].to_vec();
             let mut writes = GroupWrites::new(self.state.head + 1);
             for job in group {
-                let outcome = self.apply(&mut tables, &mut writes, &job.request, &recorded_at)?;
-                let records = match &outcome {
-                    Ok(AppendOutcome::Written(result)) if job.want_records => {
-                        writes.records_of(result)
-                    }
-                    _ => Vec::new(),
-                };
-                results.push(outcome.map(|outcome| (outcome, records)));
+                results.push(self.apply(&mut tables, &mut writes, &job.commit, &recorded_at)?);
             }
             writes.write(&mut tables)?;
             if self.state.counters()[1..] != ids_before[..] {
@@ -1129,20 +1295,68 @@ impl Writer {
                     .insert(META_NEXT_TYPE_ID, self.state.next_type_id)
                     .map_err(engine)?;
             }
-            if !data.is_empty() {
-                let mut table = txn.open_table(DATA).map_err(engine)?;
-                for write in data.iter().flat_map(|job| &job.writes) {
-                    let key = (&*write.space, write.key.as_str());
-                    match &write.value {
-                        Some(value) => table.insert(key, value.as_slice()).map(drop),
-                        None => table.remove(key).map(drop),
-                    }
-                    .map_err(engine)?;
-                }
-            }
         }
         txn.commit().map_err(engine)?;
         Ok(results)
+    }
+
+    /// Checks one commit against the state the group has written so far and writes it if it
+    /// passes: its fence, then its append (by the contract's rules), then its data.
+    fn apply(
+        &mut self,
+        tables: &mut WriteTables<'_>,
+        writes: &mut GroupWrites,
+        commit: &Commit,
+        recorded_at: &str,
+    ) -> Result<Result<Committed, CommitError>, StorageError> {
+        if let Some(fence) = &commit.fence {
+            let current = tables
+                .leases
+                .get(fence.lease.as_str())
+                .map_err(engine)?
+                .map_or(0, |t| t.value());
+            if current != fence.token {
+                return Ok(Err(CommitError::Fenced {
+                    lease: fence.lease.clone(),
+                    token: fence.token,
+                    current,
+                }));
+            }
+        }
+        let mut committed = Committed::default();
+        if let Some(request) = &commit.append {
+            let decision = rules::decide(
+                &mut GroupContext {
+                    tables,
+                    writes,
+                    head: self.state.head,
+                    id_tag: self.state.id_tag,
+                },
+                request,
+            )?;
+            match decision {
+                Decision::Refuse(error) => return Ok(Err(error)),
+                Decision::AlreadyWritten(result) => {
+                    committed.append = Some(AppendOutcome::AlreadyWritten(result));
+                }
+                Decision::Write(plan) => {
+                    self.write_append(tables, writes, request, &plan, recorded_at)?;
+                    if commit.want_records {
+                        committed.records = writes.records_of(&plan.result);
+                    }
+                    committed.append = Some(AppendOutcome::Written(plan.result));
+                }
+            }
+        }
+        for write in &commit.data {
+            let key = (&*write.space, write.key.as_str());
+            match &write.value {
+                Some(value) => tables.data.insert(key, value.as_slice()).map(drop),
+                None => tables.data.remove(key).map(drop),
+            }
+            .map_err(engine)?;
+        }
+        Ok(Ok(committed))
     }
 
     /// Makes sure the group holds the row of a category or type, loading it or assigning a new
@@ -1150,7 +1364,7 @@ impl Writer {
     fn load_section(
         &mut self,
         tables: &WriteTables<'_>,
-        writes: &mut GroupWrites<'_>,
+        writes: &mut GroupWrites,
         kind: SectionKind,
         key: &str,
     ) -> Result<u64, StorageError> {
@@ -1166,7 +1380,7 @@ impl Writer {
                     SectionKind::Type => &mut self.state.next_type_id,
                 };
                 if *next_id > MAX_INTERNED_ID {
-                    return Err(StorageError::Engine(format!(
+                    return Err(StorageError::Failed(format!(
                         "no ids left for {key:?}: {MAX_INTERNED_ID} names of its kind exist"
                     )));
                 }
@@ -1182,152 +1396,143 @@ impl Writer {
         Ok(id)
     }
 
-    /// Checks one request against the state the group has written so far and writes it if it
-    /// passes. The outer error is a storage failure that dooms the group; the inner one refuses
-    /// this request only, and then nothing of it has been written.
-    fn apply<'g>(
+    /// Writes an admitted append as its plan says: the records, the stream's row, the category
+    /// and type entries, the ids to index, the command record and its tally.
+    fn write_append(
         &mut self,
         tables: &mut WriteTables<'_>,
-        writes: &mut GroupWrites<'g>,
-        request: &'g AppendRequest,
+        writes: &mut GroupWrites,
+        request: &AppendRequest,
+        plan: &AppendPlan,
         recorded_at: &str,
-    ) -> Result<Result<AppendOutcome, AppendError>, StorageError> {
-        if let Err(reason) = check_request(request) {
-            return Ok(Err(AppendError::Invalid(reason)));
-        }
-        if let Some(command) = &request.command {
-            if let Some(stored) = tables.commands.get(command.id.as_str()).map_err(engine)? {
-                let (position, event_count, record) = stored.value();
-                return Ok(Err(AppendError::CommandRecorded(StoredCommand {
-                    record: record.to_vec(),
-                    position,
-                    event_count,
-                })));
-            }
-            if request.events.is_empty() {
-                let head = self.state.head;
-                tables
-                    .commands
-                    .insert(command.id.as_str(), (head, 0, command.record.as_slice()))
-                    .map_err(engine)?;
-                count_command(&mut tables.meta, &command.tally)?;
-                return Ok(Ok(AppendOutcome::Written(AppendResult {
-                    first_version: 0,
-                    last_version: 0,
-                    first_position: head + 1,
-                    last_position: head,
-                })));
-            }
-        }
-        match find_earlier_append(tables, writes, request, self.state.id_tag, self.state.head)? {
-            EarlierAppend::None => {}
-            EarlierAppend::Reserved(id) => {
-                return Ok(Err(AppendError::Invalid(format!(
-                    "event id {id:?} has the form of the ids this store generates, but no such \
-                     event is stored; choose another id or leave it out"
-                ))));
-            }
-            EarlierAppend::Same(result) => return Ok(Ok(AppendOutcome::AlreadyWritten(result))),
-            EarlierAppend::Conflict { id, why } => {
-                return Ok(Err(AppendError::DuplicateEventId { id, why }));
-            }
-        }
-        let existing = match tables.rows.get(request.stream.as_str()).map_err(engine)? {
-            Some(row) => Some(StreamRow::decode(row.value())?),
-            None => None,
-        };
-        let actual = existing.as_ref().map_or(0, |row| row.version);
-        if !request.expected_version.admits(actual) {
-            return Ok(Err(AppendError::WrongExpectedVersion {
-                expected: request.expected_version,
-                actual,
-            }));
-        }
-        let mut row = match existing {
-            Some(row) => row,
-            None if self.state.next_stream_id > MAX_INTERNED_ID => {
-                return Err(StorageError::Engine("no stream ids left".into()));
-            }
-            None => {
-                self.state.next_stream_id += 1;
-                StreamRow::new(self.state.next_stream_id - 1)
-            }
-        };
-        let category_key = SectionKind::Category.row_key(category_of(&request.stream));
-        self.load_section(tables, writes, SectionKind::Category, &category_key)?;
-        let stream_json = json_string(&request.stream);
-        let count = request.events.len() as u64;
-        let first_position = self.state.head + 1;
-        for (offset, event) in request.events.iter().enumerate() {
-            let (position, version) = (first_position + offset as u64, actual + 1 + offset as u64);
-            let entry = (position, first_position, count as u32);
-            let id: Cow<'_, str> = match &event.id {
-                Some(id) => {
-                    writes.index_id(Cow::Borrowed(id), entry);
-                    Cow::Borrowed(id)
+    ) -> Result<(), StorageError> {
+        if plan.event_count() > 0 {
+            let existing = match tables.rows.get(request.stream.as_str()).map_err(engine)? {
+                Some(row) => Some(StreamRow::decode(row.value())?),
+                None => None,
+            };
+            let mut row = match existing {
+                Some(row) => row,
+                None if self.state.next_stream_id > MAX_INTERNED_ID => {
+                    return Err(StorageError::Failed("no stream ids left".into()));
                 }
                 None => {
-                    let at = GeneratedId {
-                        position,
-                        offset: offset as u32,
-                        count: count as u32,
-                    };
-                    match at.encode(self.state.id_tag) {
-                        Some(generated) => Cow::Owned(generated),
-                        // An id that cannot encode its position goes into the index instead.
-                        None => {
-                            let random = uuid::Uuid::new_v4().to_string();
-                            writes.index_id(Cow::Owned(random.clone()), entry);
-                            Cow::Owned(random)
-                        }
-                    }
+                    self.state.next_stream_id += 1;
+                    StreamRow::new(self.state.next_stream_id - 1)
                 }
             };
-            render_record(
-                &mut writes.records,
-                position,
-                &stream_json,
-                version,
-                &id,
-                event,
-                recorded_at,
-            );
-            let type_key = SectionKind::Type.row_key(&event.event_type);
-            let type_id = self.load_section(tables, writes, SectionKind::Type, &type_key)?;
-            writes.record_ends.push(writes.records.len());
-            row.tail.push(position);
-            writes.section_entry(&category_key, (position, type_id));
-            writes.section_entry(&type_key, (position, 0));
+            let category_key = SectionKind::Category.row_key(category_of(&request.stream));
+            self.load_section(tables, writes, SectionKind::Category, &category_key)?;
+            let ends = rules::render(request, plan, recorded_at, &mut writes.records);
+            writes.record_ends.extend(ends);
+            for (offset, event) in request.events.iter().enumerate() {
+                let position = plan.result.first_position + offset as u64;
+                if plan.indexed[offset] {
+                    writes
+                        .ids
+                        .insert(plan.ids[offset].clone(), plan.id_entry(offset));
+                }
+                let type_key = SectionKind::Type.row_key(&event.event_type);
+                let type_id = self.load_section(tables, writes, SectionKind::Type, &type_key)?;
+                row.tail.push(position);
+                writes.section_entry(&category_key, (position, type_id));
+                writes.section_entry(&type_key, (position, 0));
+            }
+            row.version = plan.stream_version;
+            if row.tail.len() >= STREAM_TAIL_MAX {
+                let first_version = row.chunked_through() + 1;
+                writes
+                    .chunks
+                    .push(((STREAM | row.id, first_version), encode_chunk(&row.tail)));
+                row.tail.clear();
+            }
+            tables
+                .rows
+                .insert(request.stream.as_str(), row.encode().as_slice())
+                .map_err(engine)?;
+            self.state.head = plan.result.last_position;
         }
-        row.version += count;
-        if row.tail.len() >= STREAM_TAIL_MAX {
-            let first_version = row.chunked_through() + 1;
-            writes
-                .chunks
-                .push(((STREAM | row.id, first_version), encode_chunk(&row.tail)));
-            row.tail.clear();
-        }
-        tables
-            .rows
-            .insert(request.stream.as_str(), row.encode().as_slice())
-            .map_err(engine)?;
-        self.state.head += count;
         if let Some(command) = &request.command {
+            let entry = plan.command_entry(&command.record);
             tables
                 .commands
                 .insert(
                     command.id.as_str(),
-                    (self.state.head, count, command.record.as_slice()),
+                    (entry.position, entry.event_count, command.record.as_slice()),
                 )
                 .map_err(engine)?;
             count_command(&mut tables.meta, &command.tally)?;
         }
-        Ok(Ok(AppendOutcome::Written(AppendResult {
-            first_version: actual + 1,
-            last_version: actual + count,
-            first_position,
-            last_position: first_position + count - 1,
-        })))
+        Ok(())
+    }
+}
+
+/// The append rules' view of a group's transaction: the committed tables under the group's
+/// writes so far.
+struct GroupContext<'a, 'txn> {
+    tables: &'a WriteTables<'txn>,
+    writes: &'a GroupWrites,
+    head: u64,
+    id_tag: u32,
+}
+
+impl AppendContext for GroupContext<'_, '_> {
+    fn head(&self) -> u64 {
+        self.head
+    }
+
+    fn id_tag(&self) -> u32 {
+        self.id_tag
+    }
+
+    fn stream_version(&mut self, stream: &str) -> Result<u64, StorageError> {
+        match self.tables.rows.get(stream).map_err(engine)? {
+            Some(row) => Ok(StreamRow::decode(row.value())?.version),
+            None => Ok(0),
+        }
+    }
+
+    fn indexed_id(&mut self, id: &str) -> Result<Option<IdEntry>, StorageError> {
+        if let Some(entry) = self.writes.ids.get(id) {
+            return Ok(Some(*entry));
+        }
+        let stored = self.tables.event_ids.get(id).map_err(engine)?;
+        Ok(stored.map(|entry| {
+            let (position, first_position, count) = entry.value();
+            IdEntry {
+                position,
+                first_position,
+                count,
+            }
+        }))
+    }
+
+    fn record(&mut self, position: u64) -> Result<Vec<u8>, StorageError> {
+        if let Some(record) = self.writes.record(position) {
+            return Ok(record.to_vec());
+        }
+        let record = self
+            .tables
+            .log
+            .get((EVENTS, position))
+            .map_err(engine)?
+            .ok_or_else(|| StorageError::Corrupt {
+                position,
+                reason: "an id points at a missing event".into(),
+            })?;
+        Ok(record.value().to_vec())
+    }
+
+    fn command(&mut self, id: &str) -> Result<Option<StoredCommand>, StorageError> {
+        let stored = self.tables.commands.get(id).map_err(engine)?;
+        Ok(stored.map(|entry| {
+            let (position, event_count, record) = entry.value();
+            StoredCommand {
+                record: record.to_vec(),
+                position,
+                event_count,
+            }
+        }))
     }
 }
 
@@ -1335,7 +1540,7 @@ impl Writer {
 /// have all been checked and then inserted in key order. Sorted runs go into the trees through
 /// cursors, which fill leaves completely; one insert at a time would rebuild a leaf per entry
 /// and leave half-empty leaves behind an appending key.
-struct GroupWrites<'g> {
+struct GroupWrites {
     /// The position of the first record; the group's positions are contiguous.
     first_position: u64,
     /// The records, one after another; `record_ends[i]` is where record `i` ends.
@@ -1348,10 +1553,10 @@ struct GroupWrites<'g> {
     chunks: Vec<((u64, u64), Vec<u8>)>,
     /// New `event_ids` entries (ids clients chose, and the rare generated id that cannot
     /// encode its position); later requests of the group look here before the table.
-    ids: HashMap<Cow<'g, str>, (u64, u64, u32)>,
+    ids: HashMap<String, IdEntry>,
 }
 
-impl<'g> GroupWrites<'g> {
+impl GroupWrites {
     fn new(first_position: u64) -> Self {
         GroupWrites {
             first_position,
@@ -1398,10 +1603,6 @@ impl<'g> GroupWrites<'g> {
         row.tail.push(entry);
     }
 
-    fn index_id(&mut self, id: Cow<'g, str>, entry: (u64, u64, u32)) {
-        self.ids.insert(id, entry);
-    }
-
     fn write(mut self, tables: &mut WriteTables<'_>) -> Result<(), StorageError> {
         let first = self.first_position;
         insert_runs(
@@ -1437,7 +1638,8 @@ impl<'g> GroupWrites<'g> {
         ids.sort_unstable_by(|a, b| a.0.cmp(b.0));
         insert_runs(
             &mut tables.event_ids,
-            ids.into_iter().map(|(id, entry)| (id.as_ref(), *entry)),
+            ids.into_iter()
+                .map(|(id, e)| (id.as_str(), (e.position, e.first_position, e.count))),
         )
     }
 }
@@ -1463,7 +1665,7 @@ fn insert_runs<'e, K: Key + 'static, V: Value + 'static>(
                 // The key belongs in another gap: reopen the cursor there.
                 Err(CursorError::UnorderedKey) if inserted > 0 => break,
                 Err(CursorError::UnorderedKey) => {
-                    return Err(StorageError::Engine(
+                    return Err(StorageError::Failed(
                         "an entry to insert is already stored".into(),
                     ));
                 }
@@ -1476,187 +1678,40 @@ fn insert_runs<'e, K: Key + 'static, V: Value + 'static>(
     Ok(())
 }
 
-/// The last line of defence: the API validates first, but nothing breaks the store's rules.
-fn check_request(request: &AppendRequest) -> Result<(), String> {
-    validate_stream_name(&request.stream)?;
-    if request.events.is_empty() && request.command.is_none() {
-        return Err("an append needs at least one event".into());
-    }
-    if request.events.len() > u32::MAX as usize {
-        return Err("too many events in one append".into());
-    }
-    let mut ids = std::collections::HashSet::new();
-    for event in &request.events {
-        validate_event_type(&event.event_type)?;
-        let Some(id) = &event.id else { continue };
-        validate_event_id(id)?;
-        if request.events.len() > 1 && !ids.insert(id.as_str()) {
-            return Err(format!("event id {id:?} appears twice in one append"));
-        }
-    }
-    Ok(())
-}
-
-enum EarlierAppend {
-    /// No event id of the request is stored.
-    None,
-    /// The request repeats one earlier append exactly: its numbers.
-    Same(AppendResult),
-    /// Some id is stored, but the request is not a repeat of the append that stored it.
-    Conflict { id: String, why: &'static str },
-    /// A client chose an id of the form this store generates that it has not generated.
-    Reserved(String),
-}
-
-/// What the store knows of one client-chosen event id.
-enum IdLookup {
-    /// Stored: (position, first position of its append, events in that append).
-    Stored((u64, u64, u32)),
-    Absent,
-    /// Has the form of a generated id of this store, but names no stored event.
-    Reserved,
-}
-
-/// Looks an id up in the group's new entries, the index, and, for ids of the generated form,
-/// at the position it names.
-fn find_id(
-    tables: &WriteTables<'_>,
-    writes: &GroupWrites<'_>,
-    id: &str,
-    id_tag: u32,
-    head: u64,
-) -> Result<IdLookup, StorageError> {
-    if let Some(entry) = writes.ids.get(id) {
-        return Ok(IdLookup::Stored(*entry));
-    }
-    if let Some(entry) = tables.event_ids.get(id).map_err(engine)? {
-        return Ok(IdLookup::Stored(entry.value()));
-    }
-    let Some(generated) = GeneratedId::decode(id, id_tag) else {
-        return Ok(IdLookup::Absent);
-    };
-    if generated.position <= head {
-        let record = record_at(tables, writes, generated.position)?;
-        let view = parse_record(&record, generated.position)?;
-        if view.id == id {
-            let entry = (
-                generated.position,
-                generated.first_position(),
-                generated.count,
-            );
-            return Ok(IdLookup::Stored(entry));
-        }
-    }
-    Ok(IdLookup::Reserved)
-}
-
-/// The record at `position`, written by this group or stored before it.
-fn record_at(
-    tables: &WriteTables<'_>,
-    writes: &GroupWrites<'_>,
-    position: u64,
-) -> Result<Vec<u8>, StorageError> {
-    if let Some(record) = writes.record(position) {
-        return Ok(record.to_vec());
-    }
-    let record = tables
-        .log
-        .get((EVENTS, position))
-        .map_err(engine)?
-        .ok_or_else(|| StorageError::Corrupt {
-            position,
-            reason: "an id points at a missing event".into(),
-        })?;
-    Ok(record.value().to_vec())
-}
-
-fn parse_record(record: &[u8], position: u64) -> Result<EventView<'_>, StorageError> {
-    EventView::parse(record).map_err(|e| StorageError::Corrupt {
-        position,
-        reason: e.to_string(),
-    })
-}
-
-/// Decides whether a request is a retry of an append already stored; done before the expected
-/// version is checked, so the retry of a successful append succeeds.
-fn find_earlier_append(
-    tables: &WriteTables<'_>,
-    writes: &GroupWrites<'_>,
-    request: &AppendRequest,
-    id_tag: u32,
-    head: u64,
-) -> Result<EarlierAppend, StorageError> {
-    if request.events.iter().all(|e| e.id.is_none()) {
-        // Ids the store is about to generate are new by construction.
-        return Ok(EarlierAppend::None);
-    }
-    let mut stored = Vec::with_capacity(request.events.len());
-    for event in &request.events {
-        let found = match &event.id {
-            None => None,
-            Some(id) => match find_id(tables, writes, id, id_tag, head)? {
-                IdLookup::Stored(entry) => Some(entry),
-                IdLookup::Absent => None,
-                IdLookup::Reserved => return Ok(EarlierAppend::Reserved(id.clone())),
-            },
-        };
-        stored.push(found);
-    }
-    let Some(first_found) = request
-        .events
-        .iter()
-        .zip(&stored)
-        .find(|(_, s)| s.is_some())
-    else {
-        return Ok(EarlierAppend::None);
-    };
-    let conflict = |why| {
-        Ok(EarlierAppend::Conflict {
-            id: first_found.0.id.clone().unwrap_or_default(),
-            why,
-        })
-    };
-    if stored.iter().any(Option::is_none) {
-        return conflict("by another append; only some ids of this request are stored");
-    }
-    let (_, first_position, count) = stored[0].expect("all found");
-    let one_append = count as usize == request.events.len()
-        && stored.iter().enumerate().all(|(i, s)| {
-            let (position, first, _) = s.expect("all found");
-            first == first_position && position == first_position + i as u64
-        });
-    if !one_append {
-        return conflict("by another append with other events");
-    }
-    let mut versions = (0, 0);
-    for (i, event) in request.events.iter().enumerate() {
-        let position = first_position + i as u64;
-        let record = record_at(tables, writes, position)?;
-        let view = parse_record(&record, position)?;
-        if view.stream != request.stream {
-            return conflict("in another stream");
-        }
-        if view.event_type != event.event_type || view.data.get() != event.data {
-            return conflict("with another type or data");
-        }
-        if i == 0 {
-            versions.0 = view.version;
-        }
-        versions.1 = view.version;
-    }
-    Ok(EarlierAppend::Same(AppendResult {
-        first_version: versions.0,
-        last_version: versions.1,
-        first_position,
-        last_position: first_position + count as u64 - 1,
-    }))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use evhost_store::names::category_of;
-    use evhost_store::{CommandEntry, ExpectedVersion, ProposedEvent};
+    use evhost_store::conformance::{Backend, StoreConfig};
+    use evhost_store::{CommandEntry, DataWrite, ExpectedVersion, ProposedEvent, Store};
+
+    /// The embedded backend, opened in the suite's directory with the suite's bounds.
+    struct Redb;
+
+    #[async_trait]
+    impl Backend for Redb {
+        async fn open(
+            &self,
+            dir: &Path,
+            config: StoreConfig,
+        ) -> Result<Arc<dyn Store>, StorageError> {
+            let options = StoreOptions {
+                append_limits: config.append_limits,
+                page_bytes: config.page_bytes,
+                ..StoreOptions::default()
+            };
+            let dir = dir.to_path_buf();
+            let store = tokio::task::spawn_blocking(move || RedbStore::open(&dir, &options))
+                .await
+                .expect("opening")?;
+            Ok(Arc::new(store))
+        }
+
+        fn persistent(&self) -> bool {
+            true
+        }
+    }
+
+    evhost_store::conformance_tests!(Redb);
 
     #[test]
     fn a_new_store_syncs_its_directory_and_the_parents_of_the_directories_made_for_it() {
@@ -1686,7 +1741,7 @@ mod tests {
             [PathBuf::from("."), PathBuf::from("rel")]
         );
         let store = RedbStore::open(&data, &StoreOptions::default()).unwrap();
-        store.close();
+        drop(store);
         assert!(data.join(DATABASE_FILE).exists());
     }
 
@@ -1705,12 +1760,9 @@ mod tests {
 
     /// Stream reads across chunk boundaries: every window, both directions, agrees with the
     /// positions the appends reported, before and after a reopen.
-    #[test]
-    fn stream_windows_cross_chunks_and_tails() {
+    #[tokio::test]
+    async fn stream_windows_cross_chunks_and_tails() {
         let dir = tempfile::tempdir().unwrap();
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .build()
-            .unwrap();
         let mut expected = vec![0u64]; // expected[v] = position of version v
         {
             let store = RedbStore::open(dir.path(), &StoreOptions::default()).unwrap();
@@ -1725,29 +1777,31 @@ mod tests {
                     events: (0..size).map(event).collect(),
                     command: None,
                 };
-                runtime
-                    .block_on(store.append(append("other-1", round % 3 + 1)))
+                store
+                    .append(append("other-1", round % 3 + 1))
+                    .await
                     .unwrap();
-                let outcome = runtime.block_on(store.append(append("s-1", size))).unwrap();
+                let outcome = store.append(append("s-1", size)).await.unwrap();
                 let AppendOutcome::Written(result) = outcome else {
                     panic!("{outcome:?}")
                 };
                 expected.extend(result.first_position..=result.last_position);
             }
-            check_windows(&store, &expected);
-            store.close();
+            check_windows(&store, &expected).await;
+            store.close().await;
         }
         let store = RedbStore::open(dir.path(), &StoreOptions::default()).unwrap();
-        check_windows(&store, &expected);
+        check_windows(&store, &expected).await;
     }
 
-    fn check_windows(store: &RedbStore, expected: &[u64]) {
+    async fn check_windows(store: &RedbStore, expected: &[u64]) {
         let version = expected.len() as u64 - 1;
         for from in 0..=version + 2 {
             for limit in [1, 2, 31, 32, 33, 1000] {
                 for direction in [Direction::Forward, Direction::Backward] {
                     let page = store
                         .read_stream("s-1", Some(from), limit, direction)
+                        .await
                         .unwrap()
                         .unwrap();
                     let got: Vec<u64> = page.events.iter().map(|e| e.position).collect();
@@ -1766,12 +1820,9 @@ mod tests {
     /// Filtered reads of the global log across category and type chunks and row tails agree
     /// with a scan of everything, for every filter, start and page size, before and after a
     /// reopen.
-    #[test]
-    fn filtered_reads_cross_chunks_and_tails() {
+    #[tokio::test]
+    async fn filtered_reads_cross_chunks_and_tails() {
         let dir = tempfile::tempdir().unwrap();
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .build()
-            .unwrap();
         let types = ["A", "B", "C"];
         let mut log: Vec<(String, String)> = vec![(String::new(), String::new())]; // by position
         {
@@ -1787,19 +1838,19 @@ mod tests {
                         .collect(),
                     command: None,
                 };
-                runtime.block_on(store.append(request.clone())).unwrap();
+                store.append(request.clone()).await.unwrap();
                 for event in &request.events {
                     log.push((category_of(&stream).to_owned(), event.event_type.clone()));
                 }
             }
-            check_filters(&store, &log);
-            store.close();
+            check_filters(&store, &log).await;
+            store.close().await;
         }
         let store = RedbStore::open(dir.path(), &StoreOptions::default()).unwrap();
-        check_filters(&store, &log);
+        check_filters(&store, &log).await;
     }
 
-    fn check_filters(store: &RedbStore, log: &[(String, String)]) {
+    async fn check_filters(store: &RedbStore, log: &[(String, String)]) {
         let head = log.len() as u64 - 1;
         let filters = [
             (vec!["red"], vec![]),
@@ -1815,7 +1866,7 @@ mod tests {
             };
             for from in (0..=head + 1).step_by(37).chain([1, 255, 256, 257, head]) {
                 for limit in [1, 50, 300, 10_000] {
-                    let page = store.read_log(from, limit, &filter).unwrap();
+                    let page = store.read_log(from, limit, &filter).await.unwrap();
                     let got: Vec<u64> = page.events.iter().map(|e| e.position).collect();
                     let want: Vec<u64> = (from.max(1)..=head)
                         .filter(|&p| {
@@ -1837,9 +1888,7 @@ mod tests {
     #[test]
     fn a_newer_format_is_refused() {
         let dir = tempfile::tempdir().unwrap();
-        RedbStore::open(dir.path(), &StoreOptions::default())
-            .unwrap()
-            .close();
+        drop(RedbStore::open(dir.path(), &StoreOptions::default()).unwrap());
         {
             let db = Database::create(dir.path().join(DATABASE_FILE)).unwrap();
             let txn = db.begin_write().unwrap();
@@ -1857,12 +1906,9 @@ mod tests {
 
     /// A writer that fails (a bug, a panic in the engine) leaves a store that says so and
     /// refuses appends, instead of one that accepts them and never answers.
-    #[test]
-    fn a_failed_writer_is_reported_and_refuses_appends() {
+    #[tokio::test]
+    async fn a_failed_writer_is_reported_and_refuses_appends() {
         let dir = tempfile::tempdir().unwrap();
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .build()
-            .unwrap();
         let store = RedbStore::open(dir.path(), &StoreOptions::default()).unwrap();
         assert!(store.accepts_writes());
         store.jobs.send(WriterMessage::Fail).unwrap();
@@ -1877,21 +1923,18 @@ mod tests {
             events: vec![event(0)],
             command: None,
         };
-        let refused = runtime.block_on(store.append(request));
+        let refused = store.append(request).await;
         assert!(
-            matches!(refused, Err(AppendError::Storage(StorageError::Closed))),
+            matches!(refused, Err(CommitError::Storage(StorageError::Closed))),
             "{refused:?}"
         );
     }
 
     /// A command's append carries its record in the same transaction, answers with the records
     /// it wrote, and a second append with the same command id writes nothing.
-    #[test]
-    fn command_appends_return_their_records_and_are_recorded_once() {
+    #[tokio::test]
+    async fn command_appends_return_their_records_and_are_recorded_once() {
         let dir = tempfile::tempdir().unwrap();
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .build()
-            .unwrap();
         let store = RedbStore::open(dir.path(), &StoreOptions::default()).unwrap();
         let command = |events: Vec<ProposedEvent>| AppendRequest {
             stream: "visit-1".into(),
@@ -1903,73 +1946,82 @@ mod tests {
                 tally: "h/v1".into(),
             }),
         };
-        let (outcome, records) = runtime
-            .block_on(store.append_returning_records(command(vec![event(0), event(1)])))
+        let (outcome, records) = store
+            .append_returning_records(command(vec![event(0), event(1)]))
+            .await
             .unwrap();
         let AppendOutcome::Written(result) = outcome else {
             panic!("{outcome:?}")
         };
-        let stored = store.read_log(1, 10, &LogFilter::default()).unwrap().events;
+        let stored = store
+            .read_log(1, 10, &LogFilter::default())
+            .await
+            .unwrap()
+            .events;
         assert_eq!(records.len(), 2);
         for (returned, stored) in records.iter().zip(&stored) {
             assert_eq!(returned.position, stored.position);
             assert_eq!(returned.json, stored.json);
         }
-        let recorded = store.read_command("c-1").unwrap().unwrap();
+        let recorded = store.read_command("c-1").await.unwrap().unwrap();
         assert_eq!(recorded.position, result.last_position);
         assert_eq!(recorded.event_count, 2);
         assert_eq!(recorded.record, br#"{"outcome":"applied"}"#);
 
-        let again = runtime.block_on(store.append_returning_records(command(vec![event(2)])));
+        let again = store
+            .append_returning_records(command(vec![event(2)]))
+            .await;
         assert!(
-            matches!(&again, Err(AppendError::CommandRecorded(c)) if *c == recorded),
+            matches!(&again, Err(CommitError::CommandRecorded(c)) if *c == recorded),
             "{again:?}"
         );
         assert_eq!(store.head(), 2, "the repeated command wrote nothing");
         assert_eq!(
-            store.command_tallies("h/").unwrap(),
+            store.command_tallies("h/").await.unwrap(),
             [("h/v1".to_owned(), 1)],
             "the repeat is not counted"
         );
-        let scanned = store.scan_commands("c-", None, 10).unwrap();
+        let scanned = store.scan_commands("c-", None, 10).await.unwrap();
         assert_eq!(scanned, [("c-1".to_owned(), recorded)]);
         assert!(
             store
                 .scan_commands("c-", Some("c-1"), 10)
+                .await
                 .unwrap()
                 .is_empty()
         );
-        assert!(store.scan_commands("d", None, 10).unwrap().is_empty());
+        assert!(store.scan_commands("d", None, 10).await.unwrap().is_empty());
     }
 
     /// Deleting the spaces under a prefix removes their entries only, durably.
-    #[test]
-    fn deleting_data_removes_the_spaces_under_a_prefix_only() {
+    #[tokio::test]
+    async fn deleting_data_removes_the_spaces_under_a_prefix_only() {
         let dir = tempfile::tempdir().unwrap();
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .build()
-            .unwrap();
         let store = RedbStore::open(dir.path(), &StoreOptions::default()).unwrap();
         let write = |space: &str, key: &str| DataWrite {
             space: space.into(),
             key: key.into(),
             value: Some(b"1".to_vec()),
         };
-        runtime
-            .block_on(store.write_data(vec![
-                write("replay/1", "a"),
-                write("replay/1/base", "b"),
-                write("replay/10", "c"),
-                write("replay/", "d"),
-                write("projection/p/v", "e"),
-                write("replay/2", "f"),
-            ]))
+        store
+            .write_data(
+                vec![
+                    write("replay/1", "a"),
+                    write("replay/1/base", "b"),
+                    write("replay/10", "c"),
+                    write("replay/", "d"),
+                    write("projection/p/v", "e"),
+                    write("replay/2", "f"),
+                ],
+                None,
+            )
+            .await
             .unwrap();
-        assert_eq!(store.delete_data("replay/1").unwrap(), 3);
-        store.close();
+        assert_eq!(store.delete_data("replay/1").await.unwrap(), 3);
+        store.close().await;
         drop(store);
         let store = RedbStore::open(dir.path(), &StoreOptions::default()).unwrap();
-        let snapshot = store.data_snapshot().unwrap();
+        let snapshot = store.snapshot().await.unwrap();
         for (space, key, kept) in [
             ("replay/1", "a", false),
             ("replay/1/base", "b", false),
@@ -1979,7 +2031,7 @@ mod tests {
             ("replay/2", "f", true),
         ] {
             assert_eq!(
-                snapshot.get(space, key).unwrap().is_some(),
+                snapshot.get(space, key).await.unwrap().is_some(),
                 kept,
                 "{space} {key}"
             );

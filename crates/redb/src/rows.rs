@@ -48,7 +48,7 @@ impl StreamRow {
 
     pub fn decode(bytes: &[u8]) -> Result<Self, StorageError> {
         let corrupt =
-            |reason: &str| StorageError::Engine(format!("a stream row is corrupt: {reason}"));
+            |reason: &str| StorageError::Failed(format!("a stream row is corrupt: {reason}"));
         let (id, rest) = bytes
             .split_at_checked(8)
             .ok_or_else(|| corrupt("too short"))?;
@@ -96,7 +96,7 @@ impl SectionRow {
     pub fn decode(bytes: &[u8]) -> Result<Self, StorageError> {
         let (id, rest) = bytes
             .split_at_checked(8)
-            .ok_or_else(|| StorageError::Engine("a section row is corrupt: too short".into()))?;
+            .ok_or_else(|| StorageError::Failed("a section row is corrupt: too short".into()))?;
         Ok(SectionRow {
             id: u64::from_le_bytes(id.try_into().expect("8 bytes")),
             tail: decode_entries(rest)?,
@@ -118,7 +118,7 @@ pub fn encode_entries(entries: &[(u64, u64)]) -> Vec<u8> {
 }
 
 pub fn decode_entries(mut bytes: &[u8]) -> Result<Vec<(u64, u64)>, StorageError> {
-    let corrupt = || StorageError::Engine("a section's entries are corrupt".into());
+    let corrupt = || StorageError::Failed("a section's entries are corrupt".into());
     let mut entries = Vec::new();
     let mut previous = 0u64;
     while !bytes.is_empty() {
@@ -138,7 +138,7 @@ pub fn encode_chunk(positions: &[u64]) -> Vec<u8> {
 
 pub fn decode_chunk(bytes: &[u8]) -> Result<impl Iterator<Item = u64> + '_, StorageError> {
     if bytes.is_empty() || !bytes.len().is_multiple_of(8) {
-        return Err(StorageError::Engine(format!(
+        return Err(StorageError::Failed(format!(
             "a stream chunk holds {} bytes, expected a positive multiple of 8",
             bytes.len()
         )));

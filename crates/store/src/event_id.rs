@@ -44,6 +44,16 @@ impl GeneratedId {
         })
     }
 
+    /// The tag of the store that generated `id`, if it has the form of a generated id.
+    pub fn tag_of(id: &str) -> Option<u32> {
+        let uuid = Uuid::try_parse(id).ok()?;
+        if uuid.get_version_num() != 8 || uuid.get_variant() != uuid::Variant::RFC4122 {
+            return None;
+        }
+        let tag = (gather(*uuid.as_bytes()) >> (POSITION_BITS + 2 * COUNT_BITS)) as u32;
+        Self::decode(id, tag).map(|_| tag)
+    }
+
     /// The event a generated id of the store tagged `tag` points at, if `id` is one.
     pub fn decode(id: &str, tag: u32) -> Option<Self> {
         let uuid = Uuid::try_parse(id).ok()?;

@@ -78,7 +78,11 @@ where
         write!(writer, "{} {level:5} ", evhost_store::now_rfc3339())?;
         ctx.field_format().format_fields(writer.by_ref(), event)?;
         let mut first = true;
-        for span in ctx.event_scope().into_iter().flat_map(|scope| scope.from_root()) {
+        for span in ctx
+            .event_scope()
+            .into_iter()
+            .flat_map(|scope| scope.from_root())
+        {
             let extensions = span.extensions();
             let Some(fields) = extensions.get::<FormattedFields<N>>() else {
                 continue;

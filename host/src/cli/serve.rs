@@ -10,9 +10,9 @@ use anyhow::{Context, bail};
 use super::ServeArgs;
 use evhost_api::{self as api, App, Limits, Tokens};
 use evhost_engine::plugins::{Admission, AdmissionLimits, Plugins};
-use evhost_runtime::Runtime;
 use evhost_redb::{RedbStore, StoreOptions};
-use evhost_store::EventStore;
+use evhost_runtime::Runtime;
+use evhost_store::Store;
 
 pub(super) fn run(args: ServeArgs) -> anyhow::Result<()> {
     let limits = limits(&args);
@@ -42,9 +42,16 @@ pub(super) fn run(args: ServeArgs) -> anyhow::Result<()> {
             append_limits: limits.append,
             ..StoreOptions::default()
         };
-        let store = Arc::new(RedbStore::open(&args.data, &options).context("opening the store")?);
+        // The composition root: the backend is chosen here, and nothing after this line knows
+        // which one it is.
+        let data = args.data.clone();
+        let redb = tokio::task::spawn_blocking(move || RedbStore::open(&data, &options))
+            .await?
+            .context("opening the store")?;
+        let store: Arc<dyn Store> = Arc::new(redb);
         let runtime = Runtime::new().map_err(anyhow::Error::msg)?;
-        let mut plugins = tokio::task::block_in_place(|| Plugins::open(runtime, store.clone()))
+        let mut plugins = Plugins::open(runtime, store.clone())
+            .await
             .context("loading the deployed plugins")?;
         plugins.admission = Admission::new(admission);
         let listener = tokio::net::TcpListener::bind(address)
@@ -52,6 +59,7 @@ pub(super) fn run(args: ServeArgs) -> anyhow::Result<()> {
             .with_context(|| format!("binding {address}"))?;
         let local = listener.local_addr()?;
         let app = App::new(store.clone(), Arc::new(plugins), tokens, limits)
+            .await
             .context("starting the API")?;
         // Installed before the address is announced: a SIGTERM sent as soon as a script sees
         // the line below stops the host cleanly rather than killing it.
@@ -65,7 +73,7 @@ pub(super) fn run(args: ServeArgs) -> anyhow::Result<()> {
         println!("evhost listening on http://{local}");
         std::io::stdout().flush()?;
         api::serve(listener, app, shutdown).await;
-        store.close();
+        store.close().await;
         tracing::info!("stopped cleanly at head {}", store.head());
         Ok(())
     })

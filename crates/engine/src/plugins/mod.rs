@@ -9,14 +9,13 @@
 //! never disturbs a command in flight.
 //!
 //! Architecture Invariant: this module knows nothing of HTTP. It reaches wasmtime only through
-//! the runtime and the store only through [`EventStore`].
+//! the runtime and the store only through [`Store`].
 
 mod admission;
 mod versions;
 
 pub use admission::{Admission, AdmissionLimits, Busy};
 
-use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock, RwLock, Weak};
@@ -33,7 +32,7 @@ use evhost_runtime::{
     HandlerPlugin, InvalidPlugin, Loaded, PluginCalls, PluginInfo, PluginKind, PluginLimits,
     Runtime, content_hash,
 };
-use evhost_store::{EventStore, LogFilter, StorageError, now_rfc3339};
+use evhost_store::{LogFilter, StorageError, Store, now_rfc3339};
 
 use versions::Trigger;
 pub use versions::{Switch, VersionError};
@@ -209,7 +208,7 @@ impl Version {
         match self {
             Version::Handler(_) => {}
             Version::Projection(runner) => runner.stop_and_wait().await,
-            Version::Policy(runner) => runner.stop_and_wait(),
+            Version::Policy(runner) => runner.stop_and_wait().await,
         }
     }
 }
@@ -303,8 +302,9 @@ pub struct LoadCounters {
 
 /// The registry of deployed plugins.
 pub struct Plugins {
-    runtime: Runtime,
-    store: Arc<dyn EventStore>,
+    /// Shared with the blocking threads that compile and load components.
+    runtime: Arc<Runtime>,
+    store: Arc<dyn Store>,
     entries: RwLock<BTreeMap<String, Entry>>,
     /// Changes of versions (deploys, promotions, rollbacks, deletions) run one at a time, so
     /// that two of them cannot interleave.
@@ -322,9 +322,9 @@ impl Plugins {
     /// Loads every deployed plugin's loaded versions, from their cached artifacts when they fit
     /// this engine. A plugin whose active version cannot be loaded is kept with its error; it
     /// does not stop the host.
-    pub fn open(runtime: Runtime, store: Arc<dyn EventStore>) -> Result<Self, StorageError> {
+    pub async fn open(runtime: Runtime, store: Arc<dyn Store>) -> Result<Self, StorageError> {
         let plugins = Plugins {
-            runtime,
+            runtime: Arc::new(runtime),
             store,
             entries: RwLock::new(BTreeMap::new()),
             changing: tokio::sync::Mutex::new(()),
@@ -333,16 +333,20 @@ impl Plugins {
             admission: Admission::new(AdmissionLimits::default()),
             counters: LoadCounters::default(),
         };
-        for (name, bytes) in plugins.store.plugin_records()? {
+        for (name, bytes) in plugins.store.plugin_records().await? {
             let record: PluginRecord = serde_json::from_slice(&bytes).map_err(|e| {
-                StorageError::Engine(format!("the record of plugin {name:?} is corrupt: {e}"))
+                StorageError::Failed(format!("the record of plugin {name:?} is corrupt: {e}"))
             })?;
             let mut loaded = BTreeMap::new();
             let mut error = None;
             for version in record.loaded_versions() {
-                let started = plugins
-                    .load_stored(&record, &version)
-                    .and_then(|(calls, from)| Ok(plugins.start(calls, &version, from)?));
+                let started = match plugins.load_stored(&record, &version).await {
+                    Ok((calls, from)) => plugins
+                        .start(calls, &version, from)
+                        .await
+                        .map_err(VersionError::from),
+                    Err(error) => Err(error),
+                };
                 match started {
                     Ok(started) => {
                         loaded.insert(version, started);
@@ -387,27 +391,24 @@ impl Plugins {
     }
 
     /// Loads a stored version of a plugin: from its compiled artifact when that fits this
-    /// engine, else from its uploaded bytes (then caching the new artifact). Blocks on I/O and
-    /// perhaps compilation.
-    fn load_stored(
+    /// engine, else from its uploaded bytes (then caching the new artifact). Compiles on a
+    /// blocking thread.
+    async fn load_stored(
         &self,
         record: &PluginRecord,
         version: &str,
     ) -> Result<(Loaded, LoadedFrom), VersionError> {
         let limits = record.limits(version).unwrap_or_default();
         let label = label(&record.name, version);
-        let (loaded, loaded_from) = self.load_or_compile(version, &label, limits, || {
-            let wasm = self.store.blob(&wasm_key(version))?.ok_or_else(|| {
-                StorageError::Engine(format!("the upload of {label} is missing from the store"))
-            })?;
-            Ok(Cow::Owned(wasm))
-        })?;
+        let (mut loaded, loaded_from) = self.load_or_compile(version, &label, limits, None).await?;
         // The artifact was missing or did not fit this engine: keep the new one for next time.
-        if let Some(artifact) = &loaded.artifact {
-            self.store.save_blob(
-                &artifact_key(version, self.runtime.compatibility_key()),
-                artifact,
-            )?;
+        if let Some(artifact) = loaded.artifact.take() {
+            self.store
+                .save_blob(
+                    &artifact_key(version, self.runtime.compatibility_key()),
+                    artifact,
+                )
+                .await?;
         }
         if loaded.info.name != record.name || loaded.info.kind != record.kind {
             return Err(InvalidPlugin(format!(
@@ -420,23 +421,31 @@ impl Plugins {
     }
 
     /// Loads `version` from its compiled artifact when the store holds one that fits this
-    /// engine, and otherwise compiles the bytes `wasm` gives (the loaded plugin then carries the
-    /// new artifact). Counts which of the two it was.
-    fn load_or_compile<'w>(
+    /// engine, and otherwise compiles `wasm`, or the uploaded bytes the store holds when it is
+    /// `None` (the loaded plugin then carries the new artifact). Counts which of the two it
+    /// was. Loading and compiling run on a blocking thread.
+    async fn load_or_compile(
         &self,
         version: &str,
         label: &str,
         limits: PluginLimits,
-        wasm: impl FnOnce() -> Result<Cow<'w, [u8]>, VersionError>,
+        wasm: Option<Arc<[u8]>>,
     ) -> Result<(Loaded, LoadedFrom), VersionError> {
         // The time is logged because it is what a restart costs per plugin: milliseconds from
         // the cache, seconds for a large (Python, JavaScript) component compiled afresh.
         let started = Instant::now();
         let key = artifact_key(version, self.runtime.compatibility_key());
-        let cached = self.store.blob(&key)?;
-        if let Some(loaded) =
-            cached.and_then(|artifact| self.runtime.load_compiled(&artifact, label, limits))
-        {
+        let runtime = self.runtime.clone();
+        let owned_label = label.to_owned();
+        let cached = match self.store.blob(&key).await? {
+            Some(artifact) => tokio::task::spawn_blocking(move || {
+                runtime.load_compiled(&artifact, &owned_label, limits)
+            })
+            .await
+            .map_err(|e| StorageError::Failed(format!("loading {label} panicked: {e}")))?,
+            None => None,
+        };
+        if let Some(loaded) = cached {
             let loaded = loaded?;
             self.counters.cache_loads.fetch_add(1, Ordering::Relaxed);
             tracing::info!(
@@ -445,7 +454,22 @@ impl Plugins {
             );
             return Ok((loaded, LoadedFrom::Cache));
         }
-        let loaded = self.runtime.compile(&wasm()?, label, limits)?;
+        let wasm: Arc<[u8]> = match wasm {
+            Some(wasm) => wasm,
+            None => self
+                .store
+                .blob(&wasm_key(version))
+                .await?
+                .ok_or_else(|| {
+                    StorageError::Failed(format!("the upload of {label} is missing from the store"))
+                })?
+                .into(),
+        };
+        let (runtime, owned_label) = (self.runtime.clone(), label.to_owned());
+        let loaded =
+            tokio::task::spawn_blocking(move || runtime.compile(&wasm, &owned_label, limits))
+                .await
+                .map_err(|e| StorageError::Failed(format!("compiling {label} panicked: {e}")))??;
         self.counters.compilations.fetch_add(1, Ordering::Relaxed);
         tracing::info!(
             "plugin {label}: compiled in {:.1} ms",
@@ -482,9 +506,9 @@ impl Plugins {
         limits.check().map_err(InvalidPlugin)?;
         let known = previous_limits.is_some();
         // Bytes deployed before have their compiled artifact in the store already.
-        let (mut loaded, loaded_from) = tokio::task::block_in_place(|| {
-            self.load_or_compile(&version, &label, limits, || Ok(Cow::Borrowed(wasm)))
-        })?;
+        let (mut loaded, loaded_from) = self
+            .load_or_compile(&version, &label, limits, Some(Arc::from(wasm)))
+            .await?;
         let artifact = loaded.artifact.take();
         let info = loaded.info.clone();
         let (mut record, has_active) = {
@@ -694,7 +718,7 @@ impl Plugins {
 
     /// Starts a loaded version: a handler is ready at once, a projection or policy starts its
     /// runner from its checkpoint.
-    fn start(
+    async fn start(
         &self,
         loaded: Loaded,
         version: &str,
@@ -709,25 +733,25 @@ impl Plugins {
                 version: version.to_owned(),
                 plugin,
             })),
-            PluginCalls::Projection(plugin) => Version::Projection(ProjectionRunner::start(
-                plugin,
-                info.clone(),
-                version,
-                self.store.clone(),
-            )?),
+            PluginCalls::Projection(plugin) => Version::Projection(
+                ProjectionRunner::start(plugin, info.clone(), version, self.store.clone()).await?,
+            ),
             PluginCalls::Policy(plugin) => {
                 let filter = LogFilter {
                     categories: info.categories.clone(),
                     event_types: info.event_types.clone(),
                 };
-                Version::Policy(PolicyRunner::start(
-                    plugin,
-                    &info.name,
-                    version,
-                    filter,
-                    self.store.clone(),
-                    self.commands.subscribe(),
-                )?)
+                Version::Policy(
+                    PolicyRunner::start(
+                        plugin,
+                        &info.name,
+                        version,
+                        filter,
+                        self.store.clone(),
+                        self.commands.subscribe(),
+                    )
+                    .await?,
+                )
             }
         };
         Ok(LoadedVersion {
@@ -739,11 +763,7 @@ impl Plugins {
 
     /// A running version of a projection or policy (the active one unless `version` names
     /// another), for its operator controls.
-    pub fn runner(
-        &self,
-        name: &str,
-        version: Option<&str>,
-    ) -> Result<Runner, HandlerLookupError> {
+    pub fn runner(&self, name: &str, version: Option<&str>) -> Result<Runner, HandlerLookupError> {
         let version = self.version(name, version, |kind| match kind {
             PluginKind::Handler => PluginKind::Projection,
             kind => kind,
@@ -763,7 +783,33 @@ impl Plugins {
     }
 
     /// One plugin with its versions, as `GET /plugins/{name}` shows it.
-    pub fn details(&self, name: &str) -> Result<Option<serde_json::Value>, StorageError> {
+    pub async fn details(&self, name: &str) -> Result<Option<serde_json::Value>, StorageError> {
+        let (is_handler, policy) = match self.read_entries().get(name) {
+            Some(entry) => (
+                entry.record.kind == PluginKind::Handler,
+                match entry.active().map(|active| &active.version) {
+                    Some(Version::Policy(runner)) => Some(runner.clone()),
+                    _ => None,
+                },
+            ),
+            None => return Ok(None),
+        };
+        let parked_policy_events = match policy {
+            Some(runner) => runner.parked().await.map_or(0, |p| p.len()),
+            None => 0,
+        };
+        // How many commands each version of a handler decided.
+        let tallies: BTreeMap<String, u64> = if is_handler {
+            let prefix = crate::commands::command_tally(name, "");
+            self.store
+                .command_tallies(&prefix)
+                .await?
+                .into_iter()
+                .filter_map(|(tally, count)| Some((tally.strip_prefix(&prefix)?.to_owned(), count)))
+                .collect()
+        } else {
+            BTreeMap::new()
+        };
         let entries = self.read_entries();
         let Some(entry) = entries.get(name) else {
             return Ok(None);
@@ -771,17 +817,6 @@ impl Plugins {
         let head = self.store.head();
         let mut value = summary(entry, head);
         let record = &entry.record;
-        // How many commands each version of a handler decided.
-        let tallies: BTreeMap<String, u64> = if record.kind == PluginKind::Handler {
-            let prefix = crate::commands::command_tally(name, "");
-            self.store
-                .command_tallies(&prefix)?
-                .into_iter()
-                .filter_map(|(tally, count)| Some((tally.strip_prefix(&prefix)?.to_owned(), count)))
-                .collect()
-        } else {
-            BTreeMap::new()
-        };
         let versions: Vec<serde_json::Value> = record
             .versions
             .iter()
@@ -824,7 +859,7 @@ impl Plugins {
         object.insert("limits".into(), serde_json::json!(limits));
         let parked = match active.map(|active| &active.version) {
             Some(Version::Projection(runner)) => runner.parked().len(),
-            Some(Version::Policy(runner)) => runner.parked().map_or(0, |p| p.len()),
+            Some(Version::Policy(_)) => parked_policy_events,
             _ => 0,
         };
         object.insert("parked".into(), parked.into());

@@ -153,11 +153,7 @@ impl Plugins {
 
     /// Deletes a version that is not active: its uploaded bytes, its compiled artifacts and,
     /// for a projection, its state and checkpoint. Answers how many state entries were freed.
-    pub async fn delete_version(
-        &self,
-        name: &str,
-        version: &str,
-    ) -> Result<u64, VersionError> {
+    pub async fn delete_version(&self, name: &str, version: &str) -> Result<u64, VersionError> {
         let _changing = self.changing.lock().await;
         let mut record = self.record(name)?;
         if record.active_version.as_deref() == Some(version) {
@@ -182,27 +178,21 @@ impl Plugins {
         // The record goes first: if the host stops half-way, what is left is unreferenced.
         self.change(record, None, &[], Trigger::Deploy, None)
             .await?;
-        let freed = tokio::task::block_in_place(|| {
-            self.store.delete_blobs(&wasm_key(version))?;
-            self.store.delete_blobs(&artifact_prefix(version))?;
-            Ok::<_, StorageError>(())
-        });
-        freed?;
+        self.store.delete_blobs(&wasm_key(version)).await?;
+        self.store.delete_blobs(&artifact_prefix(version)).await?;
         let entries = match kind {
             PluginKind::Projection => {
                 projections::delete_state(self.store.as_ref(), name, version).await?
             }
             PluginKind::Handler | PluginKind::Policy => 0,
         };
-        tracing::info!(
-            "deleted {kind} {name} version {version} ({entries} state entries freed)"
-        );
+        tracing::info!("deleted {kind} {name} version {version} ({entries} state entries freed)");
         Ok(entries)
     }
 
     /// Loads a stored version of plugin `name` for a replay: instances of its own, nothing
     /// started. Blocks on I/O, and on compilation when the artifact does not fit this engine.
-    pub fn load_for_replay(
+    pub async fn load_for_replay(
         &self,
         name: &str,
         version: &str,
@@ -214,7 +204,7 @@ impl Plugins {
                 version: version.to_owned(),
             });
         }
-        let (loaded, _) = self.load_stored(&record, version)?;
+        let (loaded, _) = self.load_stored(&record, version).await?;
         let label = format!("{}/replay", super::label(name, version));
         Ok((loaded.plugin.relabel(&label), loaded.info))
     }
@@ -268,16 +258,14 @@ impl Plugins {
             }
             let loaded = match fresh {
                 Some(fresh) => Ok((fresh.loaded, fresh.loaded_from)),
-                None => tokio::task::block_in_place(|| self.load_stored(&record, version)),
+                None => self.load_stored(&record, version).await,
             };
             match loaded {
                 Ok(loaded) => to_start.push((version.clone(), loaded)),
                 // Only the version taking over must load; one kept beside it is not worth
                 // refusing the change for.
                 Err(error) if new_active.as_deref() != Some(version.as_str()) => {
-                    tracing::error!(
-                        "plugin {name} version {version} could not be loaded: {error}"
-                    );
+                    tracing::error!("plugin {name} version {version} could not be loaded: {error}");
                 }
                 Err(error) => return Err(error),
             }
@@ -309,7 +297,11 @@ impl Plugins {
             _ => None,
         };
         let encoded = serde_json::to_vec(&record).expect("a plugin record serializes");
-        tokio::task::block_in_place(|| self.store.save_plugin(&name, &encoded, blobs))?;
+        let blobs = blobs
+            .iter()
+            .map(|(key, bytes)| ((*key).to_owned(), bytes.to_vec()))
+            .collect();
+        self.store.save_plugin(&name, encoded, blobs).await?;
         let mut loaded = current;
         let retired: Vec<LoadedVersion> = {
             let gone: Vec<String> = loaded
@@ -323,7 +315,7 @@ impl Plugins {
             version.version.retire().await;
         }
         for (version, (calls, loaded_from)) in to_start {
-            let started = self.start(calls, &version, loaded_from)?;
+            let started = self.start(calls, &version, loaded_from).await?;
             loaded.insert(version, started);
         }
         if let Some((new, old)) = &taking_over {

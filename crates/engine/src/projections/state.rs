@@ -10,6 +10,8 @@ use std::sync::{Arc, Mutex};
 use evhost_runtime::{PluginFailure, StateAccess};
 use evhost_store::{DataSnapshot, DataWrite};
 
+use crate::wait::wait;
+
 /// Writes not yet committed: a value, or `None` for a removal.
 pub type Overlay = BTreeMap<String, Option<String>>;
 
@@ -180,9 +182,7 @@ impl BatchState {
     }
 
     fn committed(&self, key: &str) -> Result<Option<String>, String> {
-        let value = self
-            .snapshot
-            .get(&self.space, key)
+        let value = wait(self.snapshot.get(&self.space, key))
             .map_err(|e| format!("state cannot be read: {e}"))?;
         value.map(utf8).transpose()
     }
@@ -310,9 +310,7 @@ impl StateAccess for BatchState {
         // Each pending write can hide at most one committed entry, so this many committed
         // entries always leave `limit` after the removals.
         let wanted = limit + pending.len();
-        let committed = self
-            .snapshot
-            .scan(&self.space, prefix, after, wanted)
+        let committed = wait(self.snapshot.scan(&self.space, prefix, after, wanted))
             .map_err(|e| format!("state cannot be read: {e}"))?;
         // When the committed entries were cut short, keys past the last one are unknown.
         let bound = (committed.len() == wanted)
@@ -338,8 +336,8 @@ impl StateAccess for BatchState {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use evhost_redb::{RedbStore, StoreOptions};
-    use evhost_store::EventStore;
+    use evhost_store::memory::MemoryStore;
+    use evhost_store::{Commits, PluginData};
 
     fn put(state: &BatchState, key: &str, value: &str) {
         state.put(key.into(), value.into()).unwrap();
@@ -351,8 +349,7 @@ mod tests {
 
     #[test]
     fn reads_see_the_call_over_the_batch_over_the_store_and_failed_calls_vanish() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = RedbStore::open(dir.path(), &StoreOptions::default()).unwrap();
+        let store = MemoryStore::default();
         let runtime = tokio::runtime::Builder::new_current_thread()
             .build()
             .unwrap();
@@ -365,14 +362,17 @@ mod tests {
                 value: Some(b"0".to_vec()),
             })
             .collect();
-        runtime.block_on(store.write_data(committed)).unwrap();
+        runtime.block_on(store.write_data(committed, None)).unwrap();
         // Another space with the same keys stays apart.
         runtime
-            .block_on(store.write_data(vec![DataWrite {
-                space: "projection/other".into(),
-                key: "a/0".into(),
-                value: Some(b"9".to_vec()),
-            }]))
+            .block_on(store.write_data(
+                vec![DataWrite {
+                    space: "projection/other".into(),
+                    key: "a/0".into(),
+                    value: Some(b"9".to_vec()),
+                }],
+                None,
+            ))
             .unwrap();
 
         let prior: Overlay = [
@@ -383,7 +383,7 @@ mod tests {
         .collect();
         let state = BatchState::writable(
             space.clone(),
-            store.data_snapshot().unwrap(),
+            runtime.block_on(store.snapshot()).unwrap(),
             Some(Arc::new(prior)),
         );
         put(&state, "a/2", "2");
@@ -424,22 +424,27 @@ mod tests {
                 ("a/3", None)
             ]
         );
-        runtime.block_on(store.write_data(writes)).unwrap();
-        let snapshot = store.data_snapshot().unwrap();
-        assert_eq!(snapshot.get(&space, "a/3").unwrap(), None);
+        runtime.block_on(store.write_data(writes, None)).unwrap();
+        let snapshot = runtime.block_on(store.snapshot()).unwrap();
+        assert_eq!(runtime.block_on(snapshot.get(&space, "a/3")).unwrap(), None);
         assert_eq!(
-            snapshot.scan(&space, "a/", Some("a/2"), 10).unwrap().len(),
+            runtime
+                .block_on(snapshot.scan(&space, "a/", Some("a/2"), 10))
+                .unwrap()
+                .len(),
             2
         );
         assert_eq!(
-            snapshot.get("projection/other", "a/0").unwrap(),
+            runtime
+                .block_on(snapshot.get("projection/other", "a/0"))
+                .unwrap(),
             Some(b"9".to_vec())
         );
 
         // An answer the host refuses drops the call's writes, as a plugin's own error does.
         let state = Arc::new(BatchState::writable(
             space.clone(),
-            store.data_snapshot().unwrap(),
+            runtime.block_on(store.snapshot()).unwrap(),
             None,
         ));
         let refused = state.call(
@@ -474,7 +479,7 @@ mod tests {
             .unwrap();
         assert_eq!(state.get("a/9").unwrap().as_deref(), Some("9"));
 
-        let read_only = BatchState::read_only(space, store.data_snapshot().unwrap());
+        let read_only = BatchState::read_only(space, runtime.block_on(store.snapshot()).unwrap());
         assert!(read_only.put("x".into(), "1".into()).is_err());
         assert!(read_only.delete("a/1".into()).is_err());
     }

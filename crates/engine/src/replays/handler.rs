@@ -6,6 +6,7 @@
 //! Commands are replayed stream by stream in version order, so each stream is read and folded
 //! once. Nothing is written.
 
+use crate::wait::wait;
 use std::collections::BTreeMap;
 
 use serde_json::{Value, json};
@@ -13,7 +14,7 @@ use serde_json::{Value, json};
 use super::{FirstDifferences, Job, Stop, json_value};
 use crate::commands::{CommandRecord, StoredEvent, fold};
 use evhost_runtime::{CommandInput, HandlerPlugin, NewEvent};
-use evhost_store::{Direction, EventStore, RecordedEvent, StorageError};
+use evhost_store::{Direction, RecordedEvent, StorageError, Store};
 
 /// Commands read from the store per page while collecting the range.
 const COLLECT_PAGE: usize = 1_000;
@@ -171,7 +172,7 @@ pub(super) fn run(job: &Job<'_>, plugin: &HandlerPlugin, to: Option<u64>) -> Res
 
 /// The recorded commands of handler `name` whose positions are in `from..=to`.
 fn collect(
-    store: &dyn EventStore,
+    store: &dyn Store,
     name: &str,
     from: u64,
     to: u64,
@@ -179,7 +180,7 @@ fn collect(
     let mut found = Vec::new();
     let mut after: Option<String> = None;
     loop {
-        let page = store.scan_commands("", after.as_deref(), COLLECT_PAGE)?;
+        let page = wait(store.scan_commands("", after.as_deref(), COLLECT_PAGE))?;
         let Some((last, _)) = page.last() else {
             break;
         };
@@ -189,7 +190,7 @@ fn collect(
                 continue;
             }
             let record: CommandRecord<'_> = serde_json::from_slice(&stored.record)
-                .map_err(|e| StorageError::Engine(format!("command {id} is corrupt: {e}")))?;
+                .map_err(|e| StorageError::Failed(format!("command {id} is corrupt: {e}")))?;
             if record.handler != name {
                 continue;
             }
@@ -212,14 +213,15 @@ fn collect(
 
 /// The first `until` events of `stream`.
 fn read_stream(
-    store: &dyn EventStore,
+    store: &dyn Store,
     stream: &str,
     until: u64,
 ) -> Result<Vec<RecordedEvent>, StorageError> {
     let mut events = Vec::new();
     let mut from = 1;
     while from <= until {
-        let Some(page) = store.read_stream(stream, Some(from), STREAM_PAGE, Direction::Forward)?
+        let Some(page) =
+            wait(store.read_stream(stream, Some(from), STREAM_PAGE, Direction::Forward))?
         else {
             break;
         };

@@ -10,6 +10,8 @@
 //! Commands still waiting in the policy's outbox are not recorded yet, so they count as not
 //! sent; `on-rejected` is not replayed.
 
+use crate::projections::storage;
+use crate::wait::wait;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
@@ -21,7 +23,7 @@ use crate::policies::{event_command_prefix, timer_command_prefix};
 use crate::projections::log_event;
 use crate::projections::state::BatchState;
 use evhost_runtime::{PluginInfo, PolicyAction, PolicyPlugin};
-use evhost_store::{EventStore, LogFilter, RecordView, StorageError, millis_from_rfc3339};
+use evhost_store::{LogFilter, RecordView, StorageError, Store, millis_from_rfc3339};
 
 /// Events reacted to per batch of state writes.
 const BATCH_EVENTS: usize = 256;
@@ -117,7 +119,7 @@ pub(super) fn run(
     let mut timers = Timers::new();
     let mut next = from;
     while next <= to {
-        let page = job.store.read_log(next, BATCH_EVENTS, &filter)?;
+        let page = wait(job.store.read_log(next, BATCH_EVENTS, &filter))?;
         let covered = match page.next {
             Some(next) => next - 1,
             None => page.head.max(next - 1),
@@ -125,7 +127,7 @@ pub(super) fn run(
         .min(to);
         let state = Arc::new(BatchState::writable(
             space.clone(),
-            job.store.data_snapshot()?,
+            wait(job.store.snapshot())?,
             None,
         ));
         for record in page.events.iter().filter(|e| e.position <= to) {
@@ -172,7 +174,9 @@ pub(super) fn run(
         let state = Arc::into_inner(state).expect("the plugin returns the state after its call");
         let (writes, _) = state.into_writes();
         if !writes.is_empty() {
-            runtime.block_on(job.store.write_data(writes))?;
+            runtime
+                .block_on(job.store.write_data(writes, None))
+                .map_err(storage)?;
         }
         if covered < next {
             break;
@@ -186,7 +190,7 @@ pub(super) fn run(
     if to == head {
         let state = Arc::new(BatchState::writable(
             space.clone(),
-            job.store.data_snapshot()?,
+            wait(job.store.snapshot())?,
             None,
         ));
         let now = std::time::SystemTime::now()
@@ -271,9 +275,8 @@ fn set_timers(timers: &mut Timers, actions: &[PolicyAction]) {
 }
 
 /// The commands recorded under the id prefix `prefix`, in the order they were sent.
-fn recorded(store: &dyn EventStore, prefix: &str) -> Result<Vec<Value>, Stop> {
-    store
-        .scan_commands(prefix, None, MAX_COMMANDS)?
+fn recorded(store: &dyn Store, prefix: &str) -> Result<Vec<Value>, Stop> {
+    wait(store.scan_commands(prefix, None, MAX_COMMANDS))?
         .into_iter()
         .map(|(id, stored)| {
             let record: CommandRecord<'_> = serde_json::from_slice(&stored.record)

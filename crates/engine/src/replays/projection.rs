@@ -17,7 +17,10 @@ use crate::plugins::{HandlerLookupError, Plugins};
 use crate::projections::state::Overlay;
 use crate::projections::{Source, read_checkpoint, state_space};
 use evhost_runtime::{PluginCalls, PluginInfo, ProjectionPlugin};
-use evhost_store::{DataFuture, DataSnapshot, EventStore, LogFilter};
+use evhost_store::{CommitError, DataSnapshot, LogFilter, Store};
+
+use crate::projections::storage;
+use crate::wait::wait;
 
 /// Entries read per page of a state while comparing.
 const DIFF_PAGE: usize = 1_000;
@@ -36,9 +39,9 @@ pub(super) struct Baseline {
 impl Baseline {
     /// The active version of projection `name`, its state now, and, when the range is not
     /// `1..=` its position, the version itself to replay.
-    pub(super) fn take(
+    pub(super) async fn take(
         plugins: &Plugins,
-        store: &dyn EventStore,
+        store: &dyn Store,
         name: &str,
         from: Option<u64>,
         to: Option<u64>,
@@ -51,15 +54,17 @@ impl Baseline {
         })?;
         let key = format!("{name}/{}", active.version);
         let snapshot = store
-            .data_snapshot()
+            .snapshot()
+            .await
             .map_err(crate::plugins::VersionError::from)?;
-        let position =
-            read_checkpoint(&*snapshot, &key).map_err(crate::plugins::VersionError::from)?;
+        let position = read_checkpoint(&*snapshot, &key)
+            .await
+            .map_err(crate::plugins::VersionError::from)?;
         let whole = from.unwrap_or(1) == 1 && to.is_none_or(|to| to == position);
         let plugin = if whole {
             None
         } else {
-            match tokio::task::block_in_place(|| plugins.load_for_replay(name, &active.version))? {
+            match plugins.load_for_replay(name, &active.version).await? {
                 (PluginCalls::Projection(plugin), info) => Some((plugin, info)),
                 _ => unreachable!("a projection's version is a projection"),
             }
@@ -98,7 +103,7 @@ pub(super) fn run(
             let space: Arc<str> = format!("{}active", replay.scratch).into();
             build(job, runtime, active, active_info, &space, from, to)?;
             (
-                job.store.data_snapshot()?,
+                wait(job.store.snapshot())?,
                 space,
                 "the active version replayed over the same range",
             )
@@ -106,7 +111,7 @@ pub(super) fn run(
     };
     let space: Arc<str> = format!("{}candidate", replay.scratch).into();
     build(job, runtime, plugin, info, &space, from, to)?;
-    let candidate_snapshot = job.store.data_snapshot()?;
+    let candidate_snapshot = wait(job.store.snapshot())?;
     let mut active = Cursor::new(&*base_snapshot, base_space);
     let mut candidate = Cursor::new(&*candidate_snapshot, space);
     let (mut same, mut added, mut removed, mut changed) = (0u64, 0u64, 0u64, 0u64);
@@ -200,13 +205,20 @@ fn build(
         space,
     };
     // As a runner does, the next batch is applied over the writes of the one being committed.
-    let mut committing: Option<(DataFuture, Arc<Overlay>)> = None;
+    type Commit = tokio::task::JoinHandle<Result<(), CommitError>>;
+    let mut committing: Option<(Commit, Arc<Overlay>)> = None;
+    let finish = |commit: Commit| -> Result<(), Stop> {
+        runtime
+            .block_on(commit)
+            .map_err(|e| Stop::Failed(format!("a commit panicked: {e}")))?
+            .map_err(|e| Stop::from(storage(e)))
+    };
     let mut next = from;
     while next <= to {
         let prior = committing.as_ref().map(|(_, overlay)| overlay.clone());
         let step = source.apply_batch(next, to, prior, None)?;
         if let Some((commit, _)) = committing.take() {
-            runtime.block_on(commit)?;
+            finish(commit)?;
         }
         if let Some((position, error)) = step.failure {
             return Err(Stop::Failed(format!(
@@ -215,7 +227,10 @@ fn build(
             )));
         }
         if !step.writes.is_empty() {
-            committing = Some((job.store.write_data(step.writes), step.overlay));
+            // Sent now, so that it commits while the next batch is applied.
+            let store = job.shared_store.clone();
+            let commit = runtime.spawn(async move { store.write_data(step.writes, None).await });
+            committing = Some((commit, step.overlay));
         }
         if step.covered < next {
             break;
@@ -223,14 +238,14 @@ fn build(
         if !job.replay.advance(step.covered + 1 - next, step.covered) {
             // What was sent lands before the scratch state is deleted.
             if let Some((commit, _)) = committing {
-                runtime.block_on(commit)?;
+                finish(commit)?;
             }
             return Err(Stop::Cancelled);
         }
         next = step.covered + 1;
     }
     if let Some((commit, _)) = committing {
-        runtime.block_on(commit)?;
+        finish(commit)?;
     }
     Ok(())
 }
@@ -257,9 +272,10 @@ impl<'s> Cursor<'s> {
 
     fn peek(&mut self) -> Result<Option<&(String, Vec<u8>)>, Stop> {
         if self.page.is_empty() && !self.ended {
-            let page = self
-                .snapshot
-                .scan(&self.space, "", self.after.as_deref(), DIFF_PAGE)?;
+            let page = wait(
+                self.snapshot
+                    .scan(&self.space, "", self.after.as_deref(), DIFF_PAGE),
+            )?;
             self.ended = page.len() < DIFF_PAGE;
             self.after = page.last().map(|(key, _)| key.clone());
             self.page.extend(page);
