@@ -2,6 +2,8 @@
 //!
 //! `evhost serve` runs the host; the other subcommands are clients of a running host.
 
+#[cfg(test)]
+mod architecture;
 mod cli;
 
 /// The writer thread and the request handlers allocate many small buffers; mimalloc serves

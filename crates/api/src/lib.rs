@@ -100,7 +100,7 @@ impl App {
     ) -> Result<Arc<Self>, StorageError> {
         let (stop, stopping) = watch::channel(false);
         let commands = Arc::new(Commands::new(store.clone(), plugins.clone(), limits.append));
-        plugins.connect(&commands);
+        plugins.connect(commands.clone());
         let replays = Replays::new(plugins.clone(), store.clone()).await?;
         Ok(Arc::new(App {
             commands,

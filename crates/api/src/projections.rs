@@ -97,7 +97,11 @@ pub(super) async fn read(
         let runner = projection(app, &name, &query)?;
         let (reader, at) = reader_of(&runner, &query).await?;
         let _admitted = app.plugins.admission.admit(&name).await?;
-        let answer = tokio::task::block_in_place(|| runner.query(reader, &path, &params));
+        let querying = runner.clone();
+        let answer = runner
+            .threads()
+            .run(move || querying.query(reader, &path, &params))
+            .await;
         let json = match answer {
             Ok(Ok(json)) => json,
             Ok(Err(reason)) => {

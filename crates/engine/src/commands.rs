@@ -22,16 +22,18 @@ use std::time::Duration;
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
-use crate::plugins::{ActiveHandler, Busy, HandlerLookupError, Plugins};
+pub use crate::delivery::CommandRequest;
+use crate::delivery::{CommandSink, Delivered};
+use crate::metadata::{causation_depth, correlation_id};
+use crate::plugins::{ActiveHandler, Busy, HandlerLookupError, Plugins, command_tally};
 use evhost_runtime::{CommandInput, EventInput, HandlerPlugin, NewEvent, PluginFailure};
 use evhost_store::{
     AppendLimits, AppendOutcome, AppendRequest, CommandEntry, CommitError, Direction,
     ExpectedVersion, LogFilter, ProposedEvent, RecordedEvent, StorageError, Store, StoredCommand,
     category_of, check_json_depth, minify_json, now_rfc3339, validate_event_type,
 };
-use snapshots::{Snapshot, SnapshotCache};
+use snapshots::SnapshotCache;
 
-use crate::wait::wait;
 use stream_locks::StreamLocks;
 
 /// How many times a command is decided before a run of conflicts makes it give up.
@@ -41,19 +43,6 @@ const EVOLVE_BATCH_EVENTS: usize = 512;
 const EVOLVE_BATCH_BYTES: usize = 4 << 20;
 /// Events read from the store per page while loading a stream.
 const LOAD_PAGE: usize = 1_000;
-
-/// A command as a client sent it, validated.
-#[derive(Debug, Clone)]
-pub struct CommandRequest {
-    /// The client's id for the command, or none to have one generated.
-    pub id: Option<String>,
-    pub stream: String,
-    pub command_type: String,
-    /// JSON text on one line.
-    pub data: String,
-    /// JSON object text on one line.
-    pub metadata: String,
-}
 
 /// How a command ended, whether decided now or earlier.
 #[derive(Debug)]
@@ -192,23 +181,10 @@ impl Commands {
         // Only a command that will call the handler waits for a place to; a recorded one is
         // answered above without one.
         let _admitted = self.plugins.admission.admit(handler_name).await?;
-        let input = CommandInput {
-            id: &command_id,
-            stream: &request.stream,
-            command_type: &request.command_type,
-            data: &request.data,
-            metadata: &request.metadata,
-        };
         for attempt in 1..=MAX_ATTEMPTS {
-            let (version, decided) = tokio::task::block_in_place(|| {
-                let snapshot = self.load(&handler, &request.stream)?;
-                self.counters.decide_calls.fetch_add(1, Ordering::Relaxed);
-                let decided = handler
-                    .plugin
-                    .decide(snapshot.state.as_deref().map(Vec::as_slice), &input)
-                    .map_err(|failure| self.failed(&handler, failure))?;
-                Ok::<_, CommandError>((snapshot.version, decided))
-            })?;
+            let (version, decided) = self
+                .load_and_decide(&handler, &command_id, &request)
+                .await?;
             let record = |outcome: &str, reason: Option<&str>| {
                 let record = CommandRecord {
                     command_id: Cow::Borrowed(&command_id),
@@ -358,52 +334,65 @@ impl Commands {
         }
     }
 
-    /// The state of `stream` as of its current version: the cached snapshot, with the events
-    /// after it folded in. The result is cached for the next command.
-    fn load(&self, handler: &ActiveHandler, stream: &str) -> Result<Snapshot, CommandError> {
+    /// Loads the state of the command's stream as of its current version (the cached
+    /// snapshot, with the events after it folded in by `evolve`) and decides the command on
+    /// it. The events are read here; the plugin calls run on the plugin threads, one hand-over
+    /// per page of events (one in all, for most commands). The state is cached for the next
+    /// command. Answers the version decided on and what `decide` returned.
+    async fn load_and_decide(
+        &self,
+        handler: &Arc<ActiveHandler>,
+        command_id: &str,
+        request: &CommandRequest,
+    ) -> Result<(u64, Result<Vec<NewEvent>, String>), CommandError> {
+        let stream = &request.stream;
         let mut snapshot = self
             .snapshots
             .get(&handler.version, stream)
             .unwrap_or_default();
         let before = snapshot.version;
+        let threads = handler.plugin.threads();
         loop {
-            let page = wait(self.store.read_stream(
-                stream,
-                Some(snapshot.version + 1),
-                LOAD_PAGE,
-                Direction::Forward,
-            ))?;
-            let Some(page) = page else { break };
-            if page.events.is_empty() {
-                break;
-            }
-            let records = page
-                .events
-                .iter()
-                .map(StoredEvent::parse)
-                .collect::<Result<Vec<_>, _>>()?;
-            let folded = fold(
-                &handler.plugin,
-                snapshot.state.as_deref().map(Vec::as_slice),
-                &records,
-                || {
-                    self.counters.evolve_calls.fetch_add(1, Ordering::Relaxed);
-                },
-            )
-            .map_err(|failure| self.failed(handler, failure))?;
+            let page = self
+                .store
+                .read_stream(
+                    stream,
+                    Some(snapshot.version + 1),
+                    LOAD_PAGE,
+                    Direction::Forward,
+                )
+                .await?;
+            let (events, last) = match page {
+                Some(page) if !page.events.is_empty() => (page.events, page.next.is_none()),
+                _ => (Vec::new(), true),
+            };
+            let work = Decision {
+                handler: handler.clone(),
+                state: snapshot.state.clone(),
+                events,
+                command: last.then(|| (command_id.to_owned(), request.clone())),
+            };
+            let done = threads.run(move || work.run()).await;
+            self.counters
+                .evolve_calls
+                .fetch_add(done.evolve_calls, Ordering::Relaxed);
+            let (folded, version, decided) = done.outcome.map_err(|undecided| match undecided {
+                Undecided::Plugin(failure) => self.failed(handler, failure),
+                Undecided::Storage(error) => CommandError::Storage(error),
+            })?;
             if let Some(state) = folded {
                 snapshot.state = Some(Arc::new(state));
             }
-            snapshot.version = records.last().map_or(snapshot.version, |e| e.version);
-            if page.next.is_none() {
-                break;
+            snapshot.version = version.unwrap_or(snapshot.version);
+            if let Some(decided) = decided {
+                if snapshot.version != before {
+                    self.snapshots
+                        .put(&handler.version, stream, snapshot.clone());
+                }
+                self.counters.decide_calls.fetch_add(1, Ordering::Relaxed);
+                return Ok((snapshot.version, decided));
             }
         }
-        if snapshot.version != before {
-            self.snapshots
-                .put(&handler.version, stream, snapshot.clone());
-        }
-        Ok(snapshot)
     }
 
     /// Turns what `decide` returned into events to append, with the command's correlation and
@@ -423,13 +412,7 @@ impl Commands {
             .map_err(refused)?;
         let causation_depth = causation_depth(command_metadata);
         let correlation_id =
-            serde_json::from_str::<serde_json::Map<String, serde_json::Value>>(command_metadata)
-                .ok()
-                .and_then(|m| {
-                    m.get("correlation_id")
-                        .and_then(|v| v.as_str().map(str::to_owned))
-                })
-                .unwrap_or_else(|| command_id.to_owned());
+            correlation_id(command_metadata).unwrap_or_else(|| command_id.to_owned());
         events
             .into_iter()
             .enumerate()
@@ -476,6 +459,86 @@ impl Commands {
             .read_log(first, stored.event_count as usize, &LogFilter::default())
             .await?;
         Ok(page.events)
+    }
+}
+
+/// The plugin work of one page of a command's load, run on the plugin threads: fold the page's
+/// events into the state, then, on the last page, decide the command on it.
+struct Decision {
+    handler: Arc<ActiveHandler>,
+    state: Option<Arc<Vec<u8>>>,
+    events: Vec<RecordedEvent>,
+    /// The command's id and request, when this is the last page.
+    command: Option<(String, CommandRequest)>,
+}
+
+/// What a [`Decision`] did: the folded state and the version it is at (none when there was
+/// nothing to fold), and what `decide` returned when it was called.
+type Decided = (
+    Option<Vec<u8>>,
+    Option<u64>,
+    Option<Result<Vec<NewEvent>, String>>,
+);
+
+struct DecisionDone {
+    evolve_calls: u64,
+    outcome: Result<Decided, Undecided>,
+}
+
+/// Why a [`Decision`] has no answer.
+enum Undecided {
+    Plugin(PluginFailure),
+    Storage(StorageError),
+}
+
+impl From<PluginFailure> for Undecided {
+    fn from(failure: PluginFailure) -> Self {
+        Undecided::Plugin(failure)
+    }
+}
+
+impl Decision {
+    fn run(self) -> DecisionDone {
+        let mut evolve_calls = 0;
+        let outcome = (|| {
+            let records = self
+                .events
+                .iter()
+                .map(StoredEvent::parse)
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(Undecided::Storage)?;
+            let plugin = &self.handler.plugin;
+            let folded = fold(
+                plugin,
+                self.state.as_deref().map(Vec::as_slice),
+                &records,
+                || {
+                    evolve_calls += 1;
+                },
+            )?;
+            let version = records.last().map(|e| e.version);
+            let decided = match &self.command {
+                None => None,
+                Some((id, request)) => {
+                    let input = CommandInput {
+                        id,
+                        stream: &request.stream,
+                        command_type: &request.command_type,
+                        data: &request.data,
+                        metadata: &request.metadata,
+                    };
+                    let state = folded
+                        .as_deref()
+                        .or(self.state.as_deref().map(Vec::as_slice));
+                    Some(plugin.decide(state, &input)?)
+                }
+            };
+            Ok((folded, version, decided))
+        })();
+        DecisionDone {
+            evolve_calls,
+            outcome,
+        }
     }
 }
 
@@ -556,23 +619,23 @@ fn backoff(attempt: u32) -> Duration {
     Duration::from_micros(random % bound_micros)
 }
 
-/// The `causation_depth` of an event's or a command's metadata: how many policy commands led to
-/// it (0 when it says nothing).
-pub fn causation_depth(metadata: &str) -> u64 {
-    #[derive(Deserialize)]
-    struct Depth {
-        #[serde(default)]
-        causation_depth: u64,
-    }
-    serde_json::from_str::<Depth>(metadata).map_or(0, |d| d.causation_depth)
-}
-
 /// JSON text known to be valid, as a raw value.
 fn raw(json: &str) -> &RawValue {
     serde_json::from_str(json).expect("validated JSON")
 }
 
-/// The name of the tally counting the commands a handler's version decided.
-pub fn command_tally(handler: &str, version: &str) -> String {
-    format!("{handler}/{version}")
+#[async_trait::async_trait]
+impl CommandSink for Commands {
+    async fn deliver(&self, handler: &str, request: CommandRequest) -> Result<Delivered, String> {
+        match self.execute(handler, request).await {
+            Ok(CommandOutcome::Applied { .. }) => Ok(Delivered::Applied),
+            Ok(CommandOutcome::Rejected { reason, .. }) => Ok(Delivered::Rejected(reason)),
+            // Delivering it again cannot help: the request asks for something no handler will
+            // take. It counts as a rejection, so the policy can compensate.
+            Err(error @ (CommandError::Invalid(_) | CommandError::IdReused { .. })) => {
+                Ok(Delivered::Rejected(error.to_string()))
+            }
+            Err(error) => Err(error.to_string()),
+        }
+    }
 }

@@ -7,7 +7,9 @@
 //! of HTTP or of which storage engine holds the data.
 
 pub mod commands;
+pub mod delivery;
 pub mod faults;
+pub mod metadata;
 pub mod plugins;
 pub mod policies;
 pub mod projections;

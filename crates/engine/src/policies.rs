@@ -25,7 +25,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{Notify, watch};
 
-use crate::commands::{CommandError, CommandOutcome, CommandRequest, Commands, causation_depth};
+use crate::delivery::{CommandRequest, CommandSink, Delivered};
+use crate::metadata::{causation_depth, correlation_id as correlation_of};
 use crate::projections::state::BatchState;
 use crate::projections::{PAUSES, checkpoint_write, log_event, read_checkpoint, storage};
 use evhost_runtime::{CommandInput, LogEvent, PolicyAction, PolicyPlugin, content_hash};
@@ -110,7 +111,7 @@ pub struct PolicyRunner {
     pub name: String,
     plugin: PolicyPlugin,
     store: Arc<dyn Store>,
-    commands: watch::Receiver<Option<Weak<Commands>>>,
+    commands: watch::Receiver<Option<Weak<dyn CommandSink>>>,
     filter: LogFilter,
     /// The data spaces of this policy.
     state_space: Arc<str>,
@@ -139,7 +140,7 @@ impl PolicyRunner {
         version: &str,
         filter: LogFilter,
         store: Arc<dyn Store>,
-        commands: watch::Receiver<Option<Weak<Commands>>>,
+        commands: watch::Receiver<Option<Weak<dyn CommandSink>>>,
     ) -> Result<Arc<Self>, StorageError> {
         let lease = format!("policy/{name}");
         let token = store.take_lease(&lease).await?;
@@ -273,22 +274,31 @@ impl PolicyRunner {
             .store
             .read_log(position, 1, &LogFilter::default())
             .await?;
-        let record = page.events.first().ok_or(RetryError::NotParked(position))?;
-        let view = RecordView::parse(&record.json).map_err(|e| StorageError::Corrupt {
+        let record = page
+            .events
+            .into_iter()
+            .next()
+            .ok_or(RetryError::NotParked(position))?;
+        RecordView::parse(&record.json).map_err(|e| StorageError::Corrupt {
             position,
             reason: e.to_string(),
         })?;
         let _turn = self.turn.lock().await;
         let state = self.new_state().await?;
-        let event = log_event(&view);
-        let mut step = StepWrites::default();
-        let outcome = tokio::task::block_in_place(|| {
-            state.call(
-                REFUSAL,
-                |state| self.plugin.react(&event, state),
-                |actions| self.take_actions(&mut step, actions, &Cause::Event(&event)),
-            )
-        });
+        let call_state = state.clone();
+        let (outcome, mut step) = self
+            .on_threads(move |runner| {
+                let view = RecordView::parse(&record.json).expect("parsed before");
+                let event = log_event(&view);
+                let mut step = StepWrites::default();
+                let outcome = call_state.call(
+                    REFUSAL,
+                    |state| runner.plugin.react(&event, state),
+                    |actions| runner.take_actions(&mut step, actions, &Cause::Event(&event)),
+                );
+                (outcome, step)
+            })
+            .await;
         match outcome {
             Ok(()) => {
                 step.writes.push(write(&self.parked_space, key, None));
@@ -297,6 +307,15 @@ impl PolicyRunner {
             }
             Err(error) => Ok(Some(error)),
         }
+    }
+
+    /// Runs `work` (calls into the policy, and what goes with them) on the plugin threads.
+    async fn on_threads<T: Send + 'static>(
+        self: &Arc<Self>,
+        work: impl FnOnce(&PolicyRunner) -> T + Send + 'static,
+    ) -> T {
+        let runner = self.clone();
+        self.plugin.threads().run(move || work(&runner)).await
     }
 
     async fn is_parked(&self, key: &str) -> Result<bool, StorageError> {
@@ -516,46 +535,51 @@ impl PolicyRunner {
         };
         let _turn = self.turn.lock().await;
         let state = self.new_state().await?;
-        let mut step = StepWrites::default();
-        let mut reached = covered;
-        let mut failure = None;
-        tokio::task::block_in_place(|| {
-            for record in &page.events {
-                let view = match RecordView::parse(&record.json) {
-                    Ok(view) => view,
-                    Err(e) => {
-                        failure = Some((record.position, format!("the record is corrupt: {e}")));
+        let call_state = state.clone();
+        let events = page.events;
+        let (events, mut step, mut failure) = self
+            .on_threads(move |runner| {
+                let mut step = StepWrites::default();
+                let mut failure = None;
+                for record in &events {
+                    let view = match RecordView::parse(&record.json) {
+                        Ok(view) => view,
+                        Err(e) => {
+                            failure = Some((record.position, format!("the record is corrupt: {e}")));
+                            break;
+                        }
+                    };
+                    let event = log_event(&view);
+                    let depth = causation_depth(event.metadata);
+                    if depth >= MAX_CAUSATION_DEPTH {
+                        let reason = format!(
+                            "the event ends a chain of {depth} policy commands, the limit; reacting \
+                             to it would make the chain longer (a policy commanding a handler whose \
+                             events it reacts to?)"
+                        );
+                        tracing::error!(
+                            "policy {} parked the event at position {}: {reason}",
+                            runner.name,
+                            record.position
+                        );
+                        let parked = runner.park_write(&view, reason, 0);
+                        step.writes.push(parked);
+                        continue;
+                    }
+                    let reacted = call_state.call(
+                        REFUSAL,
+                        |state| runner.plugin.react(&event, state),
+                        |actions| runner.take_actions(&mut step, actions, &Cause::Event(&event)),
+                    );
+                    if let Err(error) = reacted {
+                        failure = Some((record.position, error));
                         break;
                     }
-                };
-                let event = log_event(&view);
-                let depth = causation_depth(event.metadata);
-                if depth >= MAX_CAUSATION_DEPTH {
-                    let reason = format!(
-                        "the event ends a chain of {depth} policy commands, the limit; reacting \
-                         to it would make the chain longer (a policy commanding a handler whose \
-                         events it reacts to?)"
-                    );
-                    tracing::error!(
-                        "policy {} parked the event at position {}: {reason}",
-                        self.name,
-                        record.position
-                    );
-                    let parked = self.park_write(&view, reason, 0);
-                    step.writes.push(parked);
-                    continue;
                 }
-                let reacted = state.call(
-                    REFUSAL,
-                    |state| self.plugin.react(&event, state),
-                    |actions| self.take_actions(&mut step, actions, &Cause::Event(&event)),
-                );
-                if let Err(error) = reacted {
-                    failure = Some((record.position, error));
-                    break;
-                }
-            }
-        });
+                (events, step, failure)
+            })
+            .await;
+        let mut reached = covered;
         // A step whose state writes filled it ends before the event that found no room; that
         // event starts the next step, which is no failure of it.
         if failure.is_some() && state.ended_full() {
@@ -564,7 +588,7 @@ impl PolicyRunner {
         if let Some((position, error)) = &failure {
             reached = position - 1;
             if attempts + 1 >= MAX_ATTEMPTS {
-                let event = page.events.iter().find(|e| e.position == *position);
+                let event = events.iter().find(|e| e.position == *position);
                 let view = event.and_then(|e| RecordView::parse(&e.json).ok());
                 tracing::error!(
                     "policy {} parked the event at position {position} after {} attempts: {error}",
@@ -612,7 +636,7 @@ impl PolicyRunner {
             let Some(commands) = commands.upgrade() else {
                 return;
             };
-            let progress = match self.dispatch_outbox(&commands).await {
+            let progress = match self.dispatch_outbox(commands.as_ref()).await {
                 Ok(delivered) => self.fire_timers().await.map(|fired| delivered + fired),
                 Err(error) => Err(error),
             };
@@ -640,7 +664,10 @@ impl PolicyRunner {
     }
 
     /// Delivers what the outbox holds, in order; answers how many were delivered.
-    async fn dispatch_outbox(self: &Arc<Self>, commands: &Commands) -> Result<usize, String> {
+    async fn dispatch_outbox(
+        self: &Arc<Self>,
+        commands: &dyn CommandSink,
+    ) -> Result<usize, String> {
         let snapshot = self.store.snapshot().await.map_err(|e| e.to_string())?;
         let page = snapshot
             .scan(&self.outbox_space, "", None, OUTBOX_PAGE)
@@ -658,21 +685,16 @@ impl PolicyRunner {
                 data: entry.data.clone(),
                 metadata: entry.metadata.clone(),
             };
-            let outcome = commands.execute(&entry.handler, request).await;
+            let outcome = commands.deliver(&entry.handler, request).await;
             crate::faults::crash_point("policy-after-dispatch");
             match outcome {
-                Ok(CommandOutcome::Applied { .. }) => {
+                Ok(Delivered::Applied) => {
                     self.write(vec![write(&self.outbox_space, id, None)])
                         .await
                         .map_err(|e| e.to_string())?;
                 }
-                Ok(CommandOutcome::Rejected { reason, .. }) => {
+                Ok(Delivered::Rejected(reason)) => {
                     self.rejected(&id, &entry, &reason).await?;
-                }
-                Err(error @ (CommandError::Invalid(_) | CommandError::IdReused { .. })) => {
-                    // Delivering it again cannot help: the policy asked for something no handler
-                    // will take. It counts as a rejection, so the policy can compensate.
-                    self.rejected(&id, &entry, &error.to_string()).await?;
                 }
                 Err(error) => return Err(format!("command {id} to {}: {error}", entry.handler)),
             }
@@ -684,31 +706,44 @@ impl PolicyRunner {
     /// Hands a rejected command to `on-rejected`, and commits its actions with the outbox
     /// entry's removal. A policy that fails to compensate has the rejection logged and dropped
     /// after the last attempt, so that one command cannot stop all delivery.
-    async fn rejected(&self, id: &str, entry: &OutboxEntry, reason: &str) -> Result<(), String> {
-        let input = CommandInput {
-            id,
-            stream: &entry.stream,
-            command_type: &entry.command_type,
-            data: &entry.data,
-            metadata: &entry.metadata,
-        };
-        let correlation = correlation_of(&entry.metadata).unwrap_or_else(|| id.to_owned());
-        let cause = Cause::Rejected {
-            id,
-            correlation: &correlation,
-            metadata: &entry.metadata,
-        };
+    async fn rejected(
+        self: &Arc<Self>,
+        id: &str,
+        entry: &OutboxEntry,
+        reason: &str,
+    ) -> Result<(), String> {
         for attempt in 1..=MAX_ATTEMPTS {
             let _turn = self.turn.lock().await;
             let state = self.new_state().await.map_err(|e| e.to_string())?;
-            let mut step = StepWrites::default();
-            let outcome = tokio::task::block_in_place(|| {
-                state.call(
-                    REFUSAL,
-                    |state| self.plugin.on_rejected(&input, reason, state),
-                    |actions| self.take_actions(&mut step, actions, &cause),
-                )
-            });
+            let call_state = state.clone();
+            let (id_owned, entry_owned, reason_owned) =
+                (id.to_owned(), entry.clone(), reason.to_owned());
+            let (outcome, mut step) = self
+                .on_threads(move |runner| {
+                    let (id, entry) = (id_owned.as_str(), &entry_owned);
+                    let input = CommandInput {
+                        id,
+                        stream: &entry.stream,
+                        command_type: &entry.command_type,
+                        data: &entry.data,
+                        metadata: &entry.metadata,
+                    };
+                    let correlation =
+                        correlation_of(&entry.metadata).unwrap_or_else(|| id.to_owned());
+                    let cause = Cause::Rejected {
+                        id,
+                        correlation: &correlation,
+                        metadata: &entry.metadata,
+                    };
+                    let mut step = StepWrites::default();
+                    let outcome = call_state.call(
+                        REFUSAL,
+                        |state| runner.plugin.on_rejected(&input, &reason_owned, state),
+                        |actions| runner.take_actions(&mut step, actions, &cause),
+                    );
+                    (outcome, step)
+                })
+                .await;
             match outcome {
                 Ok(()) => {
                     step.writes
@@ -744,7 +779,7 @@ impl PolicyRunner {
 
     /// Fires the timers that are due: `on-timer`, then its actions committed with the timer's
     /// removal. Answers how many fired.
-    async fn fire_timers(&self) -> Result<usize, String> {
+    async fn fire_timers(self: &Arc<Self>) -> Result<usize, String> {
         let due: Vec<(String, Timer)> = {
             let now = now_ms();
             let timers = self.timers.lock().unwrap_or_else(|p| p.into_inner());
@@ -769,21 +804,30 @@ impl PolicyRunner {
             }
             let state = self.new_state().await.map_err(|e| e.to_string())?;
             let mut step = StepWrites::default();
-            let cause = Cause::Timer {
-                key: &key,
-                timer: &timer,
-            };
             // The timer is removed before the actions apply, so that one it sets again stays.
             step.writes
                 .push(write(&self.timers_space, key.clone(), None));
             step.timers.push((key.clone(), None));
-            let outcome = tokio::task::block_in_place(|| {
-                state.call(
-                    REFUSAL,
-                    |state| self.plugin.on_timer(&key, &timer.payload, state),
-                    |actions| self.take_actions(&mut step, actions, &cause),
-                )
-            });
+            let call_state = state.clone();
+            let (call_key, call_timer) = (key.clone(), timer.clone());
+            let (outcome, step) = self
+                .on_threads(move |runner| {
+                    let cause = Cause::Timer {
+                        key: &call_key,
+                        timer: &call_timer,
+                    };
+                    let outcome = call_state.call(
+                        REFUSAL,
+                        |state| {
+                            runner
+                                .plugin
+                                .on_timer(&call_key, &call_timer.payload, state)
+                        },
+                        |actions| runner.take_actions(&mut step, actions, &cause),
+                    );
+                    (outcome, step)
+                })
+                .await;
             // A timer whose call fails is not retried forever: it is dropped, with the error in
             // the log; the failed call left no writes and no actions, only the removal.
             if let Err(error) = outcome {
@@ -945,11 +989,6 @@ async fn scan_all(
 
 fn parked_key(position: u64) -> String {
     format!("{position:020}")
-}
-
-fn correlation_of(metadata: &str) -> Option<String> {
-    let value: serde_json::Value = serde_json::from_str(metadata).ok()?;
-    value.get("correlation_id")?.as_str().map(str::to_owned)
 }
 
 /// The first 16 hex digits of the SHA-256 of `text`.

@@ -358,7 +358,13 @@ impl ProjectionRunner {
         Ok((reader, position))
     }
 
-    /// Runs the plugin's `query` over a read-only view of the state. Blocks on the plugin.
+    /// The threads to run [`ProjectionRunner::query`] on from async code.
+    pub fn threads(&self) -> Arc<evhost_runtime::CallThreads> {
+        self.plugin.threads()
+    }
+
+    /// Runs the plugin's `query` over a read-only view of the state. Blocks on the plugin: run
+    /// it on the plugin threads.
     pub fn query(
         &self,
         reader: StateReader,
@@ -423,8 +429,16 @@ impl ProjectionRunner {
                 .as_ref()
                 .and_then(|batch| batch.state_bytes)
                 .unwrap_or_else(|| self.state_bytes());
-            let step =
-                tokio::task::spawn_blocking(move || runner.step(from, prior, state_bytes)).await;
+            // The batch runs on the plugin threads; a panic in it is this batch's failure.
+            let step = self
+                .plugin
+                .threads()
+                .run(move || {
+                    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                        runner.step(from, prior, state_bytes)
+                    }))
+                })
+                .await;
             // The batch before this one must be durable before this one is sent: if it failed,
             // this one was applied over writes that never happened, and is dropped.
             if let Some(batch) = committing.take()
@@ -440,13 +454,10 @@ impl ProjectionRunner {
                     continue;
                 }
                 Err(panic) => {
+                    let panic = panic_message(&*panic);
                     tracing::error!("projection {}: a batch panicked: {panic}", self.name);
-                    self.storage_failed(
-                        &StorageError::Failed(panic.to_string()),
-                        &mut attempts,
-                        &mut control,
-                    )
-                    .await;
+                    self.storage_failed(&StorageError::Failed(panic), &mut attempts, &mut control)
+                        .await;
                     continue;
                 }
             };
@@ -873,6 +884,15 @@ pub async fn read_checkpoint(snapshot: &dyn DataSnapshot, key: &str) -> Result<u
     Ok(stored
         .and_then(|bytes| <[u8; 8]>::try_from(bytes.as_slice()).ok())
         .map_or(0, u64::from_le_bytes))
+}
+
+/// What a panic said, for the log.
+pub fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic".to_owned())
 }
 
 /// The record's fields as the plugin receives them.

@@ -110,6 +110,11 @@ impl HandlerPlugin {
         }
     }
 
+    /// The threads to make this plugin's calls on from async code.
+    pub fn threads(&self) -> std::sync::Arc<super::CallThreads> {
+        self.pool.threads()
+    }
+
     pub fn limits(&self) -> PluginLimits {
         self.pool.limits()
     }

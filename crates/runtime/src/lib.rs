@@ -18,6 +18,7 @@ mod policy;
 mod pool;
 mod projection;
 mod sandbox;
+mod threads;
 mod validate;
 
 use std::fmt;
@@ -38,6 +39,7 @@ use pool::InstancePool;
 pub use projection::{LogEvent, ProjectionPlugin};
 use sandbox::PluginState;
 pub use sandbox::StateAccess;
+pub use threads::CallThreads;
 
 /// How often the epoch advances: the granularity of call deadlines.
 const EPOCH_TICK: Duration = Duration::from_millis(2);
@@ -198,6 +200,8 @@ pub struct Runtime {
     ticker_thread: Option<JoinHandle<()>>,
     /// Bounds the calls running at once, across every plugin.
     gate: Arc<CallGate>,
+    /// Where async callers send plugin work.
+    threads: Arc<CallThreads>,
 }
 
 /// Advances the engine's epoch while plugin calls run, and sleeps (parked) while none does, so
@@ -300,7 +304,14 @@ impl Runtime {
             ticker,
             ticker_thread: Some(ticker_thread),
             gate: Arc::new(CallGate::new(CallGate::default_max())),
+            threads: CallThreads::start()
+                .map_err(|e| format!("cannot start the plugin threads: {e}"))?,
         })
+    }
+
+    /// The threads plugin work runs on (see [`CallThreads`]).
+    pub fn threads(&self) -> Arc<CallThreads> {
+        self.threads.clone()
     }
 
     /// Names what a compiled artifact depends on (wasmtime's version, its settings and this

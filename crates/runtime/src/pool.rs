@@ -14,6 +14,7 @@ use wasmtime::{Engine, Store, Trap};
 use super::bindings::{self, Kind};
 use super::gate::CallGate;
 use super::sandbox::{PluginState, StateAccess};
+use super::threads::CallThreads;
 use super::{
     EPOCH_TICK, EpochTicker, InvalidPlugin, PluginFailure, PluginInfo, PluginKind, PluginLimits,
     Runtime,
@@ -49,6 +50,7 @@ pub(super) struct InstancePool<W> {
     engine: Engine,
     ticker: Arc<EpochTicker>,
     gate: Arc<CallGate>,
+    threads: Arc<CallThreads>,
     pre: InstancePre<PluginState>,
     /// `name@version`, for the log.
     label: Arc<str>,
@@ -79,6 +81,7 @@ impl<W: WorldExports> InstancePool<W> {
             engine: runtime.engine.clone(),
             ticker: runtime.ticker.clone(),
             gate: runtime.gate.clone(),
+            threads: runtime.threads.clone(),
             pre,
             label: label.into(),
             limits: Mutex::new(limits),
@@ -94,6 +97,11 @@ impl<W: WorldExports> InstancePool<W> {
             idle: Mutex::new(Vec::new()),
             ..self
         }
+    }
+
+    /// The threads its calls are made on by async callers.
+    pub(super) fn threads(&self) -> Arc<CallThreads> {
+        self.threads.clone()
     }
 
     pub(super) fn limits(&self) -> PluginLimits {

@@ -76,6 +76,11 @@ impl ProjectionPlugin {
         }
     }
 
+    /// The threads to make this plugin's calls on from async code.
+    pub fn threads(&self) -> std::sync::Arc<super::CallThreads> {
+        self.pool.threads()
+    }
+
     pub fn limits(&self) -> PluginLimits {
         self.pool.limits()
     }

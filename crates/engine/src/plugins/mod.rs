@@ -25,7 +25,7 @@ use tokio::sync::watch;
 
 use serde::{Deserialize, Serialize};
 
-use crate::commands::Commands;
+use crate::delivery::CommandSink;
 use crate::policies::PolicyRunner;
 use crate::projections::ProjectionRunner;
 use evhost_runtime::{
@@ -310,7 +310,7 @@ pub struct Plugins {
     /// that two of them cannot interleave.
     changing: tokio::sync::Mutex<()>,
     /// Where policies deliver their commands, once the host has wired it.
-    commands: watch::Sender<Option<Weak<Commands>>>,
+    commands: watch::Sender<Option<Weak<dyn CommandSink>>>,
     /// This registry, for the tasks that promote candidates by themselves.
     this: OnceLock<Weak<Plugins>>,
     pub counters: LoadCounters,
@@ -374,8 +374,8 @@ impl Plugins {
 
     /// Gives policies the way to deliver their commands, and starts promoting the candidates
     /// that take over by themselves.
-    pub fn connect(self: &Arc<Self>, commands: &Arc<Commands>) {
-        self.commands.send_replace(Some(Arc::downgrade(commands)));
+    pub fn connect(self: &Arc<Self>, commands: Arc<dyn CommandSink>) {
+        self.commands.send_replace(Some(Arc::downgrade(&commands)));
         let _ = self.this.set(Arc::downgrade(self));
         let candidates: Vec<(String, String, Arc<ProjectionRunner>)> = self
             .read_entries()
@@ -800,7 +800,7 @@ impl Plugins {
         };
         // How many commands each version of a handler decided.
         let tallies: BTreeMap<String, u64> = if is_handler {
-            let prefix = crate::commands::command_tally(name, "");
+            let prefix = command_tally(name, "");
             self.store
                 .command_tallies(&prefix)
                 .await?
@@ -931,6 +931,11 @@ fn summary(entry: &Entry, head: u64) -> serde_json::Value {
 
 /// `name@version`, with the version cut to 12 hex digits: enough to tell versions apart in a
 /// log line.
+/// The name of the tally counting the commands a handler's version decided.
+pub fn command_tally(handler: &str, version: &str) -> String {
+    format!("{handler}/{version}")
+}
+
 fn label(name: &str, version: &str) -> String {
     format!("{name}@{}", &version[..version.len().min(12)])
 }

@@ -1,0 +1,143 @@
+//! The threads plugin work runs on, so that no async worker of the host ever waits for a plugin:
+//! a request that needs a plugin call hands the call (with whatever blocking work goes with it)
+//! to these threads and awaits its answer as a task, so appends, reads, followers and `/health`
+//! keep their workers however long the plugins take.
+//!
+//! There are as many threads as calls may run at once ([`CallGate::default_max`]); work beyond
+//! that waits in a queue, as a task. Each thread enters the tokio runtime it was made in, so the
+//! work it runs may wait for the store's futures.
+
+use std::cell::Cell;
+use std::collections::VecDeque;
+use std::panic::{AssertUnwindSafe, catch_unwind, resume_unwind};
+use std::sync::{Arc, Condvar, Mutex};
+
+use super::gate::CallGate;
+
+type Job = Box<dyn FnOnce() + Send>;
+
+thread_local! {
+    static ON_CALL_THREAD: Cell<bool> = const { Cell::new(false) };
+}
+
+/// The queue of plugin work and the threads that take from it.
+pub struct CallThreads {
+    queue: Mutex<Queue>,
+    ready: Condvar,
+}
+
+#[derive(Default)]
+struct Queue {
+    jobs: VecDeque<Job>,
+    stopping: bool,
+}
+
+impl CallThreads {
+    /// Starts the threads: one per call that may run at once.
+    pub fn start() -> std::io::Result<Arc<Self>> {
+        Self::start_with(CallGate::default_max())
+    }
+
+    pub fn start_with(threads: usize) -> std::io::Result<Arc<Self>> {
+        let pool = Arc::new(CallThreads {
+            queue: Mutex::new(Queue::default()),
+            ready: Condvar::new(),
+        });
+        let runtime = tokio::runtime::Handle::try_current().ok();
+        for n in 0..threads.max(1) {
+            let (pool, runtime) = (pool.clone(), runtime.clone());
+            std::thread::Builder::new()
+                .name(format!("evhost-plugin-{n}"))
+                .spawn(move || {
+                    let _entered = runtime.as_ref().map(tokio::runtime::Handle::enter);
+                    ON_CALL_THREAD.set(true);
+                    pool.work();
+                })?;
+        }
+        Ok(pool)
+    }
+
+    /// Whether the current thread is one of these threads.
+    pub fn on_call_thread() -> bool {
+        ON_CALL_THREAD.get()
+    }
+
+    fn queue(&self) -> std::sync::MutexGuard<'_, Queue> {
+        self.queue.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn work(&self) {
+        loop {
+            let job = {
+                let mut queue = self.queue();
+                loop {
+                    if let Some(job) = queue.jobs.pop_front() {
+                        break job;
+                    }
+                    if queue.stopping {
+                        return;
+                    }
+                    queue = self.ready.wait(queue).unwrap_or_else(|p| p.into_inner());
+                }
+            };
+            job();
+        }
+    }
+
+    /// Runs `job` on one of the threads and answers what it returns; a panic in it is raised
+    /// here. Run from one of the threads already, it runs at once, in place.
+    pub async fn run<T: Send + 'static>(&self, job: impl FnOnce() -> T + Send + 'static) -> T {
+        if Self::on_call_thread() {
+            return job();
+        }
+        let (answer, answered) = tokio::sync::oneshot::channel();
+        self.queue().jobs.push_back(Box::new(move || {
+            let _ = answer.send(catch_unwind(AssertUnwindSafe(job)));
+        }));
+        self.ready.notify_one();
+        match answered.await {
+            Ok(Ok(value)) => value,
+            Ok(Err(panic)) => resume_unwind(panic),
+            Err(_) => panic!("the plugin threads stopped with work queued"),
+        }
+    }
+}
+
+impl Drop for CallThreads {
+    fn drop(&mut self) {
+        self.queue().stopping = true;
+        self.ready.notify_all();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+    async fn work_runs_on_the_threads_and_panics_come_back() {
+        let threads = CallThreads::start_with(2).unwrap();
+        assert!(!CallThreads::on_call_thread());
+        let on_thread = threads.run(CallThreads::on_call_thread).await;
+        assert!(on_thread);
+        let answers: Vec<usize> = futures_join((0..8).map(|n| threads.run(move || n * 2))).await;
+        assert_eq!(answers, (0..8).map(|n| n * 2).collect::<Vec<_>>());
+        let threads_again = threads.clone();
+        let panicked = tokio::spawn(async move { threads_again.run(|| panic!("boom")).await })
+            .await
+            .unwrap_err();
+        assert!(panicked.is_panic());
+        // The threads survive a panic in the work they ran.
+        assert_eq!(threads.run(|| 7).await, 7);
+    }
+
+    async fn futures_join<F: std::future::Future>(
+        futures: impl Iterator<Item = F>,
+    ) -> Vec<F::Output> {
+        let mut answers = Vec::new();
+        for future in futures {
+            answers.push(future.await);
+        }
+        answers
+    }
+}
