@@ -34,6 +34,7 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
+use tracing::Instrument;
 
 pub use auth::{Role, Tokens};
 use connection::{BodyReader, LingeringIo};
@@ -277,8 +278,9 @@ pub async fn handle(app: &Arc<App>, request: Request<Incoming>) -> Response<Body
         Some(role) => app.tokens.authorize(request.headers(), role),
         None => Ok(()),
     };
+    let span = tracing::info_span!("request", method = %request.method(), path = %path);
     let result = match authorized {
-        Ok(()) => dispatch(app, route, request).await,
+        Ok(()) => dispatch(app, route, request).instrument(span).await,
         Err(error) => Err(error),
     };
     let response = result.unwrap_or_else(|error| error_response(app, error));

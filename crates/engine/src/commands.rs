@@ -20,6 +20,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use serde::Deserialize;
+use tracing::Instrument;
 use serde_json::value::RawValue;
 
 pub use crate::delivery::CommandRequest;
@@ -153,6 +154,24 @@ impl Commands {
         request: CommandRequest,
     ) -> Result<CommandOutcome, CommandError> {
         let handler = self.plugins.handler(handler_name)?;
+        let span = tracing::info_span!(
+            "command",
+            handler = handler_name,
+            version = %handler.version,
+            command_id = request.id.as_deref(),
+            stream = %request.stream,
+        );
+        self.execute_on(handler, handler_name, request)
+            .instrument(span)
+            .await
+    }
+
+    async fn execute_on(
+        &self,
+        handler: Arc<ActiveHandler>,
+        handler_name: &str,
+        request: CommandRequest,
+    ) -> Result<CommandOutcome, CommandError> {
         for (what, json) in [
             ("the command's data", &request.data),
             ("the command's metadata", &request.metadata),

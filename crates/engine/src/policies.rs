@@ -24,6 +24,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 use tokio::sync::{Notify, watch};
+use tracing::Instrument;
 
 use crate::delivery::{CommandRequest, CommandSink, Delivered};
 use crate::metadata::{causation_depth, correlation_id as correlation_of};
@@ -492,7 +493,8 @@ impl PolicyRunner {
                 }
                 continue;
             }
-            match self.react_step(from, attempts).await {
+            let span = tracing::info_span!("policy_step", policy = %self.name, from);
+            match self.react_step(from, attempts).instrument(span).await {
                 Ok(None) => {
                     attempts = 0;
                     self.set_error(None);
@@ -685,7 +687,11 @@ impl PolicyRunner {
                 data: entry.data.clone(),
                 metadata: entry.metadata.clone(),
             };
-            let outcome = commands.deliver(&entry.handler, request).await;
+            let span = tracing::info_span!("policy_delivery", policy = %self.name, command_id = %id);
+            let outcome = commands
+                .deliver(&entry.handler, request)
+                .instrument(span)
+                .await;
             crate::faults::crash_point("policy-after-dispatch");
             match outcome {
                 Ok(Delivered::Applied) => {

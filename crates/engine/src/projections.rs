@@ -22,6 +22,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
+use tracing::Instrument;
 
 use evhost_runtime::{LogEvent, PluginFailure, PluginInfo, ProjectionPlugin};
 use evhost_store::{
@@ -430,6 +431,12 @@ impl ProjectionRunner {
                 .and_then(|batch| batch.state_bytes)
                 .unwrap_or_else(|| self.state_bytes());
             // The batch runs on the plugin threads; a panic in it is this batch's failure.
+            let span = tracing::info_span!(
+                "projection_batch",
+                projection = %self.name,
+                version = %self.version,
+                from,
+            );
             let step = self
                 .plugin
                 .threads()
@@ -438,6 +445,7 @@ impl ProjectionRunner {
                         runner.step(from, prior, state_bytes)
                     }))
                 })
+                .instrument(span)
                 .await;
             // The batch before this one must be durable before this one is sent: if it failed,
             // this one was applied over writes that never happened, and is dropped.

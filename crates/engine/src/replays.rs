@@ -291,7 +291,14 @@ impl Replays {
         let store = self.store.clone();
         let worker = replay.clone();
         let runtime = tokio::runtime::Handle::current();
+        let span = tracing::info_span!(
+            "replay",
+            replay = %replay.id,
+            plugin = name,
+            version = %request.version,
+        );
         tokio::task::spawn_blocking(move || {
+            let _entered = span.enter();
             let job = Job {
                 store: store.as_ref(),
                 shared_store: &store,

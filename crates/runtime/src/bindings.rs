@@ -6,7 +6,7 @@
 /// The `handler` world: `evolve` and `decide`.
 pub mod handler {
     wasmtime::component::bindgen!({
-        path: "../../wit",
+        path: "../../wit/0.1.0",
         world: "handler",
     });
 }
@@ -14,7 +14,7 @@ pub mod handler {
 /// The `projection` world: `apply` and `query`, with the `state` import.
 pub mod projection {
     wasmtime::component::bindgen!({
-        path: "../../wit",
+        path: "../../wit/0.1.0",
         world: "projection",
         // A state call that breaks the rules (a write during a query, a value that is not JSON)
         // fails the plugin's call.
@@ -29,7 +29,7 @@ pub mod projection {
 /// The `policy` world: `react`, `on-timer` and `on-rejected`.
 pub mod policy {
     wasmtime::component::bindgen!({
-        path: "../../wit",
+        path: "../../wit/0.1.0",
         world: "policy",
         with: {
             "evhost:plugin/types": super::handler::evhost::plugin::types,
@@ -41,3 +41,33 @@ pub mod policy {
 
 pub use handler::evhost::plugin::log::Level;
 pub use handler::evhost::plugin::types::{Action, Command, Kind, PluginInfo};
+
+/// The WIT package this host serves: the one file its bindings are generated from.
+const WIT: &str = include_str!("../../../wit/0.1.0/plugin.wit");
+
+/// The version of the `evhost:plugin` package this host serves, as its WIT file declares it:
+/// that declaration is the one place the version is written.
+pub fn package_version() -> &'static str {
+    static VERSION: std::sync::LazyLock<&'static str> = std::sync::LazyLock::new(|| {
+        WIT.lines()
+            .find_map(|line| line.trim().strip_prefix("package evhost:plugin@"))
+            .and_then(|rest| rest.strip_suffix(';'))
+            .expect("the WIT file declares package evhost:plugin@<version>;")
+    });
+    &VERSION
+}
+
+#[cfg(test)]
+mod tests {
+    /// Each released version of the package sits in a directory named after it, so that a
+    /// later host can bind a frozen version beside a newer one.
+    #[test]
+    fn the_package_sits_in_the_directory_of_its_version() {
+        assert_eq!(super::package_version(), "0.1.0");
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../wit")
+            .join(super::package_version());
+        let on_disk = std::fs::read_to_string(dir.join("plugin.wit")).expect("the WIT file");
+        assert_eq!(on_disk, super::WIT);
+    }
+}

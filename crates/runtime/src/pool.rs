@@ -73,8 +73,9 @@ impl<W: WorldExports> InstancePool<W> {
             .map_err(|e| InvalidPlugin(format!("the component cannot be linked: {e:#}")))?;
         W::check(&pre).map_err(|e| {
             InvalidPlugin(format!(
-                "the component does not implement world {} of evhost:plugin@0.1.0: {e:#}",
-                W::WORLD
+                "the component does not implement world {} of evhost:plugin@{}: {e:#}",
+                W::WORLD,
+                bindings::package_version()
             ))
         })?;
         Ok(InstancePool {
@@ -145,6 +146,7 @@ impl<W: WorldExports> InstancePool<W> {
         seed: u64,
         f: impl FnOnce(&mut Instance<W>) -> wasmtime::Result<R>,
     ) -> Result<R, PluginFailure> {
+        let _span = tracing::info_span!("plugin_call", plugin = &*self.label).entered();
         // A call's budget starts when it runs, not while it waits for its turn.
         let _running = self.gate.enter();
         // The epoch advances only while some call is in flight.

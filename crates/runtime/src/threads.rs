@@ -91,7 +91,11 @@ impl CallThreads {
             return job();
         }
         let (answer, answered) = tokio::sync::oneshot::channel();
+        // The work runs in the caller's span: its log lines name the request, command or
+        // batch it is for.
+        let span = tracing::Span::current();
         self.queue().jobs.push_back(Box::new(move || {
+            let _entered = span.enter();
             let _ = answer.send(catch_unwind(AssertUnwindSafe(job)));
         }));
         self.ready.notify_one();

@@ -5,6 +5,7 @@
 use wasmtime::Engine;
 use wasmtime::component::Component;
 
+use super::bindings::package_version;
 use super::{InvalidPlugin, PluginInfo, PluginKind};
 
 /// The interfaces a plugin may import, by name without version. WASI's command-line,
@@ -36,9 +37,6 @@ const GRANTED_IMPORTS: &[&str] = &[
 
 /// The host interface that only projections and policies may import.
 const STATE_IMPORT: &str = "evhost:plugin/state";
-
-/// The version of the `evhost:plugin` package this host serves.
-const PACKAGE_VERSION: &str = "0.1.0";
 
 /// The exports that tell the worlds apart, besides `meta` which all of them have.
 const WORLD_EXPORTS: &[(PluginKind, &[&str])] = &[
@@ -109,7 +107,7 @@ fn is_granted(import: &str, world: PluginKind) -> bool {
     let (interface, version) = import.split_once('@').unwrap_or((import, ""));
     let granted = GRANTED_IMPORTS.contains(&interface)
         || (interface == STATE_IMPORT && world != PluginKind::Handler);
-    granted && (!interface.starts_with("evhost:") || version == PACKAGE_VERSION)
+    granted && (!interface.starts_with("evhost:") || version == package_version())
 }
 
 /// Which world the component's exports are those of.
@@ -122,14 +120,15 @@ pub(super) fn world_of(
         .exports(engine)
         .map(|(name, _)| name)
         .collect();
-    let meta = format!("evhost:plugin/meta@{PACKAGE_VERSION}");
+    let version = package_version();
+    let meta = format!("evhost:plugin/meta@{version}");
     let known = WORLD_EXPORTS
         .iter()
         .find(|(_, names)| names.iter().all(|name| exports.contains(name)));
     match known {
         Some((kind, _)) if exports.contains(&meta.as_str()) => Ok(*kind),
         _ => Err(InvalidPlugin(format!(
-            "the component exports [{}], which is not a world of evhost:plugin@{PACKAGE_VERSION}: \
+            "the component exports [{}], which is not a world of evhost:plugin@{version}: \
              a handler exports {meta}, evolve and decide; a projection {meta}, apply and query; \
              a policy {meta}, react, on-timer and on-rejected",
             exports.join(", ")

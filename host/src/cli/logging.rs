@@ -1,5 +1,5 @@
 //! The host's log on standard error, through `tracing`: one line per event, for people by
-//! default (`TIME LEVEL message  key=value … [span fields]`), or one JSON object per line with
+//! default (`TIME LEVEL span{fields}: message`), or one JSON object per line with
 //! `--log-format json`. `EVHOST_LOG` (`error`, `warn`, `info`, `debug`) sets the least severe
 //! level written; `info` by default. Standard output is kept for what the CLI prints for people
 //! and scripts.
@@ -38,6 +38,7 @@ fn level() -> LevelFilter {
 pub(crate) fn init(format: LogFormat) {
     let builder = tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
+        .with_ansi(false)
         .with_max_level(level());
     let _ = match format {
         LogFormat::Text => builder.event_format(TextLine).try_init(),
@@ -59,8 +60,10 @@ impl tracing_subscriber::fmt::time::FormatTime for Rfc3339 {
     }
 }
 
-/// `TIME LEVEL message key=value …`, then the fields of the spans it happened in, outermost
-/// first, in brackets: what the host's log looked like before spans, with their context added.
+/// `TIME LEVEL span{fields}:span{fields}: message key=value …`: what the host's log looked like
+/// before spans, with the context of the request, command, batch or plugin call it happened in
+/// (outermost first) between the level and the message, so each line still ends with what
+/// happened.
 struct TextLine;
 
 impl<S, N> FormatEvent<S, N> for TextLine
@@ -76,27 +79,17 @@ where
     ) -> fmt::Result {
         let level = event.metadata().level().as_str();
         write!(writer, "{} {level:5} ", evhost_store::now_rfc3339())?;
-        ctx.field_format().format_fields(writer.by_ref(), event)?;
-        let mut first = true;
-        for span in ctx
-            .event_scope()
-            .into_iter()
-            .flat_map(|scope| scope.from_root())
-        {
+        for span in ctx.event_scope().into_iter().flat_map(|scope| scope.from_root()) {
+            write!(writer, "{}", span.name())?;
             let extensions = span.extensions();
-            let Some(fields) = extensions.get::<FormattedFields<N>>() else {
-                continue;
-            };
-            if fields.is_empty() {
-                continue;
+            if let Some(fields) = extensions.get::<FormattedFields<N>>()
+                && !fields.is_empty()
+            {
+                write!(writer, "{{{fields}}}")?;
             }
-            writer.write_str(if first { "  [" } else { " " })?;
-            first = false;
-            write!(writer, "{fields}")?;
+            writer.write_str(": ")?;
         }
-        if !first {
-            writer.write_str("]")?;
-        }
+        ctx.field_format().format_fields(writer.by_ref(), event)?;
         writeln!(writer)
     }
 }

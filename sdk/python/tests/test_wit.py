@@ -12,10 +12,10 @@ from conftest import REPO
 
 
 def test_the_packaged_wit_is_the_repositorys() -> None:
-    repository_wit = REPO / "wit" / "plugin.wit"
+    repository_wit = REPO / "wit" / "0.1.0" / "plugin.wit"
     if not repository_wit.is_file():
         pytest.skip("not run inside an evhost checkout")
     packaged: Path = wit_dir() / "plugin.wit"
     assert packaged.read_bytes() == repository_wit.read_bytes(), (
-        "sdk/python/evhost/wit/plugin.wit differs from wit/plugin.wit; copy it over"
+        "sdk/python/evhost/wit/plugin.wit differs from wit/0.1.0/plugin.wit; copy it over"
     )

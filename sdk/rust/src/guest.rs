@@ -1,5 +1,5 @@
 //! The WebAssembly glue, compiled for wasm32 only: bindings for the `handler`, `projection` and
-//! `policy` worlds of `wit/plugin.wit`, each in its own module, and the adapters that implement
+//! `policy` worlds of `wit/0.1.0/plugin.wit`, each in its own module, and the adapters that implement
 //! each world's exports for an author's type through the wire-level functions. The export
 //! macros ([`export_handler!`](crate::export_handler) and the others) name the adapter of the
 //! author's type as the component's implementation.
@@ -27,7 +27,7 @@ pub mod bindings {
     pub mod handler {
         wit_bindgen::generate!({
             world: "handler",
-            path: "../../wit",
+            path: "../../wit/0.1.0",
             pub_export_macro: true,
             default_bindings_module: "evhost_sdk::__private::bindings::handler",
         });

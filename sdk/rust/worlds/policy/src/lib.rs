@@ -1,4 +1,4 @@
-//! The bindings that wit-bindgen generates for the `policy` world of `wit/plugin.wit`, used by
+//! The bindings that wit-bindgen generates for the `policy` world of `wit/0.1.0/plugin.wit`, used by
 //! `evhost-sdk` (plugin authors use the SDK, not this crate).
 //!
 //! Every world exports the `meta` interface, and wit-bindgen names the public export macro of
@@ -13,7 +13,7 @@
 pub mod bindings {
     wit_bindgen::generate!({
         world: "policy",
-        path: "../../../../wit",
+        path: "../../../../wit/0.1.0",
         pub_export_macro: true,
         default_bindings_module: "evhost_sdk::__private::bindings::policy",
     });
