@@ -17,6 +17,8 @@
 #                         scripts/guest-tools.sh and builds stays-py, stays-js and ten copies of
 #                         stays-py into target/bench-guests, minutes the first time)
 #   --memory-events N     also fill a store with N events and report evhost's memory
+#   --baseline BINARY     an earlier build of evhost takes the evhost, plugins and projections
+#                         workloads too, in the same rounds, right after this build's
 #   --systems stress      the stress benchmark alone (never part of the default set): the worst
 #                         loads of clients and plugins, and other clients' p99 under each; with
 #                         --stress-baseline BINARY an earlier build takes the same loads too

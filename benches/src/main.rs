@@ -93,6 +93,11 @@ struct Args {
     /// same loads in the same run, for a before-and-after comparison.
     #[arg(long)]
     stress_baseline: Option<PathBuf>,
+    /// Another evhost binary (an earlier build, say) that takes the evhost, plugins and
+    /// projections workloads too, in the same rounds, right after this build's: its rows read
+    /// "(baseline)", and the evhost ÷ system column of its rows is this build's ratio to it.
+    #[arg(long)]
+    baseline: Option<PathBuf>,
     /// Seconds each stress load is measured (default 10).
     #[arg(long, default_value_t = 10.0)]
     stress_seconds: f64,
@@ -228,19 +233,42 @@ async fn run(args: Args) -> Result<()> {
     };
     std::fs::create_dir_all(&work).with_context(|| format!("creating {}", work.display()))?;
     // The component and the long stream are the same in every round: read and written once.
-    let plugins = args
-        .systems
-        .contains(&Kind::Plugins)
-        .then(|| prepare_plugins(&args, &work).map_err(|error| format!("{error:#}")));
+    let current = evhost_binary(&args);
+    let plugins = args.systems.contains(&Kind::Plugins).then(|| {
+        current
+            .as_ref()
+            .map_err(|error| anyhow::anyhow!("{error:#}"))
+            .and_then(|binary| prepare_plugins(&args, binary, &work))
+            .map_err(|error| format!("{error:#}"))
+    });
     let projections = if args.systems.contains(&Kind::Projections) {
-        Some(
-            prepare_projections(&args, &work)
+        Some(match &current {
+            Ok(binary) => prepare_projections(&args, binary, &work)
                 .await
                 .map_err(|error| format!("{error:#}")),
-        )
+            Err(error) => Err(format!("{error:#}")),
+        })
     } else {
         None
     };
+    // The baseline's own prepared plugins and projection, in a work directory of its own.
+    let baseline_work = work.join("baseline");
+    let baseline_plugins = match (&args.baseline, args.systems.contains(&Kind::Plugins)) {
+        (Some(binary), true) => Some(
+            prepare_plugins(&args, binary, &baseline_work).map_err(|error| format!("{error:#}")),
+        ),
+        _ => None,
+    };
+    let baseline_projections = match (&args.baseline, args.systems.contains(&Kind::Projections)) {
+        (Some(binary), true) => Some(
+            prepare_projections(&args, binary, &baseline_work)
+                .await
+                .map_err(|error| format!("{error:#}")),
+        ),
+        _ => None,
+    };
+    let mut baseline_plugin_rounds = Vec::new();
+    let mut baseline_projection_rounds = Vec::new();
     let versions = if args.systems.contains(&Kind::Versions) {
         Some(
             prepare_versions(&args, &work)
@@ -282,33 +310,53 @@ async fn run(args: Args) -> Result<()> {
         for kind in &args.systems {
             match kind {
                 // The memory workload fills a large store: once is enough.
-                Kind::Evhost => runs.push(bench_evhost(&args, &settings, &work, round == 0).await),
+                Kind::Evhost => {
+                    runs.push(bench_evhost(&args, &settings, &work, round == 0).await);
+                    if let Some(baseline) = &args.baseline {
+                        runs.push(bench_baseline(&args, baseline, &settings, &work).await);
+                    }
+                }
                 Kind::Postgres => {
                     for &position in &args.postgres_positions {
                         runs.push(bench_postgres(&args, &settings, position).await);
                     }
                 }
                 Kind::Nats => runs.push(bench_nats(&args, &settings).await),
-                Kind::Plugins => plugin_rounds.push(match &plugins {
-                    Some(Ok(plugins)) => plugins.round(&settings).await,
-                    Some(Err(error)) => {
-                        eprintln!("plugins: failed: {error}");
-                        PluginRound::failed(error)
-                    }
-                    None => unreachable!("prepared when the systems include plugins"),
-                }),
-                Kind::Projections => projection_rounds.push(match &projections {
-                    Some(Ok(projections)) => projections.round().await,
-                    Some(Err(error)) => {
-                        eprintln!("projections: failed: {error}");
-                        projections::ProjectionRound {
-                            catch_up: Err(error.clone()),
-                            native: Err(error.clone()),
-                            visible: Err(error.clone()),
+                Kind::Plugins => {
+                    plugin_rounds.push(match &plugins {
+                        Some(Ok(plugins)) => plugins.round(&settings).await,
+                        Some(Err(error)) => {
+                            eprintln!("plugins: failed: {error}");
+                            PluginRound::failed(error)
                         }
+                        None => unreachable!("prepared when the systems include plugins"),
+                    });
+                    match &baseline_plugins {
+                        Some(Ok(plugins)) => {
+                            baseline_plugin_rounds.push(plugins.round(&settings).await)
+                        }
+                        Some(Err(error)) => baseline_plugin_rounds.push(PluginRound::failed(error)),
+                        None => {}
                     }
-                    None => unreachable!("prepared when the systems include projections"),
-                }),
+                }
+                Kind::Projections => {
+                    projection_rounds.push(match &projections {
+                        Some(Ok(projections)) => projections.round().await,
+                        Some(Err(error)) => {
+                            eprintln!("projections: failed: {error}");
+                            projections::ProjectionRound::failed(error)
+                        }
+                        None => unreachable!("prepared when the systems include projections"),
+                    });
+                    match &baseline_projections {
+                        Some(Ok(projections)) => {
+                            baseline_projection_rounds.push(projections.round().await);
+                        }
+                        Some(Err(error)) => baseline_projection_rounds
+                            .push(projections::ProjectionRound::failed(error)),
+                        None => {}
+                    }
+                }
                 Kind::Versions => version_rounds.push(match &versions {
                     Some(Ok(versions)) => versions.round().await,
                     Some(Err(error)) => {
@@ -335,7 +383,7 @@ async fn run(args: Args) -> Result<()> {
     if temporary {
         let _ = std::fs::remove_dir_all(&work);
     }
-    let text = report::render(
+    let mut text = report::render(
         &runs,
         &plugin_rounds,
         &projection_rounds,
@@ -344,6 +392,14 @@ async fn run(args: Args) -> Result<()> {
         &settings,
         &args.command,
     );
+    if let Some(baseline) = &args.baseline {
+        text.push_str(&report::render_baseline(
+            baseline,
+            &baseline_plugin_rounds,
+            &baseline_projection_rounds,
+            &settings,
+        ));
+    }
     println!("{text}");
     if let Some(dir) = args.report.parent() {
         std::fs::create_dir_all(dir)?;
@@ -392,16 +448,22 @@ fn plugin_setup(args: &Args) -> Result<(PathBuf, Duration)> {
     Ok((evhost_binary(args)?, Duration::from_secs_f64(args.timeout)))
 }
 
-fn prepare_plugins(args: &Args, work: &Path) -> Result<Plugins> {
-    let (binary, timeout) = plugin_setup(args)?;
+fn prepare_plugins(args: &Args, binary: &Path, work: &Path) -> Result<Plugins> {
+    let (_, timeout) = plugin_setup(args)?;
     let visit = component(&args.visit_wasm, "visit.wasm")?;
-    Plugins::prepare(binary, visit, work, timeout)
+    std::fs::create_dir_all(work)?;
+    Plugins::prepare(binary.to_path_buf(), visit, work, timeout)
 }
 
-async fn prepare_projections(args: &Args, work: &Path) -> Result<projections::Projections> {
-    let (binary, timeout) = plugin_setup(args)?;
+async fn prepare_projections(
+    args: &Args,
+    binary: &Path,
+    work: &Path,
+) -> Result<projections::Projections> {
+    let (_, timeout) = plugin_setup(args)?;
     let visits = component(&args.visits_wasm, "visits.wasm")?;
-    projections::Projections::prepare(binary, &visits, work, timeout).await
+    std::fs::create_dir_all(work)?;
+    projections::Projections::prepare(binary.to_path_buf(), &visits, work, timeout).await
 }
 
 async fn prepare_versions(args: &Args, work: &Path) -> Result<versions::Versions> {
@@ -443,25 +505,38 @@ fn failed(kind: SystemKind, name: &str, error: &anyhow::Error) -> SystemRun {
 }
 
 async fn bench_evhost(args: &Args, settings: &Settings, work: &Path, memory: bool) -> SystemRun {
-    match evhost_runs(args, settings, work, memory).await {
+    let run = async {
+        let binary = evhost_binary(args)?;
+        evhost_runs(args, &binary, "", settings, work, memory).await
+    };
+    match run.await {
         Ok(run) => run,
         Err(error) => failed(SystemKind::Evhost, "evhost", &error),
     }
 }
 
+/// The evhost workloads on the `--baseline` binary.
+async fn bench_baseline(args: &Args, binary: &Path, settings: &Settings, work: &Path) -> SystemRun {
+    match evhost_runs(args, binary, " (baseline)", settings, work, false).await {
+        Ok(run) => run,
+        Err(error) => failed(SystemKind::Evhost, "evhost (baseline)", &error),
+    }
+}
+
 async fn evhost_runs(
     args: &Args,
+    binary: &Path,
+    label_suffix: &str,
     settings: &Settings,
     work: &Path,
     with_memory: bool,
 ) -> Result<SystemRun> {
-    let binary = evhost_binary(args)?;
     let timeout = Duration::from_secs_f64(args.timeout);
     let data = work.join("evhost-data");
-    let server = Server::start(&binary, &data, work, timeout).await?;
+    let server = Server::start(binary, &data, work, timeout).await?;
     let system = Arc::new(Evhost { addr: server.addr });
     let (version, _) = system.health().await?;
-    let label = format!("evhost {version}");
+    let label = format!("evhost {version}{label_suffix}");
     let workloads = bench(&label, &system, settings, Some(Probe::Process(server.pid))).await;
     if workloads.iter().any(|run| run.result.is_err()) {
         eprintln!("{label}: the server's log ends:\n{}", server.log_tail());
@@ -476,7 +551,7 @@ async fn evhost_runs(
         0 => None,
         _ if !with_memory => None,
         events => Some(
-            memory_run(&binary, work, settings, events, timeout)
+            memory_run(binary, work, settings, events, timeout)
                 .await
                 .map_err(|error| {
                     eprintln!("{label}: memory workload failed: {error:#}");

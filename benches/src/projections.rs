@@ -50,6 +50,17 @@ pub(crate) struct ProjectionRound {
     pub(crate) visible: Result<Vec<Duration>, String>,
 }
 
+impl ProjectionRound {
+    /// A round that could not run, for the report.
+    pub(crate) fn failed(error: &str) -> Self {
+        ProjectionRound {
+            catch_up: Err(error.to_owned()),
+            native: Err(error.to_owned()),
+            visible: Err(error.to_owned()),
+        }
+    }
+}
+
 pub(crate) struct CatchUp {
     pub(crate) events: u64,
     pub(crate) elapsed: Duration,

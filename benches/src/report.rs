@@ -208,6 +208,25 @@ pub(crate) fn render(
     out
 }
 
+/// The plugin and projection figures of the `--baseline` binary, measured in the same rounds.
+pub(crate) fn render_baseline(
+    binary: &std::path::Path,
+    plugins: &[PluginRound],
+    projections: &[crate::projections::ProjectionRound],
+    settings: &Settings,
+) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "\n# The baseline: {}\n\nThe same plugin and projection workloads on the baseline \
+         binary, each right after this build's in the same round.\n",
+        binary.display()
+    );
+    write_plugins(&mut out, plugins, settings);
+    crate::projections::write_section(&mut out, projections);
+    out
+}
+
 fn row(
     run: &SystemRun,
     kind: WorkloadKind,

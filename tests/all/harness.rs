@@ -86,7 +86,19 @@ impl Launch {
 
     /// Starts a server with a fresh data directory, or says how the binary failed.
     pub fn try_start(self) -> Result<Server, StartFailure> {
-        let dir = tempfile::tempdir().expect("create a temporary data directory");
+        self.try_start_in(tempfile::tempdir().expect("create a temporary data directory"))
+    }
+
+    /// Starts a server on the data directory `dir`, which may hold a store already; panics
+    /// with its stderr if it does not start.
+    pub fn start_in(self, dir: tempfile::TempDir) -> Server {
+        match self.try_start_in(dir) {
+            Ok(server) => server,
+            Err(failure) => panic!("evhost did not start: {failure:?}"),
+        }
+    }
+
+    fn try_start_in(self, dir: tempfile::TempDir) -> Result<Server, StartFailure> {
         let log = Arc::new(Mutex::new(String::new()));
         let (child, url) = spawn(&self, dir.path(), &log)?;
         Ok(Server {

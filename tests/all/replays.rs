@@ -298,6 +298,8 @@ fn a_policy_replay_compares_the_commands_it_would_send_with_the_recorded_ones() 
         );
         std::thread::sleep(Duration::from_millis(20));
     }
+    // The last command's event is not the policy's: it moves past it without reacting.
+    api.wait_for_position("hostile-policy", api.head(), SETTLE);
     let before = observable(&api);
     let same = report(&api, "hostile-policy", json!({"version": policy}));
     assert_eq!(same["kind"], "policy");

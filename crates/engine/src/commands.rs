@@ -20,8 +20,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use serde::Deserialize;
-use tracing::Instrument;
 use serde_json::value::RawValue;
+use tracing::Instrument;
 
 pub use crate::delivery::CommandRequest;
 use crate::delivery::{CommandSink, Delivered};
@@ -385,6 +385,10 @@ impl Commands {
                 Some(page) if !page.events.is_empty() => (page.events, page.next.is_none()),
                 _ => (Vec::new(), true),
             };
+            if last {
+                // Counted as it starts: a `decide` that runs to its budget is visible meanwhile.
+                self.counters.decide_calls.fetch_add(1, Ordering::Relaxed);
+            }
             let work = Decision {
                 handler: handler.clone(),
                 state: snapshot.state.clone(),
@@ -408,7 +412,6 @@ impl Commands {
                     self.snapshots
                         .put(&handler.version, stream, snapshot.clone());
                 }
-                self.counters.decide_calls.fetch_add(1, Ordering::Relaxed);
                 return Ok((snapshot.version, decided));
             }
         }

@@ -687,7 +687,8 @@ impl PolicyRunner {
                 data: entry.data.clone(),
                 metadata: entry.metadata.clone(),
             };
-            let span = tracing::info_span!("policy_delivery", policy = %self.name, command_id = %id);
+            let span =
+                tracing::info_span!("policy_delivery", policy = %self.name, command_id = %id);
             let outcome = commands
                 .deliver(&entry.handler, request)
                 .instrument(span)

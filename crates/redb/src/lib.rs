@@ -1713,6 +1713,28 @@ mod tests {
 
     evhost_store::conformance_tests!(Redb);
 
+    /// Only the writer thread writes: every write transaction is begun in the writer's code
+    /// (or when the file is opened, before the writer starts).
+    #[test]
+    fn only_the_writer_begins_write_transactions() {
+        let source = include_str!("lib.rs");
+        let writer = source.find("\nimpl Writer {").expect("the writer");
+        let writer_end = source
+            .find("\nstruct GroupContext")
+            .expect("the writer's end");
+        let load = source.find("    fn load(db: &Database)").expect("the load");
+        let needle = ["begin", "_write()"].concat();
+        for (at, _) in source.match_indices(&needle) {
+            let in_writer = (writer..writer_end).contains(&at);
+            let in_load = (load..load + 400).contains(&at);
+            let in_tests = at > source.find("#[cfg(test)]\nmod tests").expect("the tests");
+            assert!(
+                in_writer || in_load || in_tests,
+                "a write transaction is begun outside the writer, at byte {at}"
+            );
+        }
+    }
+
     #[test]
     fn a_new_store_syncs_its_directory_and_the_parents_of_the_directories_made_for_it() {
         let root = tempfile::tempdir().unwrap();

@@ -79,7 +79,11 @@ where
     ) -> fmt::Result {
         let level = event.metadata().level().as_str();
         write!(writer, "{} {level:5} ", evhost_store::now_rfc3339())?;
-        for span in ctx.event_scope().into_iter().flat_map(|scope| scope.from_root()) {
+        for span in ctx
+            .event_scope()
+            .into_iter()
+            .flat_map(|scope| scope.from_root())
+        {
             write!(writer, "{}", span.name())?;
             let extensions = span.extensions();
             if let Some(fields) = extensions.get::<FormattedFields<N>>()
