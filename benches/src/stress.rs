@@ -2,7 +2,7 @@
 //! bounded time on a fresh server, while a prober measures what every other client sees: the
 //! latency of a single-event append, a short stream read and `GET /health`, one after another
 //! on keep-alive connections of their own. The target is a p99 of 50 ms or less for each of the
-//! three under each load.
+//! three under each load (20 ms under spinning commands, which run on the plugin threads).
 //!
 //! The loads:
 //! - `stalled-bodies`: 300 connections that send the head of an append and ten bytes of its
@@ -38,6 +38,9 @@ use crate::versions::deploy;
 
 /// The latency target of every probe under every load.
 const TARGET: Duration = Duration::from_millis(50);
+/// The tighter target under spinning commands: plugin calls run on threads of their own, so
+/// appends and `/health` should not notice them.
+const SPINNING_TARGET: Duration = Duration::from_millis(20);
 /// The longest a probe waits for its answer; a probe that gets none counts as this long.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -58,6 +61,14 @@ enum Load {
 }
 
 impl Load {
+    /// The p99 every probe must keep under this load.
+    fn target(self) -> Duration {
+        match self {
+            Load::SpinningCommands => SPINNING_TARGET,
+            _ => TARGET,
+        }
+    }
+
     fn name(self) -> &'static str {
         match self {
             Load::StalledBodies => "stalled-bodies (300)",
@@ -347,11 +358,12 @@ fn render(outcomes: &[Outcome], seconds: f64) -> String {
         "\n## Stress: other clients' latency under the worst loads\n\n\
          Each load runs on a fresh server; a prober sends a single-event append, a 10-event \
          stream read and `GET /health` in turn for {seconds:.0} s. p50 / p99 / max in ms; errors \
-         are probes without a 2xx answer within 5 s (counted as 5 s). Target: p99 ≤ 50 ms.\n"
+         are probes without a 2xx answer within 5 s (counted as 5 s). Target: p99 ≤ 50 ms (≤ 20 ms \
+         under spinning commands).\n"
     );
     let _ = writeln!(
         out,
-        "| load | binary | append p50 / p99 / max | read p50 / p99 / max | health p50 / p99 / max | errors | p99 ≤ 50 ms |"
+        "| load | binary | append p50 / p99 / max | read p50 / p99 / max | health p50 / p99 / max | errors | p99 ≤ target |"
     );
     let _ = writeln!(out, "|---|---|---|---|---|---|---|");
     for outcome in outcomes {
@@ -368,7 +380,7 @@ fn render(outcomes: &[Outcome], seconds: f64) -> String {
                 let errors: usize = probes.iter().map(|p| p.errors).sum();
                 let met = probes
                     .iter()
-                    .all(|p| percentile(&p.samples, 0.99) <= TARGET);
+                    .all(|p| percentile(&p.samples, 0.99) <= outcome.load.target());
                 let _ = writeln!(
                     out,
                     "| {} | {} | {} | {} | {} | {errors} | {} |",

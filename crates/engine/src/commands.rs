@@ -35,6 +35,8 @@ use evhost_store::{
 };
 use snapshots::SnapshotCache;
 
+use crate::wait::{Started, wait};
+
 use stream_locks::StreamLocks;
 
 /// How many times a command is decided before a run of conflicts makes it give up.
@@ -108,7 +110,8 @@ pub struct Commands {
     append_limits: AppendLimits,
     snapshots: SnapshotCache,
     streams: StreamLocks,
-    pub counters: CommandCounters,
+    /// Shared with the plugin work of commands, which counts its calls as they start.
+    pub counters: Arc<CommandCounters>,
 }
 
 /// The record kept for each command, and shown by `GET /commands/{id}` (with its events).
@@ -143,7 +146,7 @@ impl Commands {
             append_limits,
             snapshots: SnapshotCache::default(),
             streams: StreamLocks::default(),
-            counters: CommandCounters::default(),
+            counters: Arc::default(),
         }
     }
 
@@ -201,56 +204,10 @@ impl Commands {
         // answered above without one.
         let _admitted = self.plugins.admission.admit(handler_name).await?;
         for attempt in 1..=MAX_ATTEMPTS {
-            let (version, decided) = self
-                .load_and_decide(&handler, &command_id, &request)
+            let (rejection, appending) = self
+                .decide_and_append(&handler, &command_id, &request, attempt)
                 .await?;
-            let record = |outcome: &str, reason: Option<&str>| {
-                let record = CommandRecord {
-                    command_id: Cow::Borrowed(&command_id),
-                    handler: Cow::Borrowed(&handler.name),
-                    handler_version: Cow::Borrowed(&handler.version),
-                    stream: Cow::Borrowed(&request.stream),
-                    command_type: Cow::Borrowed(&request.command_type),
-                    data: raw(&request.data),
-                    metadata: raw(&request.metadata),
-                    outcome: Cow::Borrowed(outcome),
-                    reason: reason.map(Cow::Borrowed),
-                    stream_version: version,
-                    attempts: attempt,
-                    recorded_at: Cow::Owned(now_rfc3339()),
-                };
-                CommandEntry {
-                    id: command_id.clone(),
-                    record: serde_json::to_vec(&record).expect("a command record serializes"),
-                    tally: command_tally(&handler.name, &handler.version),
-                }
-            };
-            let (events, entry, rejection) = match decided {
-                Ok(events) => {
-                    let events = self
-                        .proposed_events(events, &command_id, &request.metadata)
-                        .map_err(|failure| self.failed(&handler, failure))?;
-                    (events, record("applied", None), None)
-                }
-                Err(reason) => {
-                    let entry = record("rejected", Some(&reason));
-                    (Vec::new(), entry, Some(reason))
-                }
-            };
-            let expected_version = match (&rejection, version) {
-                (Some(_), _) => ExpectedVersion::Any,
-                (None, 0) => ExpectedVersion::NoStream,
-                (None, version) => ExpectedVersion::Exact(version),
-            };
-            let appended = self
-                .store
-                .append_returning_records(AppendRequest {
-                    stream: request.stream.clone(),
-                    expected_version,
-                    events,
-                    command: Some(entry),
-                })
-                .await;
+            let appended = appending.finish().await;
             match appended {
                 Ok((
                     AppendOutcome::Written(result) | AppendOutcome::AlreadyWritten(result),
@@ -354,16 +311,20 @@ impl Commands {
     }
 
     /// Loads the state of the command's stream as of its current version (the cached
-    /// snapshot, with the events after it folded in by `evolve`) and decides the command on
-    /// it. The events are read here; the plugin calls run on the plugin threads, one hand-over
-    /// per page of events (one in all, for most commands). The state is cached for the next
-    /// command. Answers the version decided on and what `decide` returned.
-    async fn load_and_decide(
+    /// snapshot, with the events after it folded in by `evolve`), decides the command on it and
+    /// sends its append. The plugin calls run on the plugin threads, one hand-over per page of
+    /// events (one in all, for most commands); the last page is read there too and the append
+    /// is sent from there, so nothing waits for a hand-over between the read the decision
+    /// stands on and its append. The state is cached for the next command. Answers the
+    /// rejection, if `decide` rejected the command, and the append under way (which records the
+    /// outcome either way).
+    async fn decide_and_append(
         &self,
         handler: &Arc<ActiveHandler>,
         command_id: &str,
         request: &CommandRequest,
-    ) -> Result<(u64, Result<Vec<NewEvent>, String>), CommandError> {
+        attempt: u32,
+    ) -> Result<(Option<String>, Started<Appended>), CommandError> {
         let stream = &request.stream;
         let mut snapshot = self
             .snapshots
@@ -372,34 +333,21 @@ impl Commands {
         let before = snapshot.version;
         let threads = handler.plugin.threads();
         loop {
-            let page = self
-                .store
-                .read_stream(
-                    stream,
-                    Some(snapshot.version + 1),
-                    LOAD_PAGE,
-                    Direction::Forward,
-                )
-                .await?;
-            let (events, last) = match page {
-                Some(page) if !page.events.is_empty() => (page.events, page.next.is_none()),
-                _ => (Vec::new(), true),
-            };
-            if last {
-                // Counted as it starts: a `decide` that runs to its budget is visible meanwhile.
-                self.counters.decide_calls.fetch_add(1, Ordering::Relaxed);
-            }
             let work = Decision {
                 handler: handler.clone(),
+                counters: self.counters.clone(),
+                store: self.store.clone(),
                 state: snapshot.state.clone(),
-                events,
-                command: last.then(|| (command_id.to_owned(), request.clone())),
+                from: snapshot.version + 1,
+                command: CommandPlan {
+                    id: command_id.to_owned(),
+                    request: request.clone(),
+                    attempt,
+                    limits: self.append_limits,
+                },
             };
             let done = threads.run(move || work.run()).await;
-            self.counters
-                .evolve_calls
-                .fetch_add(done.evolve_calls, Ordering::Relaxed);
-            let (folded, version, decided) = done.outcome.map_err(|undecided| match undecided {
+            let (folded, version, decided) = done.map_err(|undecided| match undecided {
                 Undecided::Plugin(failure) => self.failed(handler, failure),
                 Undecided::Storage(error) => CommandError::Storage(error),
             })?;
@@ -412,7 +360,7 @@ impl Commands {
                     self.snapshots
                         .put(&handler.version, stream, snapshot.clone());
                 }
-                return Ok((snapshot.version, decided));
+                return Ok(decided);
             }
         }
     }
@@ -420,7 +368,7 @@ impl Commands {
     /// Turns what `decide` returned into events to append, with the command's correlation and
     /// causation ids in their metadata. An event the store would refuse is the plugin's fault.
     fn proposed_events(
-        &self,
+        limits: AppendLimits,
         events: Vec<NewEvent>,
         command_id: &str,
         command_metadata: &str,
@@ -429,9 +377,7 @@ impl Commands {
             PluginFailure::Returned(format!("decide returned events past the limits: {error}"))
         };
         // Counted before anything is built: a plugin returning a million events costs no more.
-        self.append_limits
-            .check_count(events.len())
-            .map_err(refused)?;
+        limits.check_count(events.len()).map_err(refused)?;
         let causation_depth = causation_depth(command_metadata);
         let correlation_id =
             correlation_id(command_metadata).unwrap_or_else(|| command_id.to_owned());
@@ -484,28 +430,36 @@ impl Commands {
     }
 }
 
-/// The plugin work of one page of a command's load, run on the plugin threads: fold the page's
-/// events into the state, then, on the last page, decide the command on it.
+/// The answer of an append, with the records it wrote.
+type Appended = Result<(AppendOutcome, Vec<RecordedEvent>), CommitError>;
+
+/// What a command is, for the append its decision sends.
+struct CommandPlan {
+    id: String,
+    request: CommandRequest,
+    attempt: u32,
+    limits: AppendLimits,
+}
+
+/// The plugin work of one page of a command's load, run on the plugin threads: read the page
+/// of the stream's events from `from`, fold them into the state, and, on the last page, decide
+/// the command on it and send its append.
 struct Decision {
     handler: Arc<ActiveHandler>,
+    counters: Arc<CommandCounters>,
+    store: Arc<dyn Store>,
     state: Option<Arc<Vec<u8>>>,
-    events: Vec<RecordedEvent>,
-    /// The command's id and request, when this is the last page.
-    command: Option<(String, CommandRequest)>,
+    from: u64,
+    command: CommandPlan,
 }
 
 /// What a [`Decision`] did: the folded state and the version it is at (none when there was
-/// nothing to fold), and what `decide` returned when it was called.
+/// nothing to fold), and on the last page the rejection, if any, and the append under way.
 type Decided = (
     Option<Vec<u8>>,
     Option<u64>,
-    Option<Result<Vec<NewEvent>, String>>,
+    Option<(Option<String>, Started<Appended>)>,
 );
-
-struct DecisionDone {
-    evolve_calls: u64,
-    outcome: Result<Decided, Undecided>,
-}
 
 /// Why a [`Decision`] has no answer.
 enum Undecided {
@@ -519,49 +473,124 @@ impl From<PluginFailure> for Undecided {
     }
 }
 
+impl From<StorageError> for Undecided {
+    fn from(error: StorageError) -> Self {
+        Undecided::Storage(error)
+    }
+}
+
 impl Decision {
-    fn run(self) -> DecisionDone {
-        let mut evolve_calls = 0;
-        let outcome = (|| {
-            let records = self
-                .events
+    fn run(self) -> Result<Decided, Undecided> {
+        let counters = &self.counters;
+        (|| {
+            let stream = &self.command.request.stream;
+            let page = wait(self.store.read_stream(
+                stream,
+                Some(self.from),
+                LOAD_PAGE,
+                Direction::Forward,
+            ))?;
+            let (events, last) = match page {
+                Some(page) if !page.events.is_empty() => (page.events, page.next.is_none()),
+                _ => (Vec::new(), true),
+            };
+            let records = events
                 .iter()
                 .map(StoredEvent::parse)
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(Undecided::Storage)?;
+                .collect::<Result<Vec<_>, _>>()?;
             let plugin = &self.handler.plugin;
             let folded = fold(
                 plugin,
                 self.state.as_deref().map(Vec::as_slice),
                 &records,
                 || {
-                    evolve_calls += 1;
+                    counters.evolve_calls.fetch_add(1, Ordering::Relaxed);
                 },
             )?;
             let version = records.last().map(|e| e.version);
-            let decided = match &self.command {
-                None => None,
-                Some((id, request)) => {
-                    let input = CommandInput {
-                        id,
-                        stream: &request.stream,
-                        command_type: &request.command_type,
-                        data: &request.data,
-                        metadata: &request.metadata,
-                    };
-                    let state = folded
-                        .as_deref()
-                        .or(self.state.as_deref().map(Vec::as_slice));
-                    Some(plugin.decide(state, &input)?)
-                }
+            if !last {
+                return Ok((folded, version, None));
+            }
+            let plan = &self.command;
+            let request = &plan.request;
+            let input = CommandInput {
+                id: &plan.id,
+                stream: &request.stream,
+                command_type: &request.command_type,
+                data: &request.data,
+                metadata: &request.metadata,
             };
-            Ok((folded, version, decided))
-        })();
-        DecisionDone {
-            evolve_calls,
-            outcome,
-        }
+            let state = folded
+                .as_deref()
+                .or(self.state.as_deref().map(Vec::as_slice));
+            // Counted as it starts: a `decide` that runs to its budget is visible meanwhile.
+            counters.decide_calls.fetch_add(1, Ordering::Relaxed);
+            let decided = plugin.decide(state, &input)?;
+            let stream_version = version.unwrap_or(self.from - 1);
+            let (append, rejection) = appending(&self.handler, plan, stream_version, decided)?;
+            let store = self.store.clone();
+            // Sent from here: the append reaches the store with no hand-over after the read.
+            let appending =
+                Started::start(async move { store.append_returning_records(append).await });
+            Ok((folded, version, Some((rejection, appending))))
+        })()
     }
+}
+
+/// The append that records a decided command: its events (none for a rejection) with the
+/// version it was decided on as the expected version, and its record. Answers the append and
+/// the rejection, if any.
+fn appending(
+    handler: &ActiveHandler,
+    plan: &CommandPlan,
+    version: u64,
+    decided: Result<Vec<NewEvent>, String>,
+) -> Result<(AppendRequest, Option<String>), PluginFailure> {
+    let request = &plan.request;
+    let record = |outcome: &str, reason: Option<&str>| {
+        let record = CommandRecord {
+            command_id: Cow::Borrowed(&plan.id),
+            handler: Cow::Borrowed(&handler.name),
+            handler_version: Cow::Borrowed(&handler.version),
+            stream: Cow::Borrowed(&request.stream),
+            command_type: Cow::Borrowed(&request.command_type),
+            data: raw(&request.data),
+            metadata: raw(&request.metadata),
+            outcome: Cow::Borrowed(outcome),
+            reason: reason.map(Cow::Borrowed),
+            stream_version: version,
+            attempts: plan.attempt,
+            recorded_at: Cow::Owned(now_rfc3339()),
+        };
+        CommandEntry {
+            id: plan.id.clone(),
+            record: serde_json::to_vec(&record).expect("a command record serializes"),
+            tally: command_tally(&handler.name, &handler.version),
+        }
+    };
+    let (events, entry, rejection) = match decided {
+        Ok(events) => {
+            let events =
+                Commands::proposed_events(plan.limits, events, &plan.id, &request.metadata)?;
+            (events, record("applied", None), None)
+        }
+        Err(reason) => {
+            let entry = record("rejected", Some(&reason));
+            (Vec::new(), entry, Some(reason))
+        }
+    };
+    let expected_version = match (&rejection, version) {
+        (Some(_), _) => ExpectedVersion::Any,
+        (None, 0) => ExpectedVersion::NoStream,
+        (None, version) => ExpectedVersion::Exact(version),
+    };
+    let append = AppendRequest {
+        stream: request.stream.clone(),
+        expected_version,
+        events,
+        command: Some(entry),
+    };
+    Ok((append, rejection))
 }
 
 /// What `evolve` needs of a stored event record, borrowed from it; the other fields are skipped

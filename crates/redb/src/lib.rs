@@ -309,15 +309,17 @@ impl RedbStore {
         })
     }
 
-    /// Runs a read: a large one on a blocking thread, so that no async worker waits on the
-    /// disk for long; a small one (a point lookup, a page of at most [`SMALL_READ`] events)
-    /// where it is asked, since it takes less than handing it to another thread costs.
+    /// Runs a read: a large one asked for by an async task on a blocking thread, so that no
+    /// async worker waits on the disk for long; a small one (a point lookup, a page of at most
+    /// [`SMALL_READ`] events) where it is asked, since it takes less than handing it to another
+    /// thread costs; and any read asked for outside a task (from a thread that may block, such
+    /// as the plugin threads) where it is asked.
     async fn read<T: Send + 'static>(
         &self,
         small: bool,
         read: impl FnOnce(&Reader) -> Result<T, StorageError> + Send + 'static,
     ) -> Result<T, StorageError> {
-        if small {
+        if small || tokio::task::try_id().is_none() {
             return read(&self.reader);
         }
         let reader = self.reader.clone();
