@@ -507,6 +507,15 @@ impl Api {
         }
     }
 
+    /// The same client (and token) with another bound on each wait: for a request that is slow
+    /// by nature, such as a deploy that compiles a large component on a busy machine.
+    pub fn with_request_timeout(&self, timeout: Duration) -> Api {
+        Api {
+            token: self.token.clone(),
+            ..Api::with_timeout(&self.base, timeout)
+        }
+    }
+
     /// Sends a request and returns the response without reading its body (for streaming).
     pub fn open(
         &self,
