@@ -8,6 +8,7 @@ mod auth;
 mod bad_input;
 mod cli;
 mod commands;
+mod demo;
 mod durability;
 mod guides;
 mod hardening;
