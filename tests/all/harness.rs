@@ -1042,6 +1042,8 @@ pub fn guest_wasm(package: &str) -> Vec<u8> {
         let mut command = Command::new(option_env!("CARGO").unwrap_or("cargo"));
         command
             .current_dir(&root)
+            // The guests are built as a reader builds them, whatever compiles the tests.
+            .env_remove("RUSTC_WORKSPACE_WRAPPER")
             .args([
                 "build",
                 "--release",
