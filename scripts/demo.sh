@@ -9,18 +9,25 @@
 # run plugins written in Python (the projection `stays-py`, the policy `returns-py`) and in
 # JavaScript (`stays-js`, and `survey` again, deployed as the Rust survey's next version), built
 # with their SDKs.
+#
+# The end-to-end tests run this demo and check what it prints, with what they built already:
+# EVHOST_DEMO_BUILT names a directory holding an evhost binary and every component the demo
+# deploys, in place of the builds below.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-toolchain=$(sed -n 's/^channel *= *"\(.*\)"/\1/p' rust-toolchain.toml)
-rustup target add wasm32-wasip2 --toolchain "$toolchain"
-cargo build --release --locked -p evhost
+built=${EVHOST_DEMO_BUILT:-}
 plugins=(visit visits rooms survey visit-survey order loyalty order-loyalty)
-# Second versions of visit and visits, deployed later in the demo.
-cargo build --release --locked --target wasm32-wasip2 $(printf -- '-p %s ' "${plugins[@]}") \
-  -p stays -p visit-v2 -p visits-v2
-evhost=target/release/evhost
-wasm=target/wasm32-wasip2/release
+if [ -z "$built" ]; then
+  toolchain=$(sed -n 's/^channel *= *"\(.*\)"/\1/p' rust-toolchain.toml)
+  rustup target add wasm32-wasip2 --toolchain "$toolchain"
+  cargo build --release --locked -p evhost
+  # Second versions of visit and visits, deployed later in the demo.
+  cargo build --release --locked --target wasm32-wasip2 $(printf -- '-p %s ' "${plugins[@]}") \
+    -p stays -p visit-v2 -p visits-v2
+fi
+evhost=${built:-target/release}/evhost
+wasm=${built:-target/wasm32-wasip2/release}
 plugin=$wasm/visit.wasm
 data=$(mktemp -d)
 log="$data/host.log"
@@ -28,13 +35,16 @@ host=
 tail_pid=
 trap 'kill $tail_pid $host 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$data"' EXIT
 
-echo "== build the Python and JavaScript plugins with their SDKs (componentize-py, componentize-js)"
-bash scripts/guest-tools.sh
-python=target/guest-tools/python/bin/python
-"$python" -m evhost build plugins/python/stays/stays.py -o "$data/stays_py.wasm"
-"$python" -m evhost build plugins/python/returns/returns.py -o "$data/returns_py.wasm"
-node sdk/js/bin/evhost-js.js build plugins/js/stays/stays.js -o "$data/stays_js.wasm"
-node sdk/js/bin/evhost-js.js build plugins/js/survey/survey.js -o "$data/survey_js.wasm"
+sdk=${built:-$data}
+if [ -z "$built" ]; then
+  echo "== build the Python and JavaScript plugins with their SDKs (componentize-py, componentize-js)"
+  bash scripts/guest-tools.sh
+  python=target/guest-tools/python/bin/python
+  "$python" -m evhost build plugins/python/stays/stays.py -o "$sdk/stays_py.wasm"
+  "$python" -m evhost build plugins/python/returns/returns.py -o "$sdk/returns_py.wasm"
+  node sdk/js/bin/evhost-js.js build plugins/js/stays/stays.js -o "$sdk/stays_js.wasm"
+  node sdk/js/bin/evhost-js.js build plugins/js/survey/survey.js -o "$sdk/survey_js.wasm"
+fi
 
 # The first start picks a free port; a restart takes the same one, so that the live follower
 # finds the host again where it was.
@@ -44,7 +54,7 @@ start_host() {
   "$evhost" serve --data "$data/evhost-data" --listen "$listen" > "$data/stdout" 2>> "$log" &
   host=$!
   url=
-  for _ in $(seq 300); do
+  for _ in $(seq 1200); do
     url=$(sed -n 's/^evhost listening on //p' "$data/stdout" 2>/dev/null || true)
     [ -n "$url" ] && break
     sleep 0.1
@@ -52,6 +62,22 @@ start_host() {
   [ -n "$url" ] || { cat "$log"; echo "the host did not start" >&2; exit 1; }
   export EVHOST_URL=$url
   listen=${url#http://}
+}
+
+# Waits until a command succeeds: an outcome the demo shows next (a policy's command, a timer, a
+# switch). It is usually there in a moment; on a busy machine it may take longer, so the demo
+# gives up only after two minutes.
+wait_until() {
+  local deadline=$((SECONDS + 120))
+  until "$@" > /dev/null 2>&1; do
+    [ "$SECONDS" -lt "$deadline" ] || { echo "gave up waiting for: $*" >&2; return 1; }
+    sleep 0.1
+  done
+}
+
+# stream_has STREAM TYPE: whether the stream holds an event of that type.
+stream_has() {
+  "$evhost" read "$1" | grep -q " $2 "
 }
 
 # Runs a command that must be refused, and shows the refusal.
@@ -73,10 +99,10 @@ done
 echo "== the average length of stay per hospital, as the same projection in Rust, Python and JavaScript"
 echo "   (a Python or JavaScript component is some 15 MB: its first deploy compiles it, in seconds)"
 "$evhost" deploy "$wasm/stays.wasm"
-"$evhost" deploy "$data/stays_py.wasm"
-"$evhost" deploy "$data/stays_js.wasm"
+"$evhost" deploy "$sdk/stays_py.wasm"
+"$evhost" deploy "$sdk/stays_js.wasm"
 echo "== and a policy in Python: a patient back within 72 hours gets a note on the new visit"
-"$evhost" deploy "$data/returns_py.wasm"
+"$evhost" deploy "$sdk/returns_py.wasm"
 "$evhost" plugins
 
 # get PATH: a read over HTTP, with the position the answer reflects and the version that answered.
@@ -118,10 +144,7 @@ echo "== results come in, the patient moves and leaves"
   '{"disposition": "admitted", "summary": "to cardiology"}'
 
 echo "== the policy saw the check-out: the survey handler prepared a survey (its command id names the cause)"
-for _ in $(seq 50); do
-  curl -sf "$EVHOST_URL/streams/survey-1001" > /dev/null && break
-  sleep 0.1
-done
+wait_until curl -sf "$EVHOST_URL/streams/survey-1001"
 "$evhost" read survey-1001
 
 echo "== a second visit, over plain HTTP, expected to stay 2 seconds"
@@ -135,7 +158,7 @@ echo "== who is in the hospital now, and its rooms (both read after the check-in
 get "/projections/visits/query/in-hospital?hospital=main&min_position=$position"
 get "/projections/rooms/query/rooms?hospital=main&min_position=$position"
 echo "== the stay runs past 2 seconds: the policy's timer flags the visit overdue"
-sleep 3
+wait_until stream_has visit-1002 VisitOverdue
 "$evhost" read visit-1002
 echo "== what the host recorded about the check-in command"
 curl -s "$EVHOST_URL/commands/checkin-1002"; echo
@@ -143,7 +166,8 @@ curl -s "$EVHOST_URL/commands/checkin-1002"; echo
 echo "== visit-1001 as stored"
 "$evhost" read visit-1001
 
-echo "== restart the host: the handler comes back from its compiled cache, without compiling"
+head=$(curl -s "$EVHOST_URL/health" | sed -n 's/.*"head":\([0-9]*\).*/\1/p')
+echo "== restart the host at position $head: the handler comes back from its compiled cache, without compiling"
 kill -TERM "$host"; wait "$host"
 start_host
 curl -s "$EVHOST_URL/metrics" | grep -E '^evhost_plugin_(compilations|cache_loads)_total'
@@ -154,10 +178,7 @@ echo "== the loyalty saga: Cy earns 50 points, orders with 30 (reserved, confirm
 "$evhost" command loyalty loyalty-cy EarnPoints '{"points": 50}'
 "$evhost" command order order-501 PlaceOrder '{"customer_id": "cy", "total_cents": 2500, "points": 30}'
 "$evhost" command order order-502 PlaceOrder '{"customer_id": "cy", "total_cents": 9000, "points": 40}'
-for _ in $(seq 50); do
-  "$evhost" read order-502 | grep -q OrderCancelled && break
-  sleep 0.1
-done
+wait_until stream_has order-502 OrderCancelled
 echo "== order-501 was confirmed; order-502's reservation was rejected, so the policy cancelled it"
 "$evhost" read order-501
 "$evhost" read order-502
@@ -177,10 +198,10 @@ refused "$evhost" command visit visit-1002 CheckOut '{"disposition": "discharged
 
 echo "== blue/green: visits v2 adds length_of_stay_seconds; it builds its state beside v1, which serves"
 visits_v2=$("$evhost" deploy "$wasm/visits_v2.wasm" --json | sed -n 's/.*"version":"\([0-9a-f]*\)".*/\1/p')
-for _ in $(seq 100); do
-  curl -s "$EVHOST_URL/plugins/visits" | grep -q "\"active_version\":\"$visits_v2\"" && break
-  sleep 0.1
-done
+active_is() {
+  curl -s "$EVHOST_URL/plugins/$1" | grep -q "\"active_version\":\"$2\""
+}
+wait_until active_is visits "$visits_v2"
 echo "== it caught up and took over by itself; v1 keeps running as the previous version"
 "$evhost" plugins visits
 get "/projections/visits/keys/visit/1002"
@@ -193,10 +214,7 @@ echo "== Ana (p-1001) comes back: the Python policy returns-py notes the return 
 "$evhost" command visit visit-1003 CheckIn --id checkin-1003 '{"patient_id": "p-1001",
   "patient_name": "Ana Lima", "complaint": "chest pain again", "triage_level": 2, "room": "A-3",
   "hospital": "main"}'
-for _ in $(seq 100); do
-  "$evhost" read visit-1003 | grep -q NoteAdded && break
-  sleep 0.1
-done
+wait_until stream_has visit-1003 NoteAdded
 "$evhost" read visit-1003
 
 echo "== the stays per hospital, from Rust, Python and JavaScript: the same answer, read after the last write"
@@ -207,7 +225,7 @@ done
 grep -E "plugin stays-(py|js)@[0-9a-f]*: visit 1001" "$log" | sed 's/^/   log: /'
 
 echo "== survey v2 is the survey handler ported to JavaScript: a dry run over every recorded survey command"
-survey_js=$("$evhost" deploy "$data/survey_js.wasm" --promote manual --json | sed -n 's/.*"version":"\([0-9a-f]*\)".*/\1/p')
+survey_js=$("$evhost" deploy "$sdk/survey_js.wasm" --promote manual --json | sed -n 's/.*"version":"\([0-9a-f]*\)".*/\1/p')
 "$evhost" replay survey --version "${survey_js:0:12}"
 "$evhost" promote survey
 "$evhost" command survey survey-1001 SubmitSurvey '{"score": 5, "comment": "fast and kind"}'
@@ -221,7 +239,9 @@ echo "== the global log, check-ins only"
 echo "== the host's health"
 curl -s "$EVHOST_URL/health"; echo
 
-sleep 1
+# The follower is stopped once it has shown the last event of its category.
+last_visit=$("$evhost" read --category visit --limit 10000 | sed -n 's/^ *\([0-9][0-9]*\)  .*/\1/p' | tail -1)
+wait_until grep -q "^ *$last_visit " "$data/tail"
 kill "$tail_pid" 2>/dev/null || true
 echo "== what the live follower saw (category visit; it reconnected across the restart)"
 cat "$data/tail"

@@ -440,10 +440,11 @@ fn acknowledged_commands_survive_kill_9() {
     let api = server.api();
     api.deploy_guest("fixture-counter");
     let stop = Arc::new(AtomicBool::new(false));
+    let acks = Arc::new(AtomicUsize::new(0));
     let sent: Vec<Vec<(String, Option<Value>)>> = thread::scope(|scope| {
         let workers: Vec<_> = (0..CLIENTS)
             .map(|client| {
-                let (api, stop) = (Api::with_timeout(server.url(), Duration::from_secs(5)), stop.clone());
+                let (api, stop, acks) = (server.api(), stop.clone(), acks.clone());
                 scope.spawn(move || {
                     let mut mine = Vec::new();
                     for n in 0.. {
@@ -454,7 +455,10 @@ fn acknowledged_commands_survive_kill_9() {
                         let body = json!({"id": id, "stream": format!("counter-crash{}", client % 2),
                                           "type": "Increment", "data": {"by": 1}});
                         match api.try_send("POST", "/handlers/counter/commands", &[], Some(body.to_string().into_bytes())) {
-                            Ok(reply) if reply.status == 200 => mine.push((id, Some(reply.json()))),
+                            Ok(reply) if reply.status == 200 => {
+                                mine.push((id, Some(reply.json())));
+                                acks.fetch_add(1, Ordering::SeqCst);
+                            }
                             _ => {
                                 mine.push((id, None));
                                 break;
@@ -465,7 +469,10 @@ fn acknowledged_commands_survive_kill_9() {
                 })
             })
             .collect();
-        thread::sleep(Duration::from_millis(800));
+        // The kill comes once some commands are acknowledged, however long they take to be.
+        while acks.load(Ordering::SeqCst) < 40 && !workers.iter().all(|w| w.is_finished()) {
+            thread::sleep(Duration::from_millis(5));
+        }
         server.kill_9();
         stop.store(true, Ordering::SeqCst);
         workers.into_iter().map(|w| w.join().unwrap()).collect()

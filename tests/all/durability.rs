@@ -5,7 +5,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::thread;
 use std::time::Duration;
 
@@ -15,8 +15,8 @@ use crate::harness::{Api, Rng, Server, append_numbers, check_store};
 
 const ROUNDS: usize = 3;
 const CLIENTS: usize = 4;
-/// How long the clients write before the kill, per round; varied so the kill lands at different
-/// moments of the server's work.
+/// How long the clients write before the kill, per round, once a first append is acknowledged;
+/// varied so the kill lands at different moments of the server's work.
 const KILL_AFTER_MS: [u64; ROUNDS] = [900, 1400, 650];
 const TYPES: [&str; 3] = ["Deposited", "Withdrawn", "Noted"];
 
@@ -31,7 +31,14 @@ struct Sent {
 
 /// Appends until the server goes away: single events and small batches to shared streams with
 /// any version, and batches with exact expected versions to a stream only this client writes.
-fn append_until_killed(api: &Api, round: usize, client: usize, stop: &AtomicBool) -> Vec<Sent> {
+/// Counts the appends acknowledged in `acks`.
+fn append_until_killed(
+    api: &Api,
+    round: usize,
+    client: usize,
+    stop: &AtomicBool,
+    acks: &AtomicUsize,
+) -> Vec<Sent> {
     let mut rng = Rng::new((round * 100 + client) as u64);
     let own_stream = format!("own-{client}");
     // The previous round may have died with an append to the own stream in flight: ask.
@@ -80,6 +87,9 @@ fn append_until_killed(api: &Api, round: usize, client: usize, stop: &AtomicBool
             && stream == own_stream
         {
             own_version = last_version;
+        }
+        if acknowledged.is_some() {
+            acks.fetch_add(1, Ordering::SeqCst);
         }
         sent.push(Sent {
             stream,
@@ -179,13 +189,18 @@ fn acknowledged_appends_survive_kill_9() {
     let mut sent: Vec<Sent> = Vec::new();
     for (round, kill_after) in KILL_AFTER_MS.into_iter().enumerate() {
         let stop = Arc::new(AtomicBool::new(false));
+        let acks = Arc::new(AtomicUsize::new(0));
         let clients: Vec<_> = (0..CLIENTS)
             .map(|client| {
                 let api = server.api();
-                let stop = Arc::clone(&stop);
-                thread::spawn(move || append_until_killed(&api, round, client, &stop))
+                let (stop, acks) = (Arc::clone(&stop), Arc::clone(&acks));
+                thread::spawn(move || append_until_killed(&api, round, client, &stop, &acks))
             })
             .collect();
+        // However slow the machine, the kill comes after an acknowledged append.
+        while acks.load(Ordering::SeqCst) == 0 && !clients.iter().all(|c| c.is_finished()) {
+            thread::sleep(Duration::from_millis(5));
+        }
         thread::sleep(Duration::from_millis(kill_after));
         server.kill_9();
         stop.store(true, Ordering::SeqCst);

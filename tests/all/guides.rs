@@ -87,6 +87,7 @@ fn run_guide(guide: &str) {
         .env("CARGO_HOME", tool_home("CARGO_HOME", ".cargo"))
         .env("RUSTUP_HOME", tool_home("RUSTUP_HOME", ".rustup"))
         .env_remove("CARGO_TARGET_DIR")
+        .env_remove("RUSTC_WORKSPACE_WRAPPER")
         .env_remove("EVHOST_URL")
         .env_remove("EVHOST_TOKEN")
         .env_remove("VIRTUAL_ENV")

@@ -519,6 +519,15 @@ impl Api {
         }
     }
 
+    /// The same client (and token) with another bound on each wait: for a request that is slow
+    /// by nature, such as a deploy that compiles a large component on a busy machine.
+    pub fn with_request_timeout(&self, timeout: Duration) -> Api {
+        Api {
+            token: self.token.clone(),
+            ..Api::with_timeout(&self.base, timeout)
+        }
+    }
+
     /// Sends a request and returns the response without reading its body (for streaming).
     pub fn open(
         &self,
@@ -1045,6 +1054,8 @@ pub fn guest_wasm(package: &str) -> Vec<u8> {
         let mut command = Command::new(option_env!("CARGO").unwrap_or("cargo"));
         command
             .current_dir(&root)
+            // The guests are built as a reader builds them, whatever compiles the tests.
+            .env_remove("RUSTC_WORKSPACE_WRAPPER")
             .args([
                 "build",
                 "--release",

@@ -17,6 +17,15 @@ use crate::sdk_guests::sdk_wasm;
 /// Long enough for a shared two-core machine to compile a large component and run a plugin's
 /// retries with backoff.
 const SETTLE: Duration = Duration::from_secs(90);
+/// How long a deploy may take to be answered, as long as the CLI's `evhost deploy` waits: a
+/// Python or JavaScript component is 12–18 MB, and its first deploy compiles it, which takes
+/// seconds alone but may take minutes on a shared two-core machine while other tests compile
+/// theirs. Only a deploy that never answers should reach it.
+const DEPLOY_TIMEOUT: Duration = Duration::from_secs(300);
+/// The server-side wait of a read at `min_position`, in place of its 5 s default: a projection
+/// in an interpreter, deployed a moment ago, may take longer than that to catch up on a busy
+/// machine.
+const CATCH_UP_MS: u64 = 60_000;
 
 /// The three languages, each with the directory (or Rust package) of a plugin written in it.
 #[derive(Debug, Clone, Copy)]
@@ -51,10 +60,10 @@ impl Lang {
     }
 }
 
-/// Deploys a component and answers its version.
+/// Deploys a component, waiting as long as its compilation takes, and answers its version.
 #[track_caller]
 fn deploy(api: &Api, wasm: &[u8], query: &str) -> String {
-    let reply = api.deploy(wasm, query);
+    let reply = api.with_request_timeout(DEPLOY_TIMEOUT).deploy(wasm, query);
     assert!(
         reply.status == 201 || reply.status == 200,
         "deploy: {} {}",
@@ -93,15 +102,18 @@ fn check_out(api: &Api, visit: u64) -> u64 {
 /// Every key of a projection with its value, as parsed JSON: how two languages' states are
 /// compared (the text of a value may differ in key order and spacing, not in content).
 fn whole_state(api: &Api, name: &str, min_position: u64) -> BTreeMap<String, Value> {
-    api.projection_items(name, &format!("min_position={min_position}"))
-        .into_iter()
-        .map(|item| {
-            (
-                item["key"].as_str().unwrap().to_owned(),
-                item["value"].clone(),
-            )
-        })
-        .collect()
+    api.projection_items(
+        name,
+        &format!("min_position={min_position}&timeout_ms={CATCH_UP_MS}"),
+    )
+    .into_iter()
+    .map(|item| {
+        (
+            item["key"].as_str().unwrap().to_owned(),
+            item["value"].clone(),
+        )
+    })
+    .collect()
 }
 
 #[test]
@@ -318,12 +330,9 @@ fn paused_then_skipped(api: &Api, name: &str, position: u64, words: &str) {
 fn projection_failures_in(lang: Lang) {
     let server = Server::start();
     let api = server.api();
-    // Limits as for the handler above.
-    deploy(
-        &api,
-        &lang.fixture("hostile-projection"),
-        "memory_mib=160&timeout_ms=1000",
-    );
+    // Limits as for the handler above; the memory bomb gets a longer budget below.
+    let wasm = lang.fixture("hostile-projection");
+    deploy(&api, &wasm, "memory_mib=160&timeout_ms=1000");
     let name = lang.fixture_name("hostile-projection");
     let normal = || event("Fine", json!({"n": 1}));
     let append = |event_type: &str| {
@@ -350,14 +359,19 @@ fn projection_failures_in(lang: Lang) {
     paused_then_skipped(&api, &name, panic, &panicked);
     let endless = append("Loop");
     paused_then_skipped(&api, &name, endless, "time budget of 1000 ms");
+    // An interpreter fills memory 1 MiB at a time, and on a busy machine it can take longer
+    // than a second to fill 160 MiB: the same bytes deployed again with the longest budget (a
+    // running projection takes new limits at its next call) leave the cap the only limit the
+    // bomb can reach.
+    deploy(&api, &wasm, "memory_mib=160&timeout_ms=60000");
     let bomb = append("Allocate");
-    paused_then_skipped(&api, &name, bomb, "memory");
+    paused_then_skipped(&api, &name, bomb, "memory past its cap of 160 MiB");
     let last = api.append_ok("hostile-1", json!([normal()]))["last_position"]
         .as_u64()
         .unwrap();
     let count = api
         .get(&format!(
-            "/projections/{name}/query/count?min_position={last}"
+            "/projections/{name}/query/count?min_position={last}&timeout_ms={CATCH_UP_MS}"
         ))
         .expect(200);
     assert_eq!(
@@ -497,6 +511,7 @@ fn the_javascript_survey_decides_the_recorded_commands_as_the_rust_one_did() {
     assert!(reasons.len() >= 6, "{reasons:?}");
 
     let js = api
+        .with_request_timeout(DEPLOY_TIMEOUT)
         .deploy(&sdk_wasm("plugins/js/survey"), "promote=manual")
         .expect(201);
     let js = js["version"].as_str().unwrap().to_owned();

@@ -9,6 +9,7 @@ mod bad_input;
 mod cli;
 mod commands;
 mod compatibility;
+mod demo;
 mod durability;
 mod guides;
 mod hardening;

@@ -124,7 +124,8 @@ fn a_checkout_prepares_a_survey_and_cancels_the_reminder() {
     api.deploy_guest("visit");
     api.deploy_guest("survey");
     api.deploy_guest("visit-survey");
-    check_in(&api, "s1", json!({"expected_stay_seconds": 1}));
+    // The stay is long enough for the check-out to come before it ends even on a busy machine.
+    check_in(&api, "s1", json!({"expected_stay_seconds": 3}));
     let checkout = api.command(
         "visit",
         &json!({"stream": "visit-s1", "type": "CheckOut", "data": {"disposition": "discharged"}}),
@@ -132,11 +133,22 @@ fn a_checkout_prepares_a_survey_and_cancels_the_reminder() {
     checkout.expect(200);
     let survey = api.wait_for_events("survey-s1", 1, SETTLE);
     assert_eq!(survey[0]["type"], "SurveyPrepared");
-    std::thread::sleep(Duration::from_millis(1_500));
+    // A visit checked in after it, with the same stay, is not checked out: once its reminder has
+    // come, the first visit's would have fired before it had the check-out not cancelled it.
+    // That reminder would have been refused (the visit is closed), so the count of refused
+    // commands says whether it was sent.
+    check_in(&api, "s2", json!({"expected_stay_seconds": 3}));
+    let control = api.wait_for_events("visit-s2", 3, SETTLE);
+    assert_eq!(control[2]["type"], "VisitOverdue", "{control:?}");
     let visit = api.stream_events("visit-s1");
     assert!(
         visit.iter().all(|e| e["type"] != "VisitOverdue"),
         "{visit:?}"
+    );
+    assert_eq!(
+        api.metric("evhost_commands_total{outcome=\"rejected\"} "),
+        0.0,
+        "the cancelled reminder was sent"
     );
 }
 

@@ -172,7 +172,7 @@ fn a_read_with_min_position_sees_the_command_before_it() {
         let position = reply.expect(200)["position"].as_u64().unwrap();
         total += n;
         let read = api.get(&format!(
-            "/projections/counting-projection/keys/total/counter-ryw?min_position={position}"
+            "/projections/counting-projection/keys/total/counter-ryw?min_position={position}&timeout_ms=60000"
         ));
         assert_eq!(read.expect(200), json!(total), "after command {n}");
         assert!(read.position.expect("Evhost-Position") >= position);
@@ -256,7 +256,7 @@ fn listings_page_in_key_order_and_queries_reach_the_plugin() {
     loop {
         let page = api
             .get(&format!(
-                "/projections/counting-projection/keys?prefix=total/&limit=10&after={after}&min_position={head}"
+                "/projections/counting-projection/keys?prefix=total/&limit=10&after={after}&min_position={head}&timeout_ms=60000"
             ))
             .expect(200);
         let items = page["items"].as_array().unwrap();
@@ -400,6 +400,10 @@ fn hostile_projections_stop_only_themselves() {
     });
     let error = paused["error"].as_str().unwrap();
     assert!(error.contains("time budget"), "{paused}");
+    // The memory bomb comes next: with the longest budget (the same bytes deployed again, taken
+    // at the next call) the cap is the only limit it can reach, however busy the machine.
+    api.deploy(&wasm, "timeout_ms=60000&memory_mib=32")
+        .expect(200);
     // Skip each in turn: every kind of failure pauses the projection with its own reason.
     let mut reasons = vec![error.to_string()];
     for _ in 0..3 {

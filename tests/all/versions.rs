@@ -4,7 +4,9 @@
 //! a version frees its state, a rebuild resumes after `kill -9`; handlers switch and roll back,
 //! and each version counts the commands it decided.
 
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::thread::ScopedJoinHandle;
+use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
@@ -461,7 +463,9 @@ fn a_blue_green_switch_under_read_load_serves_no_failed_or_mixed_read_and_rolls_
         }
     }
     let head = api.head();
-    let key = |visit: u64| format!("/projections/visits/keys/visit/{visit}?min_position={head}");
+    let key = |visit: u64| {
+        format!("/projections/visits/keys/visit/{visit}?min_position={head}&timeout_ms=60000")
+    };
     let before: Vec<Value> = (1..=VISITS).map(|v| api.get(&key(v)).expect(200)).collect();
     assert!(
         before
@@ -469,15 +473,19 @@ fn a_blue_green_switch_under_read_load_serves_no_failed_or_mixed_read_and_rolls_
             .all(|v| v.get("length_of_stay_seconds").is_none())
     );
 
-    let stop = std::sync::atomic::AtomicBool::new(false);
+    let stop = AtomicBool::new(false);
+    // How many reads each reader had answered by v1, and by v2, so far.
+    let from_v1s: [AtomicU64; 3] = Default::default();
+    let from_v2s: [AtomicU64; 3] = Default::default();
     let v2 = std::thread::scope(|scope| {
         let readers: Vec<_> = (0..3u64)
             .map(|reader| {
                 let (api, stop, v1, key) = (server.api(), &stop, &v1, &key);
+                let counts = (&from_v1s[reader as usize], &from_v2s[reader as usize]);
                 scope.spawn(move || {
                     let (mut reads, mut seen_v2, mut last_position) = (0u64, false, 0u64);
                     let mut from_v1 = 0u64;
-                    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    while !stop.load(Ordering::Relaxed) {
                         let visit = (reads * 7 + reader) % VISITS + 1;
                         let reply = api.get(&key(visit));
                         let value = reply.expect(200);
@@ -494,6 +502,8 @@ fn a_blue_green_switch_under_read_load_serves_no_failed_or_mixed_read_and_rolls_
                         assert!(position >= last_position, "the position went back");
                         seen_v2 |= !is_v1;
                         from_v1 += u64::from(is_v1);
+                        let count = if is_v1 { counts.0 } else { counts.1 };
+                        count.fetch_add(1, Ordering::Relaxed);
                         last_position = position;
                         reads += 1;
                     }
@@ -501,11 +511,13 @@ fn a_blue_green_switch_under_read_load_serves_no_failed_or_mixed_read_and_rolls_
                 })
             })
             .collect();
-        std::thread::sleep(Duration::from_millis(300));
+        // Each reader is answered by v1 before the deploy and by v2 after the switch: waited for,
+        // so that a busy machine makes the test slower, not failed.
+        wait_for_each_reader(&from_v1s, &readers, &stop);
         let v2 = api.deploy_guest("visits-v2");
         api.wait_for_plugin("visits", CATCH_UP, |p| p["active_version"] == v2.as_str());
-        std::thread::sleep(Duration::from_millis(300));
-        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        wait_for_each_reader(&from_v2s, &readers, &stop);
+        stop.store(true, Ordering::Relaxed);
         for reader in readers {
             let (reads, from_v1) = reader.join().expect("no failed read");
             assert!(
@@ -530,4 +542,26 @@ fn a_blue_green_switch_under_read_load_serves_no_failed_or_mixed_read_and_rolls_
             .expect(200)["length_of_stay_seconds"],
         switched["length_of_stay_seconds"]
     );
+}
+
+/// Waits until every reader has counted a read in `counts`. If one of them ended (a read
+/// failed) or one did not count within the catch-up time, it stops them all instead, so that
+/// the checks of what they return say which.
+fn wait_for_each_reader<T>(
+    counts: &[AtomicU64],
+    readers: &[ScopedJoinHandle<'_, T>],
+    stop: &AtomicBool,
+) {
+    let deadline = Instant::now() + CATCH_UP;
+    while counts
+        .iter()
+        .any(|count| count.load(Ordering::Relaxed) == 0)
+    {
+        if readers.iter().any(|reader| reader.is_finished()) || Instant::now() > deadline {
+            // Stopped, the others end, and the scope reports the reader that failed.
+            stop.store(true, Ordering::Relaxed);
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
 }
