@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use crate::harness::{Api, Rng, Server, assert_error, check_store, guest_wasm};
+use crate::harness::{Api, Server, assert_error, check_store, guest_wasm};
 
 fn increment(stream: &str, by: u64) -> Value {
     json!({"stream": stream, "type": "Increment", "data": {"by": by}})
@@ -286,45 +286,52 @@ fn commands_decide_again_when_a_direct_append_gets_in_first() {
     const COMMANDERS: usize = 4;
     const PER_COMMANDER: usize = 40;
     const DIRECT: u64 = 80;
+    const COMMANDS: usize = COMMANDERS * PER_COMMANDER;
     let server = Server::start();
     let api = server.api();
     api.deploy_guest("fixture-counter");
+    let answered = Arc::new(AtomicUsize::new(0));
     thread::scope(|scope| {
         let appender = {
-            let api = api.clone();
+            let (api, answered) = (api.clone(), answered.clone());
             scope.spawn(move || {
-                let mut rng = Rng::new(7);
                 for k in 1..=DIRECT {
                     // A writer that appends back to back, never reading, would win every race
                     // against a command (which reads and decides first); that is what the
-                    // bounded retries and their 409 are for. Here the writer pauses between
-                    // appends, as real ones do.
-                    thread::sleep(Duration::from_micros(rng.below(3_000)));
+                    // bounded retries and their 409 are for. This writer waits, after each
+                    // append, until another command has been answered: commands on one stream
+                    // take turns, so no command can lose more than two races in a row, however
+                    // slow the machine, and the next append lands while the next command is
+                    // being decided.
+                    let seen = answered.load(Ordering::SeqCst);
                     api.append_past_handler(
                         "counter-mixed",
                         json!([{"type": "Incremented",
                                 "data": {"by": 0, "total": k * 1_000_000, "build": "direct"}}]),
                     );
+                    while answered.load(Ordering::SeqCst) == seen
+                        && answered.load(Ordering::SeqCst) < COMMANDS
+                    {
+                        thread::sleep(Duration::from_millis(1));
+                    }
                 }
             })
         };
         for client in 0..COMMANDERS {
-            let api = api.clone();
+            let (api, answered) = (api.clone(), answered.clone());
             scope.spawn(move || {
                 for n in 0..PER_COMMANDER {
                     let body = json!({"id": format!("m{client}-{n}"), "stream": "counter-mixed",
                                       "type": "Increment", "data": {"by": 1}});
                     api.command("counter", &body).expect(200);
+                    answered.fetch_add(1, Ordering::SeqCst);
                 }
             });
         }
         appender.join().unwrap();
     });
     let events = api.stream_events("counter-mixed");
-    assert_eq!(
-        events.len() as u64,
-        DIRECT + (COMMANDERS * PER_COMMANDER) as u64
-    );
+    assert_eq!(events.len() as u64, DIRECT + COMMANDS as u64);
     let mut previous = 0;
     for event in &events {
         let total = event["data"]["total"].as_u64().unwrap();

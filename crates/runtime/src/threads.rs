@@ -6,6 +6,12 @@
 //! There are as many threads as calls may run at once ([`CallGate::default_max`]); work beyond
 //! that waits in a queue, as a task. Each thread enters the tokio runtime it was made in, so the
 //! work it runs may wait for the store's futures.
+//!
+//! The threads run at a lower scheduling priority than the rest of the host (a nice value of
+//! [`PLUGIN_NICENESS`] on Linux): when plugin calls keep every core busy, as a burst of calls
+//! that each run to their time budget does, the async workers, the store's writer and `/health`
+//! still get a core as soon as they have work, instead of waiting out a scheduler slice behind
+//! the plugins. Plugins lose nothing when the host is idle.
 
 use std::cell::Cell;
 use std::collections::VecDeque;
@@ -15,6 +21,10 @@ use std::sync::{Arc, Condvar, Mutex};
 use super::gate::CallGate;
 
 type Job = Box<dyn FnOnce() + Send>;
+
+/// How much lower than the host's the plugin threads' priority is, as a nice increment: at 10,
+/// the scheduler gives a busy host thread about ten times the share of a busy plugin thread.
+pub const PLUGIN_NICENESS: i32 = 10;
 
 thread_local! {
     static ON_CALL_THREAD: Cell<bool> = const { Cell::new(false) };
@@ -51,6 +61,7 @@ impl CallThreads {
                 .spawn(move || {
                     let _entered = runtime.as_ref().map(tokio::runtime::Handle::enter);
                     ON_CALL_THREAD.set(true);
+                    lower_priority();
                     pool.work();
                 })?;
         }
@@ -107,6 +118,35 @@ impl CallThreads {
     }
 }
 
+/// Lowers the calling thread's scheduling priority by [`PLUGIN_NICENESS`]. On Linux a nice value
+/// belongs to a thread, not to the whole process. Where the system refuses, the thread keeps
+/// the host's priority: slower answers under load, nothing worse.
+fn lower_priority() {
+    #[cfg(target_os = "linux")]
+    {
+        // SAFETY: `gettid` and `setpriority` only read their arguments.
+        let (tid, niceness) = unsafe {
+            let tid = libc::gettid();
+            let current = libc::getpriority(libc::PRIO_PROCESS, tid as libc::id_t);
+            (tid, current + PLUGIN_NICENESS)
+        };
+        // SAFETY: as above.
+        if unsafe { libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, niceness) } != 0 {
+            tracing::debug!(
+                "plugin thread keeps the host's priority: {}",
+                std::io::Error::last_os_error()
+            );
+        }
+    }
+}
+
+/// The calling thread's nice value.
+#[cfg(all(test, target_os = "linux"))]
+fn niceness() -> i32 {
+    // SAFETY: `gettid` and `getpriority` only read their arguments.
+    unsafe { libc::getpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t) }
+}
+
 impl Drop for CallThreads {
     fn drop(&mut self) {
         self.queue().stopping = true;
@@ -133,6 +173,16 @@ mod tests {
         assert!(panicked.is_panic());
         // The threads survive a panic in the work they ran.
         assert_eq!(threads.run(|| 7).await, 7);
+    }
+
+    #[cfg(target_os = "linux")]
+    #[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+    async fn the_threads_run_below_the_hosts_priority() {
+        let threads = CallThreads::start_with(1).unwrap();
+        let host = niceness();
+        let plugin = threads.run(niceness).await;
+        // At the weakest priority there is, nothing can go lower.
+        assert_eq!(plugin, (host + PLUGIN_NICENESS).min(19));
     }
 
     async fn futures_join<F: std::future::Future>(
