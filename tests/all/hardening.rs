@@ -523,9 +523,12 @@ fn a_handlers_category_is_closed_to_direct_appends_but_for_an_admin_who_says_so(
 fn a_projections_writes_per_batch_are_bounded_and_a_full_batch_just_ends_early() {
     let server = Server::start();
     let api = server.api();
+    // The longest budget there is: a call making 100 001 writes must meet the write limit before
+    // it meets its budget, however busy the machine (it takes seconds in a debug build, and
+    // plugin threads yield to the rest of the host and of the machine).
     api.deploy(
         &guest_wasm("fixture-hostile-projection"),
-        "memory_mib=512&timeout_ms=20000",
+        "memory_mib=512&timeout_ms=60000",
     )
     .expect(201);
     // Three events of 40 000 writes each: more than one batch holds, each within it.
