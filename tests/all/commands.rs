@@ -309,9 +309,11 @@ fn commands_decide_again_when_a_direct_append_gets_in_first() {
                         json!([{"type": "Incremented",
                                 "data": {"by": 0, "total": k * 1_000_000, "build": "direct"}}]),
                     );
-                    while answered.load(Ordering::SeqCst) == seen
-                        && answered.load(Ordering::SeqCst) < COMMANDS
-                    {
+                    loop {
+                        let now = answered.load(Ordering::SeqCst);
+                        if now != seen || now == COMMANDS {
+                            break;
+                        }
                         thread::sleep(Duration::from_millis(1));
                     }
                 }

@@ -235,11 +235,8 @@ fn handler_failures_in(lang: Lang) {
     let server = Server::start();
     let api = server.api();
     // The Python and JavaScript runtimes take some tens of MiB before the plugin allocates.
-    deploy(
-        &api,
-        &lang.fixture("hostile"),
-        "memory_mib=160&timeout_ms=1000",
-    );
+    let wasm = lang.fixture("hostile");
+    deploy(&api, &wasm, "memory_mib=160&timeout_ms=1000");
     let name = lang.fixture_name("hostile");
 
     let reply = hostile(&api, lang, "hostile-1", "Ok", json!(null));
@@ -266,11 +263,7 @@ fn handler_failures_in(lang: Lang) {
     // As for the projection below: on a busy machine an interpreter can take longer than a
     // second to fill 160 MiB, so the same bytes are deployed again with the longest budget and
     // the cap is the only limit the bomb can reach.
-    deploy(
-        &api,
-        &lang.fixture("hostile"),
-        "memory_mib=160&timeout_ms=60000",
-    );
+    deploy(&api, &wasm, "memory_mib=160&timeout_ms=60000");
     let reply = hostile(&api, lang, "hostile-1", "Allocate", json!({"mib": 400}));
     assert_plugin_failed(&reply, "memory past its cap of 160 MiB");
 

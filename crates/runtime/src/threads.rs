@@ -124,14 +124,11 @@ impl CallThreads {
 fn lower_priority() {
     #[cfg(target_os = "linux")]
     {
+        let lower = niceness() + PLUGIN_NICENESS;
         // SAFETY: `gettid` and `setpriority` only read their arguments.
-        let (tid, niceness) = unsafe {
-            let tid = libc::gettid();
-            let current = libc::getpriority(libc::PRIO_PROCESS, tid as libc::id_t);
-            (tid, current + PLUGIN_NICENESS)
-        };
-        // SAFETY: as above.
-        if unsafe { libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, niceness) } != 0 {
+        if unsafe { libc::setpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t, lower) }
+            != 0
+        {
             tracing::debug!(
                 "plugin thread keeps the host's priority: {}",
                 std::io::Error::last_os_error()
@@ -141,7 +138,7 @@ fn lower_priority() {
 }
 
 /// The calling thread's nice value.
-#[cfg(all(test, target_os = "linux"))]
+#[cfg(target_os = "linux")]
 fn niceness() -> i32 {
     // SAFETY: `gettid` and `getpriority` only read their arguments.
     unsafe { libc::getpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t) }
