@@ -7,6 +7,11 @@
 //! that waits in a queue, as a task. Each thread enters the tokio runtime it was made in, so the
 //! work it runs may wait for the store's futures.
 //!
+//! Work goes to the thread that became idle last. A projection's batches follow one another, so
+//! they keep running on one thread, whose caches and allocator heap are warm with the batch
+//! before; handing each to the next idle thread in turn would spread the batches' buffers over
+//! every thread's heap, where the allocator keeps them after they are freed.
+//!
 //! The threads run at a lower scheduling priority than the rest of the host (a nice value of
 //! [`PLUGIN_NICENESS`] on Linux): when plugin calls keep every core busy, as a burst of calls
 //! that each run to their time budget does, the async workers, the store's writer and `/health`
@@ -20,7 +25,9 @@ use std::sync::{Arc, Condvar, Mutex};
 
 use super::gate::CallGate;
 
-type Job = Box<dyn FnOnce() + Send>;
+/// A piece of work; it calls the function it is given once its answer is ready, before handing
+/// the answer over, so that its thread is idle again before the work that answer starts arrives.
+type Job = Box<dyn FnOnce(&mut dyn FnMut()) + Send>;
 
 /// How much lower than the host's the plugin threads' priority is, as a nice increment: at 10,
 /// the scheduler gives a busy host thread about ten times the share of a busy plugin thread.
@@ -33,12 +40,15 @@ thread_local! {
 /// The queue of plugin work and the threads that take from it.
 pub struct CallThreads {
     queue: Mutex<Queue>,
-    ready: Condvar,
+    /// One per thread, each waited on by its thread alone, so that work can wake a chosen one.
+    wake: Vec<Condvar>,
 }
 
 #[derive(Default)]
 struct Queue {
     jobs: VecDeque<Job>,
+    /// The threads waiting for work, the one that became idle last at the end.
+    idle: Vec<usize>,
     stopping: bool,
 }
 
@@ -49,12 +59,19 @@ impl CallThreads {
     }
 
     pub fn start_with(threads: usize) -> std::io::Result<Arc<Self>> {
+        let threads = threads.max(1);
+        // Every thread counts as idle from the start, the first at the top: work sent before a
+        // thread first waits is found by it when it starts, as it looks for work before waiting.
+        let idle = (0..threads).rev().collect();
         let pool = Arc::new(CallThreads {
-            queue: Mutex::new(Queue::default()),
-            ready: Condvar::new(),
+            queue: Mutex::new(Queue {
+                idle,
+                ..Queue::default()
+            }),
+            wake: (0..threads).map(|_| Condvar::new()).collect(),
         });
         let runtime = tokio::runtime::Handle::try_current().ok();
-        for n in 0..threads.max(1) {
+        for n in 0..threads {
             let (pool, runtime) = (pool.clone(), runtime.clone());
             std::thread::Builder::new()
                 .name(format!("evhost-plugin-{n}"))
@@ -62,7 +79,7 @@ impl CallThreads {
                     let _entered = runtime.as_ref().map(tokio::runtime::Handle::enter);
                     ON_CALL_THREAD.set(true);
                     lower_priority();
-                    pool.work();
+                    pool.work(n);
                 })?;
         }
         Ok(pool)
@@ -77,21 +94,35 @@ impl CallThreads {
         self.queue.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn work(&self) {
+    /// The loop of thread `n`. An idle thread takes work only once the work has chosen it (taken
+    /// it off the idle list); a thread that has just finished a job takes the next queued one
+    /// at once. So nothing queued waits while a thread could run it, and a thread woken for no
+    /// reason takes no work chosen for another.
+    fn work(&self, n: usize) {
         loop {
             let job = {
                 let mut queue = self.queue();
                 loop {
-                    if let Some(job) = queue.jobs.pop_front() {
-                        break job;
-                    }
                     if queue.stopping {
                         return;
                     }
-                    queue = self.ready.wait(queue).unwrap_or_else(|p| p.into_inner());
+                    if !queue.idle.contains(&n) {
+                        if let Some(job) = queue.jobs.pop_front() {
+                            break job;
+                        }
+                        // Chosen for work that a thread finishing its own took first.
+                        queue.idle.push(n);
+                    }
+                    queue = self.wake[n].wait(queue).unwrap_or_else(|p| p.into_inner());
                 }
             };
-            job();
+            job(&mut || {
+                let mut queue = self.queue();
+                // With work queued the thread stays busy and takes it.
+                if queue.jobs.is_empty() {
+                    queue.idle.push(n);
+                }
+            });
         }
     }
 
@@ -105,11 +136,22 @@ impl CallThreads {
         // The work runs in the caller's span: its log lines name the request, command or
         // batch it is for.
         let span = tracing::Span::current();
-        self.queue().jobs.push_back(Box::new(move || {
-            let _entered = span.enter();
-            let _ = answer.send(catch_unwind(AssertUnwindSafe(job)));
-        }));
-        self.ready.notify_one();
+        let work: Job = Box::new(move |idle: &mut dyn FnMut()| {
+            let answered = {
+                let _entered = span.enter();
+                catch_unwind(AssertUnwindSafe(job))
+            };
+            idle();
+            let _ = answer.send(answered);
+        });
+        let chosen = {
+            let mut queue = self.queue();
+            queue.jobs.push_back(work);
+            queue.idle.pop()
+        };
+        if let Some(n) = chosen {
+            self.wake[n].notify_one();
+        }
         match answered.await {
             Ok(Ok(value)) => value,
             Ok(Err(panic)) => resume_unwind(panic),
@@ -147,7 +189,9 @@ fn niceness() -> i32 {
 impl Drop for CallThreads {
     fn drop(&mut self) {
         self.queue().stopping = true;
-        self.ready.notify_all();
+        for wake in &self.wake {
+            wake.notify_one();
+        }
     }
 }
 
@@ -170,6 +214,37 @@ mod tests {
         assert!(panicked.is_panic());
         // The threads survive a panic in the work they ran.
         assert_eq!(threads.run(|| 7).await, 7);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+    async fn work_that_follows_work_runs_on_the_same_thread() {
+        let threads = CallThreads::start_with(4).unwrap();
+        let name = || std::thread::current().name().map(str::to_owned);
+        let first = threads.run(name).await;
+        for _ in 0..50 {
+            assert_eq!(threads.run(name).await, first);
+        }
+        // Work that overlaps still spreads over the threads: each of these waits for the other
+        // two to start, so they finish only if they run at once.
+        let started = Arc::new(std::sync::Barrier::new(3));
+        let overlapping = (0..3).map(|_| {
+            let (threads, started) = (threads.clone(), started.clone());
+            tokio::spawn(async move {
+                threads
+                    .run(move || {
+                        started.wait();
+                        name()
+                    })
+                    .await
+            })
+        });
+        let mut names = Vec::new();
+        for handle in overlapping.collect::<Vec<_>>() {
+            names.push(handle.await.unwrap());
+        }
+        names.sort();
+        names.dedup();
+        assert_eq!(names.len(), 3);
     }
 
     #[cfg(target_os = "linux")]
