@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::harness::guest_wasm;
+use crate::harness::{compile_cache, guest_wasm};
 use crate::sdk_guests::{repo_root, sdk_wasm};
 
 /// The Rust plugins the demo deploys (all of them among the tests' guests).
@@ -156,6 +156,7 @@ fn run_demo() -> Demo {
         .arg("scripts/demo.sh")
         .current_dir(repo_root())
         .env("EVHOST_DEMO_BUILT", built.path())
+        .env("EVHOST_COMPILE_CACHE", compile_cache())
         .env_remove("EVHOST_URL")
         .env_remove("EVHOST_TOKEN")
         .stdin(Stdio::null())

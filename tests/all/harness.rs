@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::sync::{Arc, Mutex, mpsc};
 use std::thread;
@@ -320,13 +320,32 @@ fn wait_for_exit(child: &mut Child, timeout: Duration) -> Option<ExitStatus> {
     }
 }
 
-/// A command running the evhost binary, without token variables from the caller's environment.
+/// A command running the evhost binary, without token variables from the caller's environment,
+/// sharing the run's compile cache.
 fn evhost_command() -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_evhost"));
     for var in TOKEN_VARS {
         command.env_remove(var);
     }
+    command.env("EVHOST_COMPILE_CACHE", compile_cache());
     command
+}
+
+/// The compile cache every host of this run shares (`--compile-cache`), emptied when the run
+/// starts: each component is compiled once per run, by the first host deployed it, rather than
+/// once per test (the Python and JavaScript ones take seconds each).
+pub fn compile_cache() -> &'static Path {
+    static DIR: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    DIR.get_or_init(|| {
+        let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("compile-cache");
+        match std::fs::remove_dir_all(&dir) {
+            Err(error) if error.kind() != std::io::ErrorKind::NotFound => {
+                panic!("emptying {}: {error}", dir.display())
+            }
+            _ => {}
+        }
+        dir
+    })
 }
 
 /// Runs the evhost binary with `args` to completion (a client subcommand) and returns its output;
@@ -1035,7 +1054,7 @@ const GUEST_PACKAGES: &[&str] = &[
 
 /// Where guests are built: a target directory of their own, so that the build does not wait
 /// for the lock of the one running these tests.
-fn guest_target_dir() -> std::path::PathBuf {
+fn guest_target_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("../target/plugins")
         .to_path_buf()

@@ -465,6 +465,56 @@ fn deployed_plugins_come_back_from_the_cache_after_kill_9_and_shutdown() {
     }
 }
 
+/// Hosts given one `--compile-cache` compile a component once between them: the first host
+/// compiles it and keeps the artifact, a host with a store of its own loads it from there and
+/// runs it, and a damaged artifact is compiled again and replaced, the deploy unharmed.
+#[test]
+fn hosts_sharing_a_compile_cache_compile_a_component_once() {
+    let cache = tempfile::tempdir().expect("a compile cache");
+    let cache_dir = cache.path().join("compiled");
+    let launch = || Launch::default().env("EVHOST_COMPILE_CACHE", cache_dir.to_str().unwrap());
+    let wasm = guest_wasm("fixture-counter");
+    let artifacts = || {
+        std::fs::read_dir(&cache_dir)
+            .expect("the cache directory is made")
+            .map(|entry| entry.unwrap().path())
+            .collect::<Vec<_>>()
+    };
+
+    let first = launch().start();
+    first.api().deploy(&wasm, "").expect(201);
+    assert_eq!(increment_ok(&first.api(), "counter-1", 2), 2);
+    assert!(!first.stderr().contains("found in the compile cache"));
+    let kept = artifacts();
+    assert_eq!(kept.len(), 1, "one artifact, nothing partial: {kept:?}");
+    // Wasmtime's compiled artifacts are ELF files.
+    let is_artifact = |bytes: &[u8]| bytes.starts_with(b"\x7fELF");
+    assert!(is_artifact(&std::fs::read(&kept[0]).unwrap()));
+
+    let second = launch().start();
+    second.api().deploy(&wasm, "").expect(201);
+    assert!(
+        second.stderr().contains("found in the compile cache"),
+        "{}",
+        second.stderr()
+    );
+    assert_eq!(increment_ok(&second.api(), "counter-1", 5), 5);
+
+    std::fs::write(&kept[0], b"not an artifact").unwrap();
+    let third = launch().start();
+    third.api().deploy(&wasm, "").expect(201);
+    assert!(
+        third.stderr().contains("does not load"),
+        "{}",
+        third.stderr()
+    );
+    assert_eq!(increment_ok(&third.api(), "counter-1", 1), 1);
+    assert!(
+        is_artifact(&std::fs::read(&kept[0]).unwrap()),
+        "the damaged artifact is replaced"
+    );
+}
+
 #[test]
 fn deploying_needs_admin_and_commands_need_write() {
     let server = Launch::default().tokens(ADMIN, WRITE, READ).start();

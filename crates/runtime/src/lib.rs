@@ -12,6 +12,7 @@
 //! how events are stored: what crosses its boundary is bytes, strings and plain records.
 
 mod bindings;
+mod compile_cache;
 mod gate;
 mod handler;
 mod policy;
@@ -32,6 +33,7 @@ use sha2::{Digest, Sha256};
 use wasmtime::component::{Component, HasSelf, Linker};
 use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
 
+pub use compile_cache::CompileCache;
 use gate::CallGate;
 pub use handler::{CommandInput, EventInput, HandlerPlugin, NewEvent};
 pub use policy::{PolicyAction, PolicyPlugin};
@@ -202,6 +204,8 @@ pub struct Runtime {
     gate: Arc<CallGate>,
     /// Where async callers send plugin work.
     threads: Arc<CallThreads>,
+    /// Where compiled components are shared with other hosts, if anywhere.
+    compile_cache: Option<CompileCache>,
 }
 
 /// Advances the engine's epoch while plugin calls run, and sleeps (parked) while none does, so
@@ -306,7 +310,15 @@ impl Runtime {
             gate: Arc::new(CallGate::new(CallGate::default_max())),
             threads: CallThreads::start()
                 .map_err(|e| format!("cannot start the plugin threads: {e}"))?,
+            compile_cache: None,
         })
+    }
+
+    /// Compiles through `cache`: a component it holds is loaded from there instead (see
+    /// [`CompileCache`]).
+    pub fn with_compile_cache(mut self, cache: CompileCache) -> Self {
+        self.compile_cache = Some(cache);
+        self
     }
 
     /// The threads plugin work runs on (see [`CallThreads`]).
@@ -330,19 +342,32 @@ impl Runtime {
         limits: PluginLimits,
     ) -> Result<Loaded, InvalidPlugin> {
         validate::check_header(wasm)?;
+        let cache = self.compile_cache.as_ref();
+        // The same bytes compiled and passed these checks before: loading them from the shared
+        // cache answers as compiling them again would.
+        if let Some(artifact) = cache.and_then(|cache| cache.get(wasm, &self.compatibility))
+            && let Some(loaded) = self.load_compiled(&artifact, label, limits)
+        {
+            let mut loaded = loaded?;
+            tracing::info!("plugin {label}: found in the compile cache");
+            loaded.artifact = Some(artifact);
+            return Ok(loaded);
+        }
         let component = Component::new(&self.engine, wasm)
             .map_err(|e| InvalidPlugin(format!("the component does not compile: {e:#}")))?;
         let mut loaded = self.prepare(&component, label, limits)?;
         let artifact = component
             .serialize()
             .map_err(|e| InvalidPlugin(format!("the compiled component cannot be saved: {e}")))?;
+        if let Some(cache) = cache {
+            cache.put(wasm, &self.compatibility, &artifact);
+        }
         loaded.artifact = Some(artifact);
         Ok(loaded)
     }
 
-    /// Loads a plugin from an artifact that [`Runtime::compile`] produced under the same
-    /// compatibility key, checking it as a deploy does. `None` when the artifact does not fit
-    /// this engine: compile the uploaded bytes again.
+    /// Loads a compiled artifact, as the store or the compile cache keeps them; `None` (after a
+    /// warning) if this engine cannot load it, so that the caller compiles instead.
     pub fn load_compiled(
         &self,
         artifact: &[u8],
@@ -350,8 +375,9 @@ impl Runtime {
         limits: PluginLimits,
     ) -> Option<Result<Loaded, InvalidPlugin>> {
         // SAFETY: artifacts are only ever stored by this host from `Component::serialize`, under
-        // a key naming the engine's compatibility hash; wasmtime still checks its own header and
-        // version and refuses what does not match.
+        // a key naming the engine's compatibility hash, in the store or in a compile cache that
+        // only the host's user may write; wasmtime still checks its own header and version and
+        // refuses what does not match.
         let loaded = unsafe { Component::deserialize(&self.engine, artifact) };
         match loaded {
             Ok(component) => Some(self.prepare(&component, label, limits)),

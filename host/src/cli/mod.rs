@@ -102,6 +102,11 @@ pub(crate) struct ServeArgs {
     /// The longest a request waits for its place to call a plugin before a 503, in milliseconds.
     #[arg(long, default_value_t = 1000)]
     plugin_queue_ms: u64,
+    /// A directory of compiled plugins to share with other hosts on this machine: a component
+    /// compiled once is loaded from it by any host deployed the same bytes, whatever its data
+    /// directory. Created if missing; it must be writable by this user alone.
+    #[arg(long, env = "EVHOST_COMPILE_CACHE")]
+    compile_cache: Option<PathBuf>,
     /// How the log on standard error is written: readable lines, or one JSON object per line.
     #[arg(long, env = "EVHOST_LOG_FORMAT", value_enum, default_value_t = logging::LogFormat::Text)]
     log_format: logging::LogFormat,

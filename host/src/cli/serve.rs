@@ -11,7 +11,7 @@ use super::ServeArgs;
 use evhost_api::{self as api, App, Limits, Tokens};
 use evhost_engine::plugins::{Admission, AdmissionLimits, Plugins};
 use evhost_redb::{RedbStore, StoreOptions};
-use evhost_runtime::Runtime;
+use evhost_runtime::{CompileCache, Runtime};
 use evhost_store::Store;
 
 pub(super) fn run(args: ServeArgs) -> anyhow::Result<()> {
@@ -49,7 +49,12 @@ pub(super) fn run(args: ServeArgs) -> anyhow::Result<()> {
             .await?
             .context("opening the store")?;
         let store: Arc<dyn Store> = Arc::new(redb);
-        let runtime = Runtime::new().map_err(anyhow::Error::msg)?;
+        let mut runtime = Runtime::new().map_err(anyhow::Error::msg)?;
+        if let Some(dir) = &args.compile_cache {
+            let cache = CompileCache::open(dir)
+                .with_context(|| format!("opening the compile cache {}", dir.display()))?;
+            runtime = runtime.with_compile_cache(cache);
+        }
         let mut plugins = Plugins::open(runtime, store.clone())
             .await
             .context("loading the deployed plugins")?;
