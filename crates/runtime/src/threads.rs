@@ -60,8 +60,8 @@ impl CallThreads {
 
     pub fn start_with(threads: usize) -> std::io::Result<Arc<Self>> {
         let threads = threads.max(1);
-        // Every thread counts as idle from the start, the first at the top: work sent before a
-        // thread first waits is found by it when it starts, as it looks for work before waiting.
+        // Every thread counts as idle from the start, the first at the top: a thread chosen for
+        // work before it first waits finds the work when it starts.
         let idle = (0..threads).rev().collect();
         let pool = Arc::new(CallThreads {
             queue: Mutex::new(Queue {
