@@ -16,6 +16,9 @@ const ADMIN: &str = "plugin-admin";
 const WRITE: &str = "plugin-write";
 const READ: &str = "plugin-read";
 
+/// The longest a log line may take to reach the test after the answer it went with.
+const LOG_WAIT: Duration = Duration::from_secs(30);
+
 /// The largest upload the host takes.
 const MAX_PLUGIN_BYTES: usize = 128 << 20;
 
@@ -493,21 +496,13 @@ fn hosts_sharing_a_compile_cache_compile_a_component_once() {
 
     let second = launch().start();
     second.api().deploy(&wasm, "").expect(201);
-    assert!(
-        second.stderr().contains("found in the compile cache"),
-        "{}",
-        second.stderr()
-    );
+    second.wait_for_log_line("found in the compile cache", LOG_WAIT);
     assert_eq!(increment_ok(&second.api(), "counter-1", 5), 5);
 
     std::fs::write(&kept[0], b"not an artifact").unwrap();
     let third = launch().start();
     third.api().deploy(&wasm, "").expect(201);
-    assert!(
-        third.stderr().contains("does not load"),
-        "{}",
-        third.stderr()
-    );
+    third.wait_for_log_line("does not load", LOG_WAIT);
     assert_eq!(increment_ok(&third.api(), "counter-1", 1), 1);
     assert!(
         is_artifact(&std::fs::read(&kept[0]).unwrap()),

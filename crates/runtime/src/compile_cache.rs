@@ -33,43 +33,56 @@ impl CompileCache {
         })
     }
 
-    fn path(&self, wasm: &[u8], compatibility: &str) -> PathBuf {
-        self.dir
-            .join(format!("{}-{compatibility}.cwasm", content_hash(wasm)))
+    /// Where the artifact of `wasm` compiled by an engine of `compatibility` is kept: found once
+    /// per compilation (hashing a large component takes a while), then read or written.
+    pub(super) fn entry(&self, wasm: &[u8], compatibility: &str) -> CacheEntry {
+        CacheEntry {
+            path: self
+                .dir
+                .join(format!("{}-{compatibility}.cwasm", content_hash(wasm))),
+        }
     }
+}
 
-    /// The artifact of `wasm` compiled by an engine of `compatibility`, if the directory holds
-    /// one. A file that cannot be read is reported and compiled again.
-    pub(super) fn get(&self, wasm: &[u8], compatibility: &str) -> Option<Vec<u8>> {
-        let path = self.path(wasm, compatibility);
-        match std::fs::read(&path) {
+/// The file of one component's artifact in the cache.
+pub(super) struct CacheEntry {
+    path: PathBuf,
+}
+
+impl CacheEntry {
+    /// The artifact, if the cache holds one. A file that cannot be read is reported and
+    /// compiled again.
+    pub(super) fn get(&self) -> Option<Vec<u8>> {
+        match std::fs::read(&self.path) {
             Ok(artifact) => Some(artifact),
             Err(error) if error.kind() == std::io::ErrorKind::NotFound => None,
             Err(error) => {
                 tracing::warn!(
                     "the compile cache's {} is unreadable: {error}",
-                    path.display()
+                    self.path.display()
                 );
                 None
             }
         }
     }
 
-    /// Keeps `artifact` for `wasm`. A cache that cannot be written costs later compilations,
-    /// never a deploy: the failure is reported and the deploy goes on.
-    pub(super) fn put(&self, wasm: &[u8], compatibility: &str, artifact: &[u8]) {
+    /// Keeps `artifact`. A cache that cannot be written costs later compilations, never a
+    /// deploy: the failure is reported and the deploy goes on.
+    pub(super) fn put(&self, artifact: &[u8]) {
         static WRITES: AtomicU64 = AtomicU64::new(0);
-        let path = self.path(wasm, compatibility);
-        let partial = path.with_extension(format!(
+        let partial = self.path.with_extension(format!(
             "{}-{}.partial",
             std::process::id(),
             WRITES.fetch_add(1, Ordering::Relaxed)
         ));
         let written =
-            std::fs::write(&partial, artifact).and_then(|()| std::fs::rename(&partial, &path));
+            std::fs::write(&partial, artifact).and_then(|()| std::fs::rename(&partial, &self.path));
         if let Err(error) = written {
             let _ = std::fs::remove_file(&partial);
-            tracing::warn!("the compile cache cannot keep {}: {error}", path.display());
+            tracing::warn!(
+                "the compile cache cannot keep {}: {error}",
+                self.path.display()
+            );
         }
     }
 }
@@ -82,14 +95,14 @@ mod tests {
     fn an_artifact_is_found_by_its_bytes_and_engine_only() {
         let dir = tempfile::tempdir().unwrap();
         let cache = CompileCache::open(&dir.path().join("made")).unwrap();
-        assert_eq!(cache.get(b"component", "engine-a"), None);
-        cache.put(b"component", "engine-a", b"artifact");
+        assert_eq!(cache.entry(b"component", "engine-a").get(), None);
+        cache.entry(b"component", "engine-a").put(b"artifact");
         assert_eq!(
-            cache.get(b"component", "engine-a").as_deref(),
+            cache.entry(b"component", "engine-a").get().as_deref(),
             Some(&b"artifact"[..])
         );
-        assert_eq!(cache.get(b"component", "engine-b"), None);
-        assert_eq!(cache.get(b"other component", "engine-a"), None);
+        assert_eq!(cache.entry(b"component", "engine-b").get(), None);
+        assert_eq!(cache.entry(b"other component", "engine-a").get(), None);
         // Nothing is left but the artifact itself.
         let files = std::fs::read_dir(dir.path().join("made")).unwrap().count();
         assert_eq!(files, 1);

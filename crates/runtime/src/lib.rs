@@ -342,10 +342,13 @@ impl Runtime {
         limits: PluginLimits,
     ) -> Result<Loaded, InvalidPlugin> {
         validate::check_header(wasm)?;
-        let cache = self.compile_cache.as_ref();
+        let cached = self
+            .compile_cache
+            .as_ref()
+            .map(|cache| cache.entry(wasm, &self.compatibility));
         // The same bytes compiled and passed these checks before: loading them from the shared
         // cache answers as compiling them again would.
-        if let Some(artifact) = cache.and_then(|cache| cache.get(wasm, &self.compatibility))
+        if let Some(artifact) = cached.as_ref().and_then(|entry| entry.get())
             && let Some(loaded) = self.load_compiled(&artifact, label, limits)
         {
             let mut loaded = loaded?;
@@ -359,8 +362,8 @@ impl Runtime {
         let artifact = component
             .serialize()
             .map_err(|e| InvalidPlugin(format!("the compiled component cannot be saved: {e}")))?;
-        if let Some(cache) = cache {
-            cache.put(wasm, &self.compatibility, &artifact);
+        if let Some(entry) = cached {
+            entry.put(&artifact);
         }
         loaded.artifact = Some(artifact);
         Ok(loaded)
