@@ -59,3 +59,200 @@ fn prefixes_end_where_their_keys_do() {
         assert!(key.starts_with(prefix) && key < end.as_str());
     }
 }
+
+/// A store on `schema` of `server`, with the suite's bounds.
+async fn open_on(server: &TestServer, schema: &str) -> PgStore {
+    let mut options = PgOptions::new(server.url("postgres"));
+    options.schema = schema.to_owned();
+    options.pool_size = 4;
+    PgStore::open(options).await.expect("a store")
+}
+
+fn fresh_schema() -> String {
+    format!("t_{}", uuid::Uuid::new_v4().simple())
+}
+
+fn one_event(stream: &str, id: Option<String>) -> evhost_store::AppendRequest {
+    evhost_store::AppendRequest {
+        stream: stream.to_owned(),
+        expected_version: evhost_store::ExpectedVersion::Any,
+        events: vec![evhost_store::ProposedEvent {
+            id,
+            event_type: "Happened".into(),
+            data: "{}".into(),
+            metadata: "{}".into(),
+        }],
+        command: None,
+    }
+}
+
+/// A client of the server's `postgres` database, for a test to inspect or steer the server.
+async fn admin(server: &TestServer) -> Client {
+    let (client, connection) = tokio_postgres::connect(&server.url("postgres"), NoTls)
+        .await
+        .expect("an admin connection");
+    tokio::spawn(connection);
+    client
+}
+
+/// Changes the server's configuration and reloads it.
+async fn steer(admin: &Client, alter: &str) {
+    admin.batch_execute(alter).await.unwrap();
+    admin
+        .batch_execute("SELECT pg_reload_conf()")
+        .await
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_nodes_on_one_schema_share_one_gapless_log() {
+    let server = tokio::task::spawn_blocking(TestServer::shared)
+        .await
+        .unwrap();
+    let schema = fresh_schema();
+    let nodes = [
+        Arc::new(open_on(server, &schema).await),
+        Arc::new(open_on(server, &schema).await),
+    ];
+    let mut tasks = Vec::new();
+    for writer in 0..16 {
+        let node = nodes[writer % 2].clone();
+        tasks.push(tokio::spawn(async move {
+            let mut written = Vec::new();
+            for n in 0..25 {
+                let id = format!("w{writer}-{n}");
+                match node
+                    .append(one_event(&format!("s-{}", n % 3), Some(id.clone())))
+                    .await
+                    .expect("an append")
+                {
+                    evhost_store::AppendOutcome::Written(result) => {
+                        written.push((id, result.first_position))
+                    }
+                    other => panic!("a new append answered {other:?}"),
+                }
+            }
+            written
+        }));
+    }
+    let mut acknowledged = Vec::new();
+    for task in tasks {
+        acknowledged.extend(task.await.expect("a writer"));
+    }
+    let head = acknowledged.len() as u64;
+    for node in &nodes {
+        // Each node hears of the other's commits without reading.
+        node.watch_head()
+            .wait_for(|h| *h >= head)
+            .await
+            .expect("the head moves");
+        let page = node
+            .read_log(1, 1_000, &LogFilter::default())
+            .await
+            .expect("the log");
+        let positions: Vec<u64> = page.events.iter().map(|e| e.position).collect();
+        assert_eq!(positions, (1..=head).collect::<Vec<_>>(), "gapless");
+        for (id, position) in &acknowledged {
+            let view = evhost_store::EventView::parse(&page.events[*position as usize - 1].json)
+                .expect("a record");
+            assert_eq!(&view.id, id, "the event acknowledged at {position}");
+        }
+    }
+    // A retry sent to the other node is recognised there.
+    let (id, position) = acknowledged[0].clone();
+    let first = nodes[1]
+        .read_log(position, 1, &LogFilter::default())
+        .await
+        .unwrap();
+    let stream = evhost_store::EventView::parse(&first.events[0].json)
+        .unwrap()
+        .stream
+        .into_owned();
+    match nodes[1].append(one_event(&stream, Some(id))).await {
+        Ok(evhost_store::AppendOutcome::AlreadyWritten(result)) => {
+            assert_eq!(result.first_position, position)
+        }
+        other => panic!("a retry on the other node answered {other:?}"),
+    }
+    let stats = nodes[0].stats();
+    assert!(
+        stats.commits < stats.committed_appends,
+        "concurrent appends share commits: {stats:?}"
+    );
+    for node in &nodes {
+        node.close().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_refuses_a_schema_newer_than_it_knows() {
+    let server = tokio::task::spawn_blocking(TestServer::shared)
+        .await
+        .unwrap();
+    let schema = fresh_schema();
+    open_on(server, &schema).await.close().await;
+    admin(server)
+        .await
+        .batch_execute(&format!(
+            "UPDATE {schema}.schema_version SET version = {}",
+            SCHEMA_VERSION + 1
+        ))
+        .await
+        .unwrap();
+    let mut options = PgOptions::new(server.url("postgres"));
+    options.schema = schema;
+    match PgStore::open(options).await {
+        Err(StorageError::Failed(message)) => {
+            assert!(message.contains("newer"), "{message}")
+        }
+        Ok(_) => panic!("a newer schema was opened"),
+        Err(other) => panic!("a newer schema answered {other}"),
+    }
+}
+
+/// The answer to COMMIT is lost while the commit waits for a synchronous standby (the server
+/// ends the connection then, and the commit stays committed locally): the append is still
+/// answered as written, because the writer asks the database.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_commit_whose_answer_is_lost_is_answered_by_what_the_database_holds() {
+    let server = tokio::task::spawn_blocking(|| TestServer::start().expect("a server"))
+        .await
+        .unwrap();
+    let store = Arc::new(open_on(&server, "lost").await);
+    let admin = admin(&server).await;
+    steer(
+        &admin,
+        "ALTER SYSTEM SET synchronous_standby_names = 'nobody'",
+    )
+    .await;
+    let writer = store.clone();
+    let append =
+        tokio::spawn(async move { writer.append(one_event("lost-1", Some("e-1".into()))).await });
+    // The commit waits for a standby that never comes.
+    let pid: i32 = loop {
+        let rows = admin
+            .query(
+                "SELECT pid FROM pg_stat_activity WHERE wait_event = 'SyncRep'",
+                &[],
+            )
+            .await
+            .unwrap();
+        if let Some(row) = rows.first() {
+            break row.get(0);
+        }
+        tokio::task::yield_now().await;
+    };
+    admin
+        .execute("SELECT pg_terminate_backend($1)", &[&pid])
+        .await
+        .unwrap();
+    steer(&admin, "ALTER SYSTEM RESET synchronous_standby_names").await;
+    match append.await.unwrap() {
+        Ok(evhost_store::AppendOutcome::Written(result)) => assert_eq!(result.last_position, 1),
+        other => panic!("the append whose answer was lost answered {other:?}"),
+    }
+    assert_eq!(store.head(), 1);
+    let page = store.read_log(1, 10, &LogFilter::default()).await.unwrap();
+    assert_eq!(page.events.len(), 1, "the event is stored once");
+    store.close().await;
+}

@@ -58,9 +58,22 @@ enum Action {
 
 #[derive(Args)]
 pub(crate) struct ServeArgs {
-    /// Directory holding the database file; created if missing.
+    /// Directory holding the database file (and, with a PostgreSQL store, this node's compile
+    /// cache); created if missing.
     #[arg(long, default_value = "./evhost-data")]
     data: PathBuf,
+    /// Where events are kept: the embedded database file in --data (the default), or a
+    /// PostgreSQL database several nodes share, given as a connection URL
+    /// (`postgres://user@host1,host2/db?target_session_attrs=read-write` follows a failover).
+    #[arg(long, env = "EVHOST_STORE", hide_env_values = true)]
+    store: Option<String>,
+    /// The PostgreSQL schema holding the store's tables.
+    #[arg(long, env = "EVHOST_STORE_SCHEMA", default_value = "evhost")]
+    store_schema: String,
+    /// Connections to PostgreSQL this node keeps for reads and snapshots (the writer and the
+    /// follower of the head have one each besides).
+    #[arg(long, default_value_t = 16)]
+    store_connections: usize,
     /// Address to listen on; port 0 picks a free port.
     #[arg(long, default_value = "127.0.0.1:7070")]
     listen: String,

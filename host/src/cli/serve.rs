@@ -9,12 +9,13 @@ use anyhow::{Context, bail};
 
 use super::ServeArgs;
 use evhost_api::{self as api, App, Limits, Tokens};
-use evhost_engine::plugins::{Admission, AdmissionLimits, Plugins};
+use evhost_engine::plugins::{Admission, AdmissionLimits, Artifacts, Plugins};
+use evhost_postgres::{PgOptions, PgStore};
 use evhost_redb::{RedbStore, StoreOptions};
 use evhost_runtime::{CompileCache, Runtime};
 use evhost_store::Store;
 
-pub(super) fn run(args: ServeArgs) -> anyhow::Result<()> {
+pub(super) fn run(mut args: ServeArgs) -> anyhow::Result<()> {
     let limits = limits(&args);
     let defaults = AdmissionLimits::default();
     let admission = AdmissionLimits {
@@ -22,7 +23,11 @@ pub(super) fn run(args: ServeArgs) -> anyhow::Result<()> {
         total: args.plugin_requests_total.unwrap_or(defaults.total).max(1),
         queue_wait: std::time::Duration::from_millis(args.plugin_queue_ms),
     };
-    let tokens = Tokens::new(args.admin_token, args.write_token, args.read_token);
+    let tokens = Tokens::new(
+        args.admin_token.take(),
+        args.write_token.take(),
+        args.read_token.take(),
+    );
     let address = resolve(&args.listen)?;
     if !address.ip().is_loopback() && tokens.is_open() && !args.insecure {
         bail!(
@@ -36,26 +41,22 @@ pub(super) fn run(args: ServeArgs) -> anyhow::Result<()> {
         .build()
         .context("starting the runtime")?;
     runtime.block_on(async move {
-        let options = StoreOptions {
-            cache_bytes: args.cache_mib << 20,
-            group_wait: std::time::Duration::from_micros(args.group_commit_wait_us),
-            append_limits: limits.append,
-            ..StoreOptions::default()
-        };
         // The composition root: the backend is chosen here, and nothing after this line knows
         // which one it is.
-        let data = args.data.clone();
-        let redb = tokio::task::spawn_blocking(move || RedbStore::open(&data, &options))
-            .await?
-            .context("opening the store")?;
-        let store: Arc<dyn Store> = Arc::new(redb);
+        let (store, artifacts, described) = open_store(&args, &limits).await?;
         let mut runtime = Runtime::new().map_err(anyhow::Error::msg)?;
-        if let Some(dir) = &args.compile_cache {
+        // A shared database is not trusted with compiled code: each node keeps its own cache.
+        let compile_cache = match (&args.compile_cache, artifacts) {
+            (Some(dir), _) => Some(dir.clone()),
+            (None, Artifacts::NotInStore) => Some(args.data.join("compile-cache")),
+            (None, Artifacts::InStore) => None,
+        };
+        if let Some(dir) = &compile_cache {
             let cache = CompileCache::open(dir)
                 .with_context(|| format!("opening the compile cache {}", dir.display()))?;
             runtime = runtime.with_compile_cache(cache);
         }
-        let mut plugins = Plugins::open(runtime, store.clone())
+        let mut plugins = Plugins::open(runtime, store.clone(), artifacts)
             .await
             .context("loading the deployed plugins")?;
         plugins.admission = Admission::new(admission);
@@ -70,8 +71,7 @@ pub(super) fn run(args: ServeArgs) -> anyhow::Result<()> {
         // the line below stops the host cleanly rather than killing it.
         let shutdown = shutdown_signal().context("installing the signal handlers")?;
         tracing::info!(
-            "serving {} on http://{local} (head {})",
-            args.data.display(),
+            "serving {described} on http://{local} (head {})",
             store.head()
         );
         // The one line scripts wait for: the host accepts connections from now on.
@@ -82,6 +82,48 @@ pub(super) fn run(args: ServeArgs) -> anyhow::Result<()> {
         tracing::info!("stopped cleanly at head {}", store.head());
         Ok(())
     })
+}
+
+/// Opens the store the arguments choose; answers it, where compiled artifacts may be kept, and
+/// what to call it in the log.
+async fn open_store(
+    args: &ServeArgs,
+    limits: &Limits,
+) -> anyhow::Result<(Arc<dyn Store>, Artifacts, String)> {
+    match args.store.as_deref() {
+        Some(url) if url.starts_with("postgres://") || url.starts_with("postgresql://") => {
+            let mut options = PgOptions::new(url);
+            options.schema = args.store_schema.clone();
+            options.append_limits = limits.append;
+            options.pool_size = args.store_connections.max(1);
+            let store = PgStore::open(options)
+                .await
+                .context("opening the PostgreSQL store")?;
+            let name = format!("PostgreSQL schema {:?}", args.store_schema);
+            Ok((Arc::new(store), Artifacts::NotInStore, name))
+        }
+        Some(other) => bail!(
+            "--store {other:?} is not a PostgreSQL URL (postgres://…); leave it out to keep the \
+             events in the database file in --data"
+        ),
+        None => {
+            let options = StoreOptions {
+                cache_bytes: args.cache_mib << 20,
+                group_wait: std::time::Duration::from_micros(args.group_commit_wait_us),
+                append_limits: limits.append,
+                ..StoreOptions::default()
+            };
+            let data = args.data.clone();
+            let redb = tokio::task::spawn_blocking(move || RedbStore::open(&data, &options))
+                .await?
+                .context("opening the store")?;
+            Ok((
+                Arc::new(redb),
+                Artifacts::InStore,
+                args.data.display().to_string(),
+            ))
+        }
+    }
 }
 
 /// The API's limits from the command line, with the cap on connections kept within the open

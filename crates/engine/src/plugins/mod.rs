@@ -300,11 +300,23 @@ pub struct LoadCounters {
     pub cache_loads: AtomicU64,
 }
 
+/// Where compiled artifacts are kept between starts. Loading an artifact runs machine code
+/// without checking it, so it is only loaded from where this host's user alone can write.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Artifacts {
+    /// In the store, beside the uploads: for a store only this host's user writes (a file).
+    InStore,
+    /// Never in the store (one other hosts share, which a host must not trust with code): each
+    /// host compiles from the upload, into its runtime's compile cache when it has one.
+    NotInStore,
+}
+
 /// The registry of deployed plugins.
 pub struct Plugins {
     /// Shared with the blocking threads that compile and load components.
     runtime: Arc<Runtime>,
     store: Arc<dyn Store>,
+    artifacts: Artifacts,
     entries: RwLock<BTreeMap<String, Entry>>,
     /// Changes of versions (deploys, promotions, rollbacks, deletions) run one at a time, so
     /// that two of them cannot interleave.
@@ -322,10 +334,15 @@ impl Plugins {
     /// Loads every deployed plugin's loaded versions, from their cached artifacts when they fit
     /// this engine. A plugin whose active version cannot be loaded is kept with its error; it
     /// does not stop the host.
-    pub async fn open(runtime: Runtime, store: Arc<dyn Store>) -> Result<Self, StorageError> {
+    pub async fn open(
+        runtime: Runtime,
+        store: Arc<dyn Store>,
+        artifacts: Artifacts,
+    ) -> Result<Self, StorageError> {
         let plugins = Plugins {
             runtime: Arc::new(runtime),
             store,
+            artifacts,
             entries: RwLock::new(BTreeMap::new()),
             changing: tokio::sync::Mutex::new(()),
             commands: watch::Sender::new(None),
@@ -402,7 +419,9 @@ impl Plugins {
         let label = label(&record.name, version);
         let (mut loaded, loaded_from) = self.load_or_compile(version, &label, limits, None).await?;
         // The artifact was missing or did not fit this engine: keep the new one for next time.
-        if let Some(artifact) = loaded.artifact.take() {
+        if let Some(artifact) = loaded.artifact.take()
+            && self.artifacts == Artifacts::InStore
+        {
             self.store
                 .save_blob(
                     &artifact_key(version, self.runtime.compatibility_key()),
@@ -437,7 +456,11 @@ impl Plugins {
         let key = artifact_key(version, self.runtime.compatibility_key());
         let runtime = self.runtime.clone();
         let owned_label = label.to_owned();
-        let cached = match self.store.blob(&key).await? {
+        let stored = match self.artifacts {
+            Artifacts::InStore => self.store.blob(&key).await?,
+            Artifacts::NotInStore => None,
+        };
+        let cached = match stored {
             Some(artifact) => tokio::task::spawn_blocking(move || {
                 runtime.load_compiled(&artifact, &owned_label, limits)
             })
@@ -575,7 +598,9 @@ impl Plugins {
             blobs.push((&wasm_key, wasm));
         }
         let artifact_key = artifact_key(&version, self.runtime.compatibility_key());
-        if let Some(artifact) = &artifact {
+        if let Some(artifact) = &artifact
+            && self.artifacts == Artifacts::InStore
+        {
             blobs.push((&artifact_key, artifact));
         }
         let fresh = Fresh {
