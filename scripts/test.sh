@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Sets up what the tests need and runs them all: the Python and JavaScript SDKs' own tests
-# (pytest, node's test runner), the Rust unit tests, and the end-to-end tests that start the real
+# (pytest, node's test runner), the Rust unit tests (among them the store's conformance suite on
+# redb and on a throwaway PostgreSQL server), and the end-to-end tests that start the real
 # evhost binary on a free port with a fresh data directory and deploy plugins built from this
 # repository in Rust, Python and JavaScript (among them a run of scripts/demo.sh whose output is
 # checked).
@@ -116,6 +117,9 @@ sdk_tests() {
   phase js-sdk bash -c 'cd sdk/js && npm test --silent'
 }
 in_background sdk-tests sdk_tests
+# PostgreSQL's server binaries, from Debian, for the PostgreSQL backend's conformance suite and
+# the end-to-end tests of hosts on PostgreSQL (each test run starts its own throwaway server).
+in_background postgres-tools bash scripts/postgres-tools.sh
 
 phase fmt cargo fmt --all -- --check
 
@@ -128,6 +132,7 @@ export RUSTC_WORKSPACE_WRAPPER="$PWD/scripts/clippy-rustc.sh"
 phase clippy-and-build cargo test --workspace --all-targets --locked --no-run
 
 await sdk-tests
+await postgres-tools
 [ "${#failed[@]}" -eq 0 ] || exit 1
 
 # The end-to-end tests spend much of their time waiting for outcomes (timers, retries, restarts,

@@ -41,13 +41,35 @@ pub struct Launch {
 }
 
 impl Default for Launch {
+    /// On the embedded store, unless `EVHOST_TEST_STORE=postgres` runs every server of the run
+    /// on PostgreSQL (each on a schema of its own in the run's throwaway server).
     fn default() -> Self {
-        Launch {
+        let launch = Launch {
             listen: "127.0.0.1:0".to_string(),
             args: Vec::new(),
             env: Vec::new(),
+        };
+        match std::env::var("EVHOST_TEST_STORE").as_deref() {
+            Ok("postgres") => launch.on_postgres(&fresh_schema()),
+            _ => launch,
         }
     }
+}
+
+/// A PostgreSQL schema no server of this run has used.
+pub fn fresh_schema() -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    format!(
+        "e2e_{}_{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// The throwaway PostgreSQL server of this run, started by the first test that needs it.
+pub fn postgres() -> &'static evhost_postgres::test_server::TestServer {
+    evhost_postgres::test_server::TestServer::shared()
 }
 
 impl Launch {
@@ -64,6 +86,16 @@ impl Launch {
     pub fn env(mut self, name: &str, value: &str) -> Self {
         self.env.push((name.to_string(), value.to_string()));
         self
+    }
+
+    /// Keeps the events in PostgreSQL, in `schema` of the run's throwaway server (nodes given
+    /// the same schema share one store).
+    pub fn on_postgres(self, schema: &str) -> Self {
+        let url = postgres().url("postgres");
+        self.arg("--store")
+            .arg(&url)
+            .arg("--store-schema")
+            .arg(schema)
     }
 
     /// Configures the three role tokens on the command line.

@@ -21,6 +21,7 @@ mod logs;
 mod model;
 mod plugins;
 mod policies;
+mod postgres;
 mod projections;
 mod race;
 mod reads;

@@ -15,19 +15,19 @@ const READ_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// One server-sent event.
 #[derive(Debug)]
-struct Sse {
-    id: u64,
-    event: String,
-    data: Value,
+pub(crate) struct Sse {
+    pub id: u64,
+    pub event: String,
+    pub data: Value,
 }
 
 /// An open `GET /events` with `Accept: text/event-stream`, read line by line.
-struct Follower {
+pub(crate) struct Follower {
     reader: BufReader<reqwest::blocking::Response>,
 }
 
 impl Follower {
-    fn open(server: &Server, query: &str, last_event_id: Option<u64>) -> Follower {
+    pub fn open(server: &Server, query: &str, last_event_id: Option<u64>) -> Follower {
         let api = Api::with_timeout(server.url(), READ_TIMEOUT);
         let last_event_id = last_event_id.map(|id| id.to_string());
         let mut headers = vec![("accept", "text/event-stream")];
@@ -49,7 +49,7 @@ impl Follower {
     }
 
     /// The next event, skipping comment lines (keep-alives) and fields the tests do not use.
-    fn next_event(&mut self) -> Sse {
+    pub fn next_event(&mut self) -> Sse {
         let (mut id, mut event, mut data) = (None, None, Vec::new());
         loop {
             let mut line = String::new();
@@ -84,14 +84,14 @@ impl Follower {
         }
     }
 
-    fn take(&mut self, count: usize) -> Vec<Sse> {
+    pub fn take(&mut self, count: usize) -> Vec<Sse> {
         (0..count).map(|_| self.next_event()).collect()
     }
 }
 
 /// Asserts that the followed events are exactly `expected` (events of the global log), in order.
 #[track_caller]
-fn assert_followed(followed: &[Sse], expected: &[Value]) {
+pub(crate) fn assert_followed(followed: &[Sse], expected: &[Value]) {
     let positions: Vec<u64> = followed.iter().map(|e| e.id).collect();
     let wanted: Vec<u64> = expected
         .iter()
