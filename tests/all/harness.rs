@@ -90,7 +90,11 @@ impl Launch {
 
     /// Keeps the events in PostgreSQL, in `schema` of the run's throwaway server (nodes given
     /// the same schema share one store).
-    pub fn on_postgres(self, schema: &str) -> Self {
+    pub fn on_postgres(mut self, schema: &str) -> Self {
+        // A schema chosen here replaces the one the run gave every server.
+        if let Some(at) = self.args.iter().position(|a| a == "--store") {
+            self.args.drain(at..at + 4);
+        }
         let url = postgres().url("postgres");
         self.arg("--store")
             .arg(&url)

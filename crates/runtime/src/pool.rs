@@ -7,13 +7,14 @@
 //! call failed: after a trap an instance's memory may be in any state, so it is dropped.
 
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use wasmtime::component::{Component, Instance as ComponentInstance, InstancePre};
-use wasmtime::{Engine, Store, Trap};
+use wasmtime::{Engine, Store, Trap, UpdateDeadline};
 
 use super::bindings::{self, Kind};
 use super::gate::CallGate;
-use super::sandbox::{PluginState, StateAccess};
+use super::sandbox::{CallBudget, PluginState, StateAccess};
 use super::threads::CallThreads;
 use super::{
     EPOCH_TICK, EpochTicker, InvalidPlugin, PluginFailure, PluginInfo, PluginKind, PluginLimits,
@@ -167,6 +168,7 @@ impl<W: WorldExports> InstancePool<W> {
             instance = self.instantiate()?;
         }
         instance.store.set_epoch_deadline(deadline_ticks(limits));
+        instance.store.data_mut().budget = CallBudget::start(budget(limits));
         instance.store.data_mut().state = state;
         instance.store.data_mut().seed(seed);
         let outcome = f(&mut instance);
@@ -190,8 +192,15 @@ impl<W: WorldExports> InstancePool<W> {
             PluginState::new(self.label.clone(), memory_cap(limits)),
         );
         store.limiter(|state| state);
+        // At the deadline, the time the call waited for the store is given back (see
+        // `CallBudget`): the call goes on with what is left of its budget, or stops.
+        store.epoch_deadline_callback(|context| match context.data().budget.left() {
+            Some(left) => Ok(UpdateDeadline::Continue(ticks(left))),
+            None => Err(Trap::Interrupt.into()),
+        });
         // Instantiation runs guest code too (start functions), under the same budget as a call.
         store.set_epoch_deadline(deadline_ticks(limits));
+        store.data_mut().budget = CallBudget::start(budget(limits));
         let instantiated = self
             .pre
             .instantiate(&mut store)
@@ -230,8 +239,17 @@ impl<W: WorldExports> InstancePool<W> {
 
 /// Epoch ticks in the time budget, rounded up, plus one for the tick in progress.
 fn deadline_ticks(limits: PluginLimits) -> u64 {
-    let tick = EPOCH_TICK.as_millis() as u64;
-    limits.timeout_ms.div_ceil(tick) + 1
+    ticks(budget(limits))
+}
+
+/// Epoch ticks in `time`, rounded up, plus one for the tick in progress.
+fn ticks(time: Duration) -> u64 {
+    let tick = EPOCH_TICK.as_millis();
+    (time.as_millis().div_ceil(tick) + 1) as u64
+}
+
+fn budget(limits: PluginLimits) -> Duration {
+    Duration::from_millis(limits.timeout_ms)
 }
 
 /// The memory cap of an instance, in bytes.

@@ -9,7 +9,7 @@
 
 use std::convert::Infallible;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use rand::SeedableRng;
@@ -66,6 +66,47 @@ pub struct PluginState {
     /// The generators behind `wasi:random`, reseeded at the start of each call.
     random: CallRandom,
     insecure_random: CallRandom,
+    /// The current call's clock: what of its time is the plugin's own.
+    pub budget: CallBudget,
+}
+
+/// A call's time budget. Time the call spends waiting for the store behind the `state` import (a
+/// network round trip per read on a shared database) is not the plugin's, so it does not count,
+/// up to [`STATE_WAIT_ALLOWANCE`] times the budget: past that, waiting counts too, so that no call
+/// holds a plugin thread longer than that many budgets whatever it reads.
+#[derive(Debug, Clone, Copy)]
+pub struct CallBudget {
+    started: Instant,
+    limit: Duration,
+    state_wait: Duration,
+}
+
+/// How many budgets' worth of waiting for the store a call may spend besides its own budget.
+pub const STATE_WAIT_ALLOWANCE: u32 = 9;
+
+impl CallBudget {
+    pub fn start(limit: Duration) -> Self {
+        CallBudget {
+            started: Instant::now(),
+            limit,
+            state_wait: Duration::ZERO,
+        }
+    }
+
+    /// What is left of the budget now, or `None` when it is spent.
+    pub fn left(&self) -> Option<Duration> {
+        let excused = self.state_wait.min(self.limit * STATE_WAIT_ALLOWANCE);
+        let spent = self.started.elapsed().saturating_sub(excused);
+        self.limit.checked_sub(spent).filter(|left| !left.is_zero())
+    }
+
+    /// Runs `read`, a call into the store, and excuses the time it takes.
+    fn waiting<T>(&mut self, read: impl FnOnce() -> T) -> T {
+        let started = Instant::now();
+        let result = read();
+        self.state_wait += started.elapsed();
+        result
+    }
 }
 
 impl PluginState {
@@ -90,6 +131,7 @@ impl PluginState {
             memory_cap,
             memory_cap_hit: false,
             state: None,
+            budget: CallBudget::start(Duration::ZERO),
             random,
             insecure_random,
         }
@@ -224,7 +266,10 @@ fn check_key(key: &str) -> wasmtime::Result<()> {
 
 impl state::Host for PluginState {
     fn get(&mut self, key: String) -> wasmtime::Result<Option<String>> {
-        self.state()?.get(&key).map_err(wasmtime::Error::msg)
+        let state = self.state()?.clone();
+        self.budget
+            .waiting(|| state.get(&key))
+            .map_err(wasmtime::Error::msg)
     }
 
     fn put(&mut self, key: String, value: String) -> wasmtime::Result<()> {
@@ -242,12 +287,19 @@ impl state::Host for PluginState {
         }
         evhost_store::check_json_depth(&format!("the state value under key {key:?}"), &value)
             .map_err(wasmtime::Error::msg)?;
-        self.state()?.put(key, value).map_err(wasmtime::Error::msg)
+        // A write may read the value it replaces (to keep the state's size).
+        let state = self.state()?.clone();
+        self.budget
+            .waiting(|| state.put(key, value))
+            .map_err(wasmtime::Error::msg)
     }
 
     fn delete(&mut self, key: String) -> wasmtime::Result<()> {
         check_key(&key)?;
-        self.state()?.delete(key).map_err(wasmtime::Error::msg)
+        let state = self.state()?.clone();
+        self.budget
+            .waiting(|| state.delete(key))
+            .map_err(wasmtime::Error::msg)
     }
 
     fn scan(
@@ -257,8 +309,9 @@ impl state::Host for PluginState {
         limit: u32,
     ) -> wasmtime::Result<Vec<(String, String)>> {
         let limit = limit.min(MAX_SCAN_ENTRIES) as usize;
-        self.state()?
-            .scan(&prefix, after.as_deref(), limit)
+        let state = self.state()?.clone();
+        self.budget
+            .waiting(|| state.scan(&prefix, after.as_deref(), limit))
             .map_err(wasmtime::Error::msg)
     }
 }
@@ -413,5 +466,26 @@ impl Drop for LogStream {
             let line = std::mem::take(&mut self.pending);
             self.emit(&line);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn waiting_for_the_store_is_excused_up_to_the_allowance() {
+        let mut budget = CallBudget::start(Duration::from_secs(10));
+        budget.waiting(|| std::thread::sleep(Duration::from_millis(80)));
+        let left = budget
+            .left()
+            .expect("the wait for the store is not the call's");
+        assert!(left > Duration::from_secs(9), "{left:?}");
+        let mut budget = CallBudget::start(Duration::from_millis(5));
+        budget.waiting(|| std::thread::sleep(Duration::from_millis(80)));
+        assert!(
+            budget.left().is_none(),
+            "past {STATE_WAIT_ALLOWANCE} budgets, waiting counts too"
+        );
     }
 }
