@@ -35,10 +35,12 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio_postgres::types::ToSql;
 use tokio_postgres::{Client, NoTls};
 
+use evhost_store::claims::{Holder, LeaseClaim, NodeInfo, NodeSeen};
 use evhost_store::{
-    AppendLimits, Catalog, CommandLog, Commit, CommitError, Commits, Committed, DataSnapshot,
-    Direction, EventLog, Lifecycle, LogFilter, LogPage, PAGE_BYTES, PluginData, RecordedEvent,
-    StorageError, StoreStats, StoredCommand, StreamPage, log_next, stream_next, stream_window,
+    AppendLimits, Catalog, CommandLog, Commit, CommitError, Commits, Committed, Coordination,
+    DataSnapshot, Direction, EventLog, Lifecycle, LogFilter, LogPage, PAGE_BYTES, PluginData,
+    RecordedEvent, StorageError, StoreStats, StoredCommand, StreamPage, log_next, stream_next,
+    stream_window,
 };
 
 pub use schema::SCHEMA_VERSION;
@@ -807,12 +809,155 @@ impl PluginData for PgStore {
         let row = client
             .query_one(
                 "INSERT INTO leases (name, token) VALUES ($1, 1)
-                 ON CONFLICT (name) DO UPDATE SET token = leases.token + 1 RETURNING token",
+                 ON CONFLICT (name) DO UPDATE SET token = leases.token + 1,
+                     node = NULL, incarnation = NULL, since = NULL, expires_at = NULL
+                 RETURNING token",
                 &[&lease],
             )
             .await
             .map_err(database)?;
         Ok(row.get::<_, i64>(0) as u64)
+    }
+}
+
+/// Milliseconds in `ttl` as an SQL parameter.
+fn ttl_param(ttl: Duration) -> f64 {
+    evhost_store::claims::ttl_ms(ttl) as f64
+}
+
+#[async_trait]
+impl Coordination for PgStore {
+    async fn claim_lease(
+        &self,
+        lease: &str,
+        holder: &Holder,
+        ttl: Duration,
+    ) -> Result<Option<u64>, StorageError> {
+        // The rules of `evhost_store::claims::decide_claim`, by the database's clock: renewed
+        // for the same holder, granted (a new token) when free, expired or the same node's.
+        let client = self.client().await?;
+        let statement = client
+            .prepare_cached(
+                "INSERT INTO leases AS l (name, token, node, incarnation, since, expires_at)
+                 VALUES ($1, 1, $2, $3, now(), now() + $4 * interval '1 millisecond')
+                 ON CONFLICT (name) DO UPDATE SET
+                     token = CASE WHEN l.node = EXCLUDED.node
+                                   AND l.incarnation = EXCLUDED.incarnation
+                                   AND l.expires_at > now()
+                              THEN l.token ELSE l.token + 1 END,
+                     since = CASE WHEN l.node = EXCLUDED.node
+                                   AND l.incarnation = EXCLUDED.incarnation
+                                   AND l.expires_at > now()
+                              THEN l.since ELSE now() END,
+                     node = EXCLUDED.node,
+                     incarnation = EXCLUDED.incarnation,
+                     expires_at = EXCLUDED.expires_at
+                 WHERE l.node IS NULL OR l.expires_at IS NULL OR l.expires_at <= now()
+                    OR l.node = EXCLUDED.node
+                 RETURNING token",
+            )
+            .await
+            .map_err(database)?;
+        let rows = client
+            .query(
+                &statement,
+                &[&lease, &holder.node, &holder.incarnation, &ttl_param(ttl)],
+            )
+            .await
+            .map_err(database)?;
+        Ok(rows.first().map(|row| row.get::<_, i64>(0) as u64))
+    }
+
+    async fn release_lease(&self, lease: &str, holder: &Holder) -> Result<(), StorageError> {
+        let client = self.client().await?;
+        client
+            .execute(
+                "UPDATE leases SET expires_at = now()
+                 WHERE name = $1 AND node = $2 AND incarnation = $3",
+                &[&lease, &holder.node, &holder.incarnation],
+            )
+            .await
+            .map_err(database)
+            .map(drop)
+    }
+
+    async fn lease_claims(&self) -> Result<Vec<LeaseClaim>, StorageError> {
+        let client = self.client().await?;
+        let rows = client
+            .query(
+                "SELECT name, token, node, incarnation,
+                        to_char(since AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"'),
+                        greatest(0, extract(epoch FROM expires_at - now()) * 1000)::float8
+                 FROM leases WHERE node IS NOT NULL ORDER BY name",
+                &[],
+            )
+            .await
+            .map_err(database)?;
+        Ok(rows
+            .into_iter()
+            .map(|row| {
+                let expires_in_ms = row.get::<_, Option<f64>>(5).unwrap_or(0.0) as u64;
+                let live = expires_in_ms > 0;
+                LeaseClaim {
+                    lease: row.get(0),
+                    token: row.get::<_, i64>(1) as u64,
+                    holder: live.then(|| Holder {
+                        node: row.get(2),
+                        incarnation: row.get(3),
+                    }),
+                    since: if live { row.get(4) } else { None },
+                    expires_in_ms,
+                }
+            })
+            .collect())
+    }
+
+    async fn heartbeat(
+        &self,
+        node: &NodeInfo,
+        ttl: Duration,
+    ) -> Result<Vec<NodeSeen>, StorageError> {
+        let client = self.client().await?;
+        client
+            .execute(
+                "INSERT INTO nodes (node, incarnation, address, version, started_at, heartbeat_at)
+                 VALUES ($1, $2, $3, $4, $5, now())
+                 ON CONFLICT (node) DO UPDATE SET incarnation = EXCLUDED.incarnation,
+                     address = EXCLUDED.address, version = EXCLUDED.version,
+                     started_at = EXCLUDED.started_at, heartbeat_at = now()",
+                &[
+                    &node.node,
+                    &node.incarnation,
+                    &node.address,
+                    &node.version,
+                    &node.started_at,
+                ],
+            )
+            .await
+            .map_err(database)?;
+        let rows = client
+            .query(
+                "SELECT node, incarnation, address, version, started_at,
+                        (extract(epoch FROM now() - heartbeat_at) * 1000)::float8
+                 FROM nodes WHERE heartbeat_at > now() - $1 * interval '1 millisecond'
+                 ORDER BY node",
+                &[&ttl_param(ttl)],
+            )
+            .await
+            .map_err(database)?;
+        Ok(rows
+            .into_iter()
+            .map(|row| NodeSeen {
+                info: NodeInfo {
+                    node: row.get(0),
+                    incarnation: row.get(1),
+                    address: row.get(2),
+                    version: row.get(3),
+                    started_at: row.get(4),
+                },
+                heartbeat_ms_ago: row.get::<_, f64>(5).max(0.0) as u64,
+            })
+            .collect())
     }
 }
 

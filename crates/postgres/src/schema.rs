@@ -87,6 +87,22 @@ const MIGRATIONS: &[&str] = &[
         written_at timestamptz NOT NULL DEFAULT now()
     );
     "#,
+    // 2: claims on leases (who holds each, until when, by the database's clock) and the nodes.
+    r#"
+    ALTER TABLE leases
+        ADD COLUMN node text COLLATE "C",
+        ADD COLUMN incarnation text COLLATE "C",
+        ADD COLUMN since timestamptz,
+        ADD COLUMN expires_at timestamptz;
+    CREATE TABLE nodes (
+        node text COLLATE "C" PRIMARY KEY,
+        incarnation text NOT NULL,
+        address text NOT NULL,
+        version text NOT NULL,
+        started_at text NOT NULL,
+        heartbeat_at timestamptz NOT NULL
+    );
+    "#,
 ];
 
 /// The schema version this build writes and reads.
@@ -99,6 +115,15 @@ const MIGRATION_LOCK: i64 = 0x6576_686f_7374;
 /// Creates the store's schema `schema` if it is missing and applies the migrations it lacks, in
 /// one transaction; answers the store's id tag. Refuses a schema newer than this build knows.
 pub async fn migrate(client: &mut Client, schema: &str) -> Result<u32, StorageError> {
+    migrate_to(client, schema, SCHEMA_VERSION).await
+}
+
+/// [`migrate`], stopping at version `target` (what an older release left, for tests).
+pub(crate) async fn migrate_to(
+    client: &mut Client,
+    schema: &str,
+    target: i32,
+) -> Result<u32, StorageError> {
     let txn = client.transaction().await.map_err(database)?;
     txn.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
         .await
@@ -130,7 +155,8 @@ pub async fn migrate(client: &mut Client, schema: &str) -> Result<u32, StorageEr
              the one that migrated it"
         )));
     }
-    for (index, migration) in MIGRATIONS.iter().enumerate().skip(current as usize) {
+    let wanted = MIGRATIONS.iter().take(target as usize);
+    for (index, migration) in wanted.enumerate().skip(current as usize) {
         let version = index as i32 + 1;
         txn.batch_execute(migration)
             .await

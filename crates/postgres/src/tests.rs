@@ -256,3 +256,40 @@ async fn a_commit_whose_answer_is_lost_is_answered_by_what_the_database_holds() 
     assert_eq!(page.events.len(), 1, "the event is stored once");
     store.close().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_schema_an_older_release_left_is_migrated_and_keeps_its_data() {
+    let server = tokio::task::spawn_blocking(TestServer::shared)
+        .await
+        .unwrap();
+    let schema = fresh_schema();
+    let mut options = PgOptions::new(server.url("postgres"));
+    options.schema = schema.clone();
+    let config = connection_config(&options).unwrap();
+    let (mut client, connection) = config.connect(NoTls).await.unwrap();
+    tokio::spawn(connection);
+    schema::migrate_to(&mut client, &schema, 1).await.unwrap();
+    client
+        .batch_execute("INSERT INTO leases (name, token) VALUES ('kept', 5)")
+        .await
+        .unwrap();
+    let store = PgStore::open(options)
+        .await
+        .expect("the store opens and migrates");
+    let version: i32 = client
+        .query_one("SELECT version FROM schema_version", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(version, SCHEMA_VERSION);
+    let holder = evhost_store::claims::Holder {
+        node: "n".into(),
+        incarnation: "1".into(),
+    };
+    let token = store
+        .claim_lease("kept", &holder, Duration::from_secs(60))
+        .await
+        .unwrap();
+    assert_eq!(token, Some(6), "the lease's token is kept and grows");
+    store.close().await;
+}

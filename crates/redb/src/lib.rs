@@ -31,12 +31,13 @@ use redb::{
 };
 use tokio::sync::{oneshot, watch};
 
+use evhost_store::claims::{Holder, LeaseClaim, LocalClaims, NodeInfo, NodeSeen};
 use evhost_store::rules::{self, AppendContext, AppendPlan, Decision, IdEntry};
 use evhost_store::{
     AppendLimits, AppendOutcome, AppendRequest, AppendResult, Catalog, CommandLog, Commit,
-    CommitError, Commits, Committed, DataSnapshot, Direction, EventLog, Lifecycle, LogFilter,
-    LogPage, PAGE_BYTES, PluginData, RecordedEvent, StorageError, StoreStats, StoredCommand,
-    StreamPage, category_of, log_next, now_rfc3339, stream_next, stream_window,
+    CommitError, Commits, Committed, Coordination, DataSnapshot, Direction, EventLog, Lifecycle,
+    LogFilter, LogPage, PAGE_BYTES, PluginData, RecordedEvent, StorageError, StoreStats,
+    StoredCommand, StreamPage, category_of, log_next, now_rfc3339, stream_next, stream_window,
 };
 
 use crate::rows::{
@@ -257,6 +258,8 @@ pub struct RedbStore {
     head: watch::Receiver<u64>,
     counters: Arc<Counters>,
     append_limits: AppendLimits,
+    /// Claims need not outlive the process: only one process opens the file.
+    claims: LocalClaims,
 }
 
 impl RedbStore {
@@ -306,6 +309,7 @@ impl RedbStore {
             head: head_rx,
             counters,
             append_limits: options.append_limits,
+            claims: LocalClaims::default(),
         })
     }
 
@@ -485,7 +489,43 @@ impl PluginData for RedbStore {
 
     async fn take_lease(&self, lease: &str) -> Result<u64, StorageError> {
         let lease = lease.to_owned();
+        self.claims.forget(&lease).await;
         self.chore(Chore::TakeLease { lease }).await
+    }
+}
+
+#[async_trait]
+impl Coordination for RedbStore {
+    async fn claim_lease(
+        &self,
+        lease: &str,
+        holder: &Holder,
+        ttl: Duration,
+    ) -> Result<Option<u64>, StorageError> {
+        self.claims
+            .claim(lease, holder, ttl, || {
+                self.chore(Chore::TakeLease {
+                    lease: lease.to_owned(),
+                })
+            })
+            .await
+    }
+
+    async fn release_lease(&self, lease: &str, holder: &Holder) -> Result<(), StorageError> {
+        self.claims.release(lease, holder).await;
+        Ok(())
+    }
+
+    async fn lease_claims(&self) -> Result<Vec<LeaseClaim>, StorageError> {
+        Ok(self.claims.claims().await)
+    }
+
+    async fn heartbeat(
+        &self,
+        node: &NodeInfo,
+        ttl: Duration,
+    ) -> Result<Vec<NodeSeen>, StorageError> {
+        Ok(self.claims.heartbeat(node, ttl))
     }
 }
 

@@ -93,6 +93,7 @@ macro_rules! conformance_tests {
             a_snapshot_keeps_its_point,
             generated_ids_are_recognised_and_reserved,
             the_head_is_watched_and_closing_refuses_writes,
+            claims_give_a_lease_to_one_node_at_a_time,
             reopening_keeps_everything);
     };
     (@tests $backend:expr; $($check:ident),*) => {
@@ -1124,6 +1125,100 @@ pub async fn the_head_is_watched_and_closing_refuses_writes(backend: &dyn Backen
         Err(CommitError::Storage(StorageError::Closed)) => {}
         other => panic!("an append after closing answered {other:?}"),
     }
+}
+
+pub async fn claims_give_a_lease_to_one_node_at_a_time(backend: &dyn Backend) {
+    use crate::claims::{Holder, NodeInfo};
+    use std::time::Duration;
+    let place = Place::new();
+    let store = open(backend, &place).await;
+    let holder = |node: &str, incarnation: &str| Holder {
+        node: node.to_owned(),
+        incarnation: incarnation.to_owned(),
+    };
+    let (a, b) = (holder("node-a", "1"), holder("node-b", "1"));
+    let long = Duration::from_secs(60);
+    let fenced = |token: u64| Commit {
+        data: vec![write("state", "k", Some("v"))],
+        fence: Some(Fence {
+            lease: "claimed".into(),
+            token,
+        }),
+        ..Commit::default()
+    };
+    let first = store.claim_lease("claimed", &a, long).await.unwrap();
+    let first = first.expect("a free lease is granted");
+    assert_eq!(store.claim_lease("claimed", &b, long).await.unwrap(), None);
+    assert_eq!(
+        store.claim_lease("claimed", &a, long).await.unwrap(),
+        Some(first),
+        "renewing keeps the token"
+    );
+    store
+        .commit(fenced(first))
+        .await
+        .expect("the holder commits");
+    let claims = store.lease_claims().await.unwrap();
+    let claim = claims
+        .iter()
+        .find(|c| c.lease == "claimed")
+        .expect("listed");
+    assert_eq!(claim.holder.as_ref(), Some(&a));
+    assert!(
+        claim.expires_in_ms > 0 && claim.since.is_some(),
+        "{claim:?}"
+    );
+
+    store.release_lease("claimed", &b).await.unwrap();
+    assert_eq!(
+        store.claim_lease("claimed", &b, long).await.unwrap(),
+        None,
+        "not b's to end"
+    );
+    store.release_lease("claimed", &a).await.unwrap();
+    let second = store.claim_lease("claimed", &b, long).await.unwrap();
+    let second = second.expect("a released lease is granted");
+    assert!(second > first);
+    match store.commit(fenced(first)).await {
+        Err(CommitError::Fenced { .. }) => {}
+        other => panic!("the old holder's commit answered {other:?}"),
+    }
+    // A restarted node (a new incarnation) takes its lease back at once, under a new token.
+    let b_again = holder("node-b", "2");
+    let third = store.claim_lease("claimed", &b_again, long).await.unwrap();
+    assert!(third.expect("its own node's lease") > second);
+    // An expired claim is granted to another node.
+    let short = store
+        .claim_lease("brief", &a, Duration::from_millis(1))
+        .await
+        .unwrap()
+        .expect("granted");
+    let taken = loop {
+        if let Some(token) = store.claim_lease("brief", &b, long).await.unwrap() {
+            break token;
+        }
+        tokio::task::yield_now().await;
+    };
+    assert!(taken > short);
+    // Taking a lease outright ends its claim: the holder claims it anew, under a newer token.
+    let outright = store.take_lease("brief").await.unwrap();
+    let reclaimed = store.claim_lease("brief", &b, long).await.unwrap();
+    assert!(reclaimed.expect("granted again") > outright);
+
+    let node = |name: &str| NodeInfo {
+        node: name.to_owned(),
+        incarnation: "1".into(),
+        address: format!("http://{name}"),
+        version: "test".into(),
+        started_at: crate::now_rfc3339(),
+    };
+    let (node_a, node_b) = (node("node-a"), node("node-b"));
+    store.heartbeat(&node_a, long).await.unwrap();
+    let seen = store.heartbeat(&node_b, long).await.unwrap();
+    let names: Vec<&str> = seen.iter().map(|n| n.info.node.as_str()).collect();
+    assert_eq!(names, ["node-a", "node-b"]);
+    assert_eq!(seen[1].info, node_b);
+    store.close().await;
 }
 
 pub async fn reopening_keeps_everything(backend: &dyn Backend) {

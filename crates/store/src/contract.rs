@@ -9,6 +9,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use tokio::sync::watch;
 
+use crate::claims::{Holder, LeaseClaim, NodeInfo, NodeSeen};
 use crate::{
     AppendOutcome, AppendRequest, CommitError, Direction, LogFilter, LogPage, RecordedEvent,
     StorageError, StoredCommand, StreamPage,
@@ -225,6 +226,37 @@ pub trait PluginData: Send + Sync {
     async fn take_lease(&self, lease: &str) -> Result<u64, StorageError>;
 }
 
+/// Leases claimed for a while, and the nodes that claim them: how the nodes sharing a store agree
+/// which one runs each projection and policy version ([`crate::claims`] states the rules).
+#[async_trait]
+pub trait Coordination: Send + Sync {
+    /// Claims `lease` for `holder` for `ttl` (by the store's clock): granted when it is free, its
+    /// claim has expired, or the claim is the holder's node's; renewed, with the same token, when
+    /// it is the holder's own. Answers the token to fence commits with, or `None` while another
+    /// node's claim is live. A grant to a new holder hands out a new token, as
+    /// [`PluginData::take_lease`] does.
+    async fn claim_lease(
+        &self,
+        lease: &str,
+        holder: &Holder,
+        ttl: std::time::Duration,
+    ) -> Result<Option<u64>, StorageError>;
+
+    /// Ends `holder`'s claim on `lease` at once, if it holds it (the token stays).
+    async fn release_lease(&self, lease: &str, holder: &Holder) -> Result<(), StorageError>;
+
+    /// Every claimed lease, by name.
+    async fn lease_claims(&self) -> Result<Vec<LeaseClaim>, StorageError>;
+
+    /// Records that `node` is alive now; answers every node heard of within `ttl`, this one
+    /// included, by node name.
+    async fn heartbeat(
+        &self,
+        node: &NodeInfo,
+        ttl: std::time::Duration,
+    ) -> Result<Vec<NodeSeen>, StorageError>;
+}
+
 /// The store's life: whether it takes writes, its counters, and its end.
 #[async_trait]
 pub trait Lifecycle: Send + Sync {
@@ -241,11 +273,11 @@ pub trait Lifecycle: Send + Sync {
 
 /// A whole backend: every concern of the contract.
 pub trait Store:
-    Commits + EventLog + CommandLog + Catalog + PluginData + Lifecycle + 'static
+    Commits + EventLog + CommandLog + Catalog + PluginData + Coordination + Lifecycle + 'static
 {
 }
 
 impl<T> Store for T where
-    T: Commits + EventLog + CommandLog + Catalog + PluginData + Lifecycle + 'static
+    T: Commits + EventLog + CommandLog + Catalog + PluginData + Coordination + Lifecycle + 'static
 {
 }

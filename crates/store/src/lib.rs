@@ -12,6 +12,7 @@
 //! also the form the API serves, so reading the log is a copy and not a re-encoding.
 
 mod append;
+pub mod claims;
 pub mod clock;
 #[cfg(any(test, feature = "conformance"))]
 pub mod conformance;
@@ -30,8 +31,8 @@ pub use append::{
 };
 pub use clock::{millis_from_rfc3339, now_rfc3339};
 pub use contract::{
-    Catalog, CommandLog, Commit, Commits, Committed, DataSnapshot, DataWrite, EventLog, Fence,
-    Lifecycle, PluginData, Store, StoreStats,
+    Catalog, CommandLog, Commit, Commits, Committed, Coordination, DataSnapshot, DataWrite,
+    EventLog, Fence, Lifecycle, PluginData, Store, StoreStats,
 };
 pub use error::{CommitError, ErrorKind, StorageError};
 pub use names::category_of;

@@ -11,12 +11,13 @@ use std::time::Instant;
 use async_trait::async_trait;
 use tokio::sync::watch;
 
+use crate::claims::{Holder, LeaseClaim, LocalClaims, NodeInfo, NodeSeen};
 use crate::rules::{self, AppendContext, Decision, IdEntry};
 use crate::{
     AppendLimits, AppendOutcome, Catalog, CommandLog, Commit, CommitError, Commits, Committed,
-    DataSnapshot, Direction, EventLog, Lifecycle, LogFilter, LogPage, PAGE_BYTES, PluginData,
-    RecordedEvent, StorageError, StoreStats, StoredCommand, StreamPage, category_of, log_next,
-    now_rfc3339, stream_next, stream_window, take_page,
+    Coordination, DataSnapshot, Direction, EventLog, Lifecycle, LogFilter, LogPage, PAGE_BYTES,
+    PluginData, RecordedEvent, StorageError, StoreStats, StoredCommand, StreamPage, category_of,
+    log_next, now_rfc3339, stream_next, stream_window, take_page,
 };
 
 /// Plugin data: (space, key) → value. Shared with the snapshots taken of it; a write copies it
@@ -54,6 +55,7 @@ pub struct MemoryStore {
     id_tag: u32,
     append_limits: AppendLimits,
     page_bytes: usize,
+    claims: LocalClaims,
 }
 
 impl Default for MemoryStore {
@@ -71,7 +73,19 @@ impl MemoryStore {
             id_tag: uuid::Uuid::new_v4().as_u128() as u32,
             append_limits,
             page_bytes: page_bytes.max(1),
+            claims: LocalClaims::default(),
         }
+    }
+
+    /// Hands out the next token of `lease`.
+    fn next_token(&self, lease: &str) -> Result<u64, StorageError> {
+        if self.closed.load(Ordering::Acquire) {
+            return Err(StorageError::Closed);
+        }
+        let mut state = self.state();
+        let token = state.leases.entry(lease.to_owned()).or_default();
+        *token += 1;
+        Ok(*token)
     }
 
     fn state(&self) -> MutexGuard<'_, State> {
@@ -406,13 +420,39 @@ impl PluginData for MemoryStore {
     }
 
     async fn take_lease(&self, lease: &str) -> Result<u64, StorageError> {
-        if self.closed.load(Ordering::Acquire) {
-            return Err(StorageError::Closed);
-        }
-        let mut state = self.state();
-        let token = state.leases.entry(lease.to_owned()).or_default();
-        *token += 1;
-        Ok(*token)
+        self.claims.forget(lease).await;
+        self.next_token(lease)
+    }
+}
+
+#[async_trait]
+impl Coordination for MemoryStore {
+    async fn claim_lease(
+        &self,
+        lease: &str,
+        holder: &Holder,
+        ttl: std::time::Duration,
+    ) -> Result<Option<u64>, StorageError> {
+        self.claims
+            .claim(lease, holder, ttl, || async { self.next_token(lease) })
+            .await
+    }
+
+    async fn release_lease(&self, lease: &str, holder: &Holder) -> Result<(), StorageError> {
+        self.claims.release(lease, holder).await;
+        Ok(())
+    }
+
+    async fn lease_claims(&self) -> Result<Vec<LeaseClaim>, StorageError> {
+        Ok(self.claims.claims().await)
+    }
+
+    async fn heartbeat(
+        &self,
+        node: &NodeInfo,
+        ttl: std::time::Duration,
+    ) -> Result<Vec<NodeSeen>, StorageError> {
+        Ok(self.claims.heartbeat(node, ttl))
     }
 }
 
