@@ -10,6 +10,7 @@ pub mod commands;
 pub mod delivery;
 pub mod faults;
 pub mod metadata;
+pub mod placement;
 pub mod plugins;
 pub mod policies;
 pub mod projections;

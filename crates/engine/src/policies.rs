@@ -28,6 +28,7 @@ use tracing::Instrument;
 
 use crate::delivery::{CommandRequest, CommandSink, Delivered};
 use crate::metadata::{causation_depth, correlation_id as correlation_of};
+use crate::placement::{Placed, Placement, Tenure};
 use crate::projections::state::BatchState;
 use crate::projections::{PAUSES, checkpoint_write, log_event, read_checkpoint, storage};
 use evhost_runtime::{CommandInput, LogEvent, PolicyAction, PolicyPlugin, content_hash};
@@ -128,9 +129,22 @@ pub struct PolicyRunner {
     paused: watch::Sender<bool>,
     stopped: watch::Sender<bool>,
     error: Mutex<Option<String>>,
-    /// The lease this runner holds on the policy's data: a runner started after it takes it
-    /// over, and this one's commits are refused from then on.
-    fence: Fence,
+    /// The lease that fences this runner's commits: a runner started after it (here, or on
+    /// another node) takes it over, and this one's commits are refused from then on.
+    lease: String,
+    /// Whether this node runs the policy now, and under which token.
+    tenure: Tenure,
+    placement: Arc<Placement>,
+}
+
+impl Placed for PolicyRunner {
+    fn lease(&self) -> &str {
+        &self.lease
+    }
+
+    fn tenure(&self) -> &Tenure {
+        &self.tenure
+    }
 }
 
 impl PolicyRunner {
@@ -142,9 +156,9 @@ impl PolicyRunner {
         filter: LogFilter,
         store: Arc<dyn Store>,
         commands: watch::Receiver<Option<Weak<dyn CommandSink>>>,
+        placement: Arc<Placement>,
     ) -> Result<Arc<Self>, StorageError> {
         let lease = format!("policy/{name}");
-        let token = store.take_lease(&lease).await?;
         let snapshot = store.snapshot().await?;
         let checkpoint = read_checkpoint(&*snapshot, name).await?;
         let timers_space: Arc<str> = format!("timers/{name}").into();
@@ -171,7 +185,9 @@ impl PolicyRunner {
             paused: watch::Sender::new(paused),
             stopped: watch::Sender::new(false),
             error: Mutex::new(None),
-            fence: Fence { lease, token },
+            lease,
+            tenure: watch::Sender::new(None),
+            placement: placement.clone(),
         });
         tracing::info!(
             "policy {name} version {version} follows the log from position {}",
@@ -179,6 +195,7 @@ impl PolicyRunner {
         );
         tokio::spawn(runner.clone().react_loop());
         tokio::spawn(runner.clone().dispatch_loop());
+        placement.place(runner.clone()).await?;
         Ok(runner)
     }
 
@@ -191,7 +208,39 @@ impl PolicyRunner {
     /// Stops both tasks and waits for the step in progress to end.
     pub async fn stop_and_wait(&self) {
         self.stop();
+        drop(self.turn.lock().await);
+        self.placement.remove(&self.lease).await;
+    }
+
+    /// Reads what another node may have changed while this one stood by: the checkpoint, the
+    /// timers and a pause.
+    async fn reload(&self) -> Result<(), StorageError> {
         let _turn = self.turn.lock().await;
+        let snapshot = self.store.snapshot().await?;
+        let checkpoint = read_checkpoint(&*snapshot, &self.name).await?;
+        let timers = scan_all(&*snapshot, &self.timers_space)
+            .await?
+            .into_iter()
+            .filter_map(|(key, value)| Some((key, serde_json::from_slice::<Timer>(&value).ok()?)))
+            .collect();
+        let paused = snapshot.get(PAUSES, &self.name).await?.is_some();
+        self.processed.send_replace(checkpoint);
+        *self.timers.lock().unwrap_or_else(|p| p.into_inner()) = timers;
+        self.paused.send_replace(paused);
+        self.wake.notify_one();
+        Ok(())
+    }
+
+    /// Takes the checkpoint the running node committed.
+    async fn follow_checkpoint(&self) -> Result<(), StorageError> {
+        let snapshot = self.store.snapshot().await?;
+        let checkpoint = read_checkpoint(&*snapshot, &self.name).await?;
+        self.processed.send_if_modified(|processed| {
+            let moved = checkpoint > *processed;
+            *processed = (*processed).max(checkpoint);
+            moved
+        });
+        Ok(())
     }
 
     pub fn limits(&self) -> evhost_runtime::PluginLimits {
@@ -332,20 +381,26 @@ impl PolicyRunner {
         )))
     }
 
-    /// Commits `writes` under this runner's lease; a runner that lost its lease stops.
+    /// Commits `writes` under this runner's lease; a runner that lost its lease stands by.
     async fn write(&self, writes: Vec<DataWrite>) -> Result<(), StorageError> {
-        match self
-            .store
-            .write_data(writes, Some(self.fence.clone()))
-            .await
-        {
+        let Some(token) = *self.tenure.borrow() else {
+            return Err(StorageError::Unavailable(format!(
+                "policy {} runs on another node now",
+                self.name
+            )));
+        };
+        let fence = Fence {
+            lease: self.lease.clone(),
+            token,
+        };
+        match self.store.write_data(writes, Some(fence)).await {
             Ok(()) => Ok(()),
             Err(error @ CommitError::Fenced { .. }) => {
-                tracing::error!(
-                    "policy {}: {error}; another runner took over, this one stops",
+                tracing::warn!(
+                    "policy {}: {error}; another runner took over, this one stands by",
                     self.name
                 );
-                self.stop();
+                self.placement.lost(&self.lease);
                 Err(storage(error))
             }
             Err(error) => Err(storage(error)),
@@ -471,10 +526,41 @@ impl PolicyRunner {
         let mut head = self.store.watch_head();
         let mut paused = self.paused.subscribe();
         let mut stopped = self.stopped.subscribe();
+        let mut tenure = self.tenure.subscribe();
+        // The token the runner last worked under: a new one means another node may have moved
+        // the checkpoint meanwhile.
+        let mut working_under = None;
         let mut attempts = 0u32;
         loop {
             if *stopped.borrow() {
                 return;
+            }
+            let token = *tenure.borrow_and_update();
+            if token != working_under {
+                if token.is_none() {
+                    working_under = None;
+                    // Another node runs the policy: follow its checkpoint for reads and listings.
+                    tokio::select! {
+                        _ = tenure.changed() => {}
+                        _ = stopped.changed() => {}
+                        changed = head.changed() => {
+                            if changed.is_err() {
+                                return;
+                            }
+                            if let Err(error) = self.follow_checkpoint().await {
+                                tracing::warn!("policy {}: {error}", self.name);
+                            }
+                        }
+                    }
+                    continue;
+                }
+                if let Err(error) = self.reload().await {
+                    attempts += 1;
+                    tracing::error!("policy {}: {error}; retrying", self.name);
+                    let _ = tokio::time::timeout(backoff(attempts), stopped.changed()).await;
+                    continue;
+                }
+                working_under = token;
             }
             if *paused.borrow_and_update() {
                 tokio::select! {
@@ -490,6 +576,7 @@ impl PolicyRunner {
                     changed = head.changed() => if changed.is_err() { return },
                     _ = paused.changed() => {}
                     _ = stopped.changed() => {}
+                    _ = tenure.changed() => {}
                 }
                 continue;
             }
@@ -631,9 +718,18 @@ impl PolicyRunner {
             _ = stopped.wait_for(|s| *s) => return,
         };
         let mut attempts = 0u32;
+        let mut tenure = self.tenure.subscribe();
         loop {
             if *stopped.borrow() {
                 return;
+            }
+            // Only the node that runs the policy delivers its outbox and fires its timers.
+            if tenure.borrow_and_update().is_none() {
+                tokio::select! {
+                    _ = tenure.changed() => {}
+                    _ = stopped.changed() => {}
+                }
+                continue;
             }
             let Some(commands) = commands.upgrade() else {
                 return;
@@ -652,6 +748,7 @@ impl PolicyRunner {
                         _ = self.wake.notified() => {}
                         _ = tokio::time::sleep(wait) => {}
                         _ = stopped.changed() => {}
+                        _ = tenure.changed() => {}
                     }
                 }
                 Ok(_) => attempts = 0,

@@ -31,6 +31,7 @@ use evhost_store::{
 };
 use state::{BatchState, Overlay, StateBudget};
 
+use crate::placement::{Placed, Placement, Tenure};
 use crate::wait::wait;
 
 /// Most events one `apply` call receives.
@@ -115,9 +116,22 @@ pub struct ProjectionRunner {
     status: Mutex<Status>,
     /// Set once the runner's task has ended: nothing it writes is in flight any more.
     finished: watch::Sender<bool>,
-    /// The lease this runner holds on its version's state: a runner started after it (here,
-    /// or on another node) takes it over, and this one's commits are refused from then on.
-    fence: Fence,
+    /// The lease that fences this runner's commits: a runner started after it (here, or on
+    /// another node) takes it over, and this one's commits are refused from then on.
+    lease: String,
+    /// Whether this node runs the version now, and under which token.
+    tenure: Tenure,
+    placement: Arc<Placement>,
+}
+
+impl Placed for ProjectionRunner {
+    fn lease(&self) -> &str {
+        &self.lease
+    }
+
+    fn tenure(&self) -> &Tenure {
+        &self.tenure
+    }
 }
 
 /// The outcome of one batch.
@@ -151,10 +165,10 @@ impl ProjectionRunner {
         info: PluginInfo,
         version: &str,
         store: Arc<dyn Store>,
+        placement: Arc<Placement>,
     ) -> Result<Arc<Self>, StorageError> {
         let key = format!("{}/{version}", info.name);
         let lease = format!("projection/{key}");
-        let token = store.take_lease(&lease).await?;
         let snapshot = store.snapshot().await?;
         let checkpoint = read_checkpoint(&*snapshot, &key).await?;
         let state_bytes = read_state_bytes(&*snapshot, &key).await?;
@@ -187,7 +201,9 @@ impl ProjectionRunner {
                 error: None,
             }),
             finished: watch::Sender::new(false),
-            fence: Fence { lease, token },
+            lease,
+            tenure: watch::Sender::new(None),
+            placement: placement.clone(),
         });
         tracing::info!(
             "projection {} version {version} follows the log from position {}",
@@ -195,6 +211,7 @@ impl ProjectionRunner {
             checkpoint + 1
         );
         tokio::spawn(runner.clone().run());
+        placement.place(runner.clone()).await?;
         Ok(runner)
     }
 
@@ -209,6 +226,21 @@ impl ProjectionRunner {
         self.stop();
         let mut finished = self.finished.subscribe();
         let _ = finished.wait_for(|finished| *finished).await;
+        self.placement.remove(&self.lease).await;
+    }
+
+    /// The fence of this runner's commits, while this node runs the version.
+    fn fence(&self) -> Result<Fence, StorageError> {
+        match *self.tenure.borrow() {
+            Some(token) => Ok(Fence {
+                lease: self.lease.clone(),
+                token,
+            }),
+            None => Err(StorageError::Unavailable(format!(
+                "projection {} version {} runs on another node now",
+                self.name, self.version
+            ))),
+        }
     }
 
     /// Whether it is paused, by an operator or at a failing event.
@@ -301,7 +333,7 @@ impl ProjectionRunner {
             value: None,
         });
         self.store
-            .write_data(writes, Some(self.fence.clone()))
+            .write_data(writes, Some(self.fence()?))
             .await
             .map_err(storage)?;
         tracing::warn!(
@@ -327,7 +359,7 @@ impl ProjectionRunner {
                     key: self.key.clone(),
                     value,
                 }],
-                Some(self.fence.clone()),
+                Some(self.fence()?),
             )
             .await
             .map_err(storage)
@@ -385,10 +417,33 @@ impl ProjectionRunner {
     async fn follow(self: Arc<Self>) {
         let mut head = self.store.watch_head();
         let mut control = self.control.subscribe();
+        let mut tenure = self.tenure.subscribe();
+        // The token the runner last worked under: a new one means another node may have moved
+        // the checkpoint meanwhile.
+        let mut working_under = None;
         let mut attempts = 0u32;
         // The batch whose commit is under way while the next one is applied.
         let mut committing: Option<Committing> = None;
         loop {
+            let token = *tenure.borrow_and_update();
+            if token != working_under {
+                if let Some(batch) = committing.take() {
+                    self.finish(batch, &mut attempts, &mut control).await;
+                }
+                if token.is_none() {
+                    working_under = None;
+                    if !self.stand_by(&mut tenure, &mut head, &mut control).await {
+                        return;
+                    }
+                    continue;
+                }
+                if let Err(error) = self.reload().await {
+                    self.storage_failed(&error, &mut attempts, &mut control)
+                        .await;
+                    continue;
+                }
+                working_under = token;
+            }
             let command = *control.borrow_and_update();
             if command != Control::Run
                 && let Some(batch) = committing.take()
@@ -420,6 +475,7 @@ impl ProjectionRunner {
                 tokio::select! {
                     changed = head.changed() => if changed.is_err() { return },
                     changed = control.changed() => if changed.is_err() { return },
+                    changed = tenure.changed() => if changed.is_err() { return },
                 }
                 continue;
             }
@@ -477,7 +533,12 @@ impl ProjectionRunner {
                 }
                 None => {
                     // Sent now, so that it commits while the next batch is applied.
-                    let (store, fence) = (self.store.clone(), self.fence.clone());
+                    let fence = match self.fence() {
+                        Ok(fence) => fence,
+                        // Another node took over while the batch ran: it is not committed.
+                        Err(_) => continue,
+                    };
+                    let store = self.store.clone();
                     committing = Some(Committing {
                         commit: tokio::spawn(async move {
                             store.write_data(step.writes, Some(fence)).await
@@ -489,7 +550,8 @@ impl ProjectionRunner {
                 }
                 Some((position, error)) => {
                     if !step.writes.is_empty() {
-                        let fence = Some(self.fence.clone());
+                        let Ok(fence) = self.fence() else { continue };
+                        let fence = Some(fence);
                         if let Err(error) = self.store.write_data(step.writes, fence).await {
                             self.commit_failed(error, &mut attempts, &mut control).await;
                             continue;
@@ -503,6 +565,73 @@ impl ProjectionRunner {
                 }
             }
         }
+    }
+
+    /// Waits while another node runs the version, following its checkpoint from the store so
+    /// that reads waiting for a position are answered here too; answers false when told to stop.
+    async fn stand_by(
+        &self,
+        tenure: &mut watch::Receiver<Option<u64>>,
+        head: &mut watch::Receiver<u64>,
+        control: &mut watch::Receiver<Control>,
+    ) -> bool {
+        self.status().catching_up = false;
+        loop {
+            if *control.borrow_and_update() == Control::Stop {
+                return false;
+            }
+            if tenure.borrow_and_update().is_some() {
+                return true;
+            }
+            tokio::select! {
+                changed = tenure.changed() => if changed.is_err() { return false },
+                changed = control.changed() => if changed.is_err() { return false },
+                changed = head.changed() => {
+                    if changed.is_err() {
+                        return false;
+                    }
+                    if let Err(error) = self.follow_checkpoint().await {
+                        tracing::warn!("projection {}: {error}", self.name);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Takes the checkpoint the running node committed.
+    async fn follow_checkpoint(&self) -> Result<(), StorageError> {
+        let snapshot = self.store.snapshot().await?;
+        let checkpoint = read_checkpoint(&*snapshot, &self.key).await?;
+        self.processed.send_if_modified(|processed| {
+            let moved = checkpoint > *processed;
+            *processed = (*processed).max(checkpoint);
+            moved
+        });
+        Ok(())
+    }
+
+    /// Reads what another node may have changed while this one stood by: the checkpoint, the
+    /// state's size and a pause.
+    async fn reload(&self) -> Result<(), StorageError> {
+        let snapshot = self.store.snapshot().await?;
+        let checkpoint = read_checkpoint(&*snapshot, &self.key).await?;
+        let state_bytes = read_state_bytes(&*snapshot, &self.key).await?;
+        let paused = snapshot
+            .get(PAUSES, &self.key)
+            .await?
+            .and_then(|bytes| serde_json::from_slice::<Pause>(&bytes).ok());
+        self.processed.send_replace(checkpoint);
+        self.set_state_bytes(Some(state_bytes));
+        let pausing = paused.is_some();
+        self.status().paused = paused;
+        if *self.control.borrow() != Control::Stop {
+            self.control.send_replace(if pausing {
+                Control::Pause
+            } else {
+                Control::Run
+            });
+        }
+        Ok(())
     }
 
     /// Waits for a batch's commit; answers whether it is durable.
@@ -537,13 +666,12 @@ impl ProjectionRunner {
         control: &mut watch::Receiver<Control>,
     ) {
         if let CommitError::Fenced { .. } = error {
-            tracing::error!(
-                "projection {} version {}: {error}; another runner took over, this one stops",
+            tracing::warn!(
+                "projection {} version {}: {error}; another runner took over, this one stands by",
                 self.name,
                 self.version
             );
-            self.status().error = Some(error.to_string());
-            self.control.send_replace(Control::Stop);
+            self.placement.lost(&self.lease);
             return;
         }
         self.storage_failed(&storage(error), attempts, control)

@@ -9,11 +9,13 @@ use anyhow::{Context, bail};
 
 use super::ServeArgs;
 use evhost_api::{self as api, App, Limits, Tokens};
+use evhost_engine::placement::Placement;
 use evhost_engine::plugins::{Admission, AdmissionLimits, Artifacts, Plugins};
 use evhost_postgres::{PgOptions, PgStore};
 use evhost_redb::{RedbStore, StoreOptions};
 use evhost_runtime::{CompileCache, Runtime};
 use evhost_store::Store;
+use evhost_store::claims::NodeInfo;
 
 pub(super) fn run(mut args: ServeArgs) -> anyhow::Result<()> {
     let limits = limits(&args);
@@ -56,14 +58,23 @@ pub(super) fn run(mut args: ServeArgs) -> anyhow::Result<()> {
                 .with_context(|| format!("opening the compile cache {}", dir.display()))?;
             runtime = runtime.with_compile_cache(cache);
         }
-        let mut plugins = Plugins::open(runtime, store.clone(), artifacts)
-            .await
-            .context("loading the deployed plugins")?;
-        plugins.admission = Admission::new(admission);
         let listener = tokio::net::TcpListener::bind(address)
             .await
             .with_context(|| format!("binding {address}"))?;
         let local = listener.local_addr()?;
+        let node = NodeInfo {
+            node: node_name(&args.data)?,
+            incarnation: uuid::Uuid::new_v4().to_string(),
+            address: format!("http://{local}"),
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+            started_at: evhost_store::now_rfc3339(),
+        };
+        tracing::info!("this node is {} ({})", node.node, node.incarnation);
+        let placement = Placement::start(store.clone(), node);
+        let mut plugins = Plugins::open(runtime, store.clone(), artifacts, placement)
+            .await
+            .context("loading the deployed plugins")?;
+        plugins.admission = Admission::new(admission);
         let app = App::new(store.clone(), Arc::new(plugins), tokens, limits)
             .await
             .context("starting the API")?;
@@ -82,6 +93,25 @@ pub(super) fn run(mut args: ServeArgs) -> anyhow::Result<()> {
         tracing::info!("stopped cleanly at head {}", store.head());
         Ok(())
     })
+}
+
+/// This node's name: kept in `node-id` in the data directory, made on the first start, so that
+/// a restarted node is the same node (and takes its work back at once).
+fn node_name(data: &std::path::Path) -> anyhow::Result<String> {
+    let path = data.join("node-id");
+    match std::fs::read_to_string(&path) {
+        Ok(name) if !name.trim().is_empty() => return Ok(name.trim().to_owned()),
+        Ok(_) => {}
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
+        Err(error) => return Err(error).with_context(|| format!("reading {}", path.display())),
+    }
+    std::fs::create_dir_all(data).with_context(|| format!("creating {}", data.display()))?;
+    let name = format!("node-{}", uuid::Uuid::new_v4().simple());
+    let partial = data.join("node-id.partial");
+    std::fs::write(&partial, format!("{name}\n"))
+        .and_then(|()| std::fs::rename(&partial, &path))
+        .with_context(|| format!("writing {}", path.display()))?;
+    Ok(name)
 }
 
 /// Opens the store the arguments choose; answers it, where compiled artifacts may be kept, and

@@ -26,6 +26,7 @@ use tokio::sync::watch;
 use serde::{Deserialize, Serialize};
 
 use crate::delivery::CommandSink;
+use crate::placement::Placement;
 use crate::policies::PolicyRunner;
 use crate::projections::ProjectionRunner;
 use evhost_runtime::{
@@ -317,6 +318,8 @@ pub struct Plugins {
     runtime: Arc<Runtime>,
     store: Arc<dyn Store>,
     artifacts: Artifacts,
+    /// Where this node's runners learn whether they run or stand by.
+    placement: Arc<Placement>,
     entries: RwLock<BTreeMap<String, Entry>>,
     /// Changes of versions (deploys, promotions, rollbacks, deletions) run one at a time, so
     /// that two of them cannot interleave.
@@ -338,11 +341,13 @@ impl Plugins {
         runtime: Runtime,
         store: Arc<dyn Store>,
         artifacts: Artifacts,
+        placement: Arc<Placement>,
     ) -> Result<Self, StorageError> {
         let plugins = Plugins {
             runtime: Arc::new(runtime),
             store,
             artifacts,
+            placement,
             entries: RwLock::new(BTreeMap::new()),
             changing: tokio::sync::Mutex::new(()),
             commands: watch::Sender::new(None),
@@ -759,7 +764,14 @@ impl Plugins {
                 plugin,
             })),
             PluginCalls::Projection(plugin) => Version::Projection(
-                ProjectionRunner::start(plugin, info.clone(), version, self.store.clone()).await?,
+                ProjectionRunner::start(
+                    plugin,
+                    info.clone(),
+                    version,
+                    self.store.clone(),
+                    self.placement.clone(),
+                )
+                .await?,
             ),
             PluginCalls::Policy(plugin) => {
                 let filter = LogFilter {
@@ -774,6 +786,7 @@ impl Plugins {
                         filter,
                         self.store.clone(),
                         self.commands.subscribe(),
+                        self.placement.clone(),
                     )
                     .await?,
                 )
