@@ -149,3 +149,120 @@ fn hosts_on_one_database_serve_one_log_and_follow_each_others_appends() {
     let live: Value = on_second.next_event().data;
     assert_eq!(live["id"], "pg-same-1");
 }
+
+/// Appends `count` counted events, spread over five streams, through `server`.
+fn append_counted(server: &Server, from: usize, count: usize) {
+    let api = server.api();
+    for n in from..from + count {
+        api.append_ok(
+            &format!("counter-{}", n % 5),
+            json!([event("Incremented", json!({"by": 1}))]),
+        );
+    }
+}
+
+/// How many events the counting projection has applied, as `server` answers once the
+/// projection has processed `server`'s head (waiting for it, on whichever node runs it).
+fn counted(server: &Server) -> u64 {
+    let api = server.api();
+    let head = api.head();
+    api.get(&format!(
+        "/projections/counting-projection/query/events?min_position={head}&timeout_ms=60000"
+    ))
+    .expect(200)
+    .as_u64()
+    .expect("a count")
+}
+
+/// Two nodes with the counting projection deployed on both: the first runs it, the second
+/// stands by.
+fn two_nodes_counting() -> (Server, Server) {
+    let schema = fresh_schema();
+    let first = Launch::default().on_postgres(&schema).start();
+    let second = Launch::default().on_postgres(&schema).start();
+    first.api().deploy_guest("fixture-counting-projection");
+    second.api().deploy_guest("fixture-counting-projection");
+    append_counted(&first, 0, 20);
+    assert_eq!(counted(&first), 20);
+    assert!(
+        !second.stderr().contains("this node runs projection/"),
+        "the first node holds the lease: {}",
+        second.stderr()
+    );
+    (first, second)
+}
+
+#[test]
+fn a_projection_moves_to_another_node_when_its_node_is_killed() {
+    let (mut first, second) = two_nodes_counting();
+    first.kill_9();
+    append_counted(&second, 20, 30);
+    // The second node takes the lease once the first's claim expires, and goes on from the
+    // first's checkpoint: every event counted once.
+    assert_eq!(counted(&second), 50);
+    second.wait_for_log_line("this node runs projection/counting-projection/", SETTLE);
+    // The first comes back: the lease stays where it is, and both answer the same count.
+    first.restart();
+    append_counted(&first, 50, 5);
+    assert_eq!(counted(&first), 55);
+    assert_eq!(counted(&second), 55);
+    // A read waiting for a position past events the projection does not subscribe to is
+    // answered on the node standing by too.
+    first
+        .api()
+        .append_ok("other-1", json!([event("Unrelated", json!({}))]));
+    assert_eq!(counted(&first), 55);
+}
+
+#[test]
+fn a_node_that_hung_past_its_lease_cannot_commit_when_it_wakes() {
+    let (first, second) = two_nodes_counting();
+    let signal = |name: &str| {
+        let status = std::process::Command::new("kill")
+            .args([&format!("-{name}"), &first.pid().to_string()])
+            .status()
+            .expect("kill");
+        assert!(status.success());
+    };
+    signal("STOP");
+    append_counted(&second, 20, 30);
+    assert_eq!(counted(&second), 50);
+    signal("CONT");
+    // Woken, the first node's runner finds its lease gone: its commits are refused, and it
+    // stands by; the count stays exact whichever node is asked.
+    append_counted(&second, 50, 10);
+    assert_eq!(counted(&second), 60);
+    assert_eq!(counted(&first), 60);
+}
+
+#[test]
+fn a_policy_whose_node_dies_after_its_outbox_write_delivers_once_from_another_node() {
+    let schema = fresh_schema();
+    let mut first = Launch::default()
+        .on_postgres(&schema)
+        .env("EVHOST_CRASH_AT", "policy-after-outbox")
+        .start();
+    let second = Launch::default().on_postgres(&schema).start();
+    for server in [&first, &second] {
+        server.api().deploy_guest("fixture-counter");
+        server.api().deploy_guest("fixture-hostile-policy");
+    }
+    // The first node runs the policy (it claimed it first) and dies once the command is in
+    // the outbox, before delivering it.
+    second
+        .api()
+        .append_ok("hostile-a", json!([event("Ping", json!({}))]));
+    assert!(first.wait_for_crash(SETTLE), "the crash point aborts");
+    // The second node takes the policy over and delivers the command: once.
+    let events = second.api().wait_for_events("counter-a", 1, SETTLE);
+    assert_eq!(events[0]["type"], "Incremented");
+    second.wait_for_log_line("this node runs policy/hostile-policy", SETTLE);
+    first.set_env("EVHOST_CRASH_AT", None);
+    first.restart();
+    second
+        .api()
+        .append_ok("hostile-b", json!([event("Ping", json!({}))]));
+    second.api().wait_for_events("counter-b", 1, SETTLE);
+    assert_eq!(second.api().stream_events("counter-a").len(), 1);
+    assert_eq!(first.api().stream_events("counter-b").len(), 1);
+}

@@ -30,7 +30,9 @@ use crate::delivery::{CommandRequest, CommandSink, Delivered};
 use crate::metadata::{causation_depth, correlation_id as correlation_of};
 use crate::placement::{Placed, Placement, Tenure};
 use crate::projections::state::BatchState;
-use crate::projections::{PAUSES, checkpoint_write, log_event, read_checkpoint, storage};
+use crate::projections::{
+    PAUSES, STANDBY_RECHECK, checkpoint_write, log_event, read_checkpoint, storage,
+};
 use evhost_runtime::{CommandInput, LogEvent, PolicyAction, PolicyPlugin, content_hash};
 use evhost_store::{
     CommitError, DataSnapshot, DataWrite, Fence, LogFilter, RecordView, StorageError, Store,
@@ -383,7 +385,16 @@ impl PolicyRunner {
 
     /// Commits `writes` under this runner's lease; a runner that lost its lease stands by.
     async fn write(&self, writes: Vec<DataWrite>) -> Result<(), StorageError> {
-        let Some(token) = *self.tenure.borrow() else {
+        self.write_under(writes, None).await
+    }
+
+    /// Commits `writes` under `token`, or the token this node runs the policy under now.
+    async fn write_under(
+        &self,
+        writes: Vec<DataWrite>,
+        token: Option<u64>,
+    ) -> Result<(), StorageError> {
+        let Some(token) = token.or(*self.tenure.borrow()) else {
             return Err(StorageError::Unavailable(format!(
                 "policy {} runs on another node now",
                 self.name
@@ -504,10 +515,20 @@ impl PolicyRunner {
     /// Commits a step's state writes with its other writes, then applies its timers in memory
     /// and wakes the dispatcher.
     async fn commit(&self, state: Arc<BatchState>, step: StepWrites) -> Result<(), StorageError> {
+        self.commit_under(state, step, None).await
+    }
+
+    /// [`PolicyRunner::commit`] under `token` (see [`PolicyRunner::write_under`]).
+    async fn commit_under(
+        &self,
+        state: Arc<BatchState>,
+        step: StepWrites,
+        token: Option<u64>,
+    ) -> Result<(), StorageError> {
         let state = Arc::into_inner(state).expect("no call holds the state after it returns");
         let (mut writes, _) = state.into_writes();
         writes.extend(step.writes);
-        self.write(writes).await?;
+        self.write_under(writes, token).await?;
         {
             let mut timers = self.timers.lock().unwrap_or_else(|p| p.into_inner());
             for (key, timer) in step.timers {
@@ -535,32 +556,35 @@ impl PolicyRunner {
             if *stopped.borrow() {
                 return;
             }
-            let token = *tenure.borrow_and_update();
-            if token != working_under {
-                if token.is_none() {
-                    working_under = None;
-                    // Another node runs the policy: follow its checkpoint for reads and listings.
-                    tokio::select! {
-                        _ = tenure.changed() => {}
-                        _ = stopped.changed() => {}
-                        changed = head.changed() => {
-                            if changed.is_err() {
-                                return;
-                            }
-                            if let Err(error) = self.follow_checkpoint().await {
-                                tracing::warn!("policy {}: {error}", self.name);
-                            }
-                        }
-                    }
-                    continue;
+            let Some(token) = *tenure.borrow_and_update() else {
+                working_under = None;
+                // Another node runs the policy: follow its checkpoint for reads and listings,
+                // looking again every little while when it is behind the head.
+                let behind = self.position() < self.store.head();
+                let recheck = if behind {
+                    STANDBY_RECHECK
+                } else {
+                    Duration::from_secs(3600)
+                };
+                tokio::select! {
+                    _ = tenure.changed() => {}
+                    _ = stopped.changed() => {}
+                    changed = head.changed() => if changed.is_err() { return },
+                    _ = tokio::time::sleep(recheck) => {}
                 }
+                if let Err(error) = self.follow_checkpoint().await {
+                    tracing::warn!("policy {}: {error}", self.name);
+                }
+                continue;
+            };
+            if working_under != Some(token) {
                 if let Err(error) = self.reload().await {
                     attempts += 1;
                     tracing::error!("policy {}: {error}; retrying", self.name);
                     let _ = tokio::time::timeout(backoff(attempts), stopped.changed()).await;
                     continue;
                 }
-                working_under = token;
+                working_under = Some(token);
             }
             if *paused.borrow_and_update() {
                 tokio::select! {
@@ -581,7 +605,11 @@ impl PolicyRunner {
                 continue;
             }
             let span = tracing::info_span!("policy_step", policy = %self.name, from);
-            match self.react_step(from, attempts).instrument(span).await {
+            match self
+                .react_step(from, attempts, token)
+                .instrument(span)
+                .await
+            {
                 Ok(None) => {
                     attempts = 0;
                     self.set_error(None);
@@ -613,6 +641,7 @@ impl PolicyRunner {
         self: &Arc<Self>,
         from: u64,
         attempts: u32,
+        token: u64,
     ) -> Result<Option<(u64, String)>, StorageError> {
         let page = self
             .store
@@ -702,7 +731,8 @@ impl PolicyRunner {
         }
         step.writes
             .push(checkpoint_write(self.name.clone(), reached));
-        self.commit(state, step).await?;
+        // Under the token the step began with: a step begun before the lease moved is refused.
+        self.commit_under(state, step, Some(token)).await?;
         self.processed.send_replace(reached);
         Ok(failure)
     }

@@ -44,6 +44,9 @@ const MAX_ATTEMPTS: u32 = 5;
 const FIRST_BACKOFF: Duration = Duration::from_millis(100);
 /// The longest wait between attempts after a storage error.
 const MAX_BACKOFF: Duration = Duration::from_secs(10);
+/// How often a runner standing by reads the running node's checkpoint while that is behind
+/// the head.
+pub const STANDBY_RECHECK: Duration = Duration::from_millis(100);
 
 /// The data space of checkpoints: `name/version` → the last position processed (a policy's key
 /// is its name).
@@ -425,25 +428,33 @@ impl ProjectionRunner {
         // The batch whose commit is under way while the next one is applied.
         let mut committing: Option<Committing> = None;
         loop {
-            let token = *tenure.borrow_and_update();
-            if token != working_under {
+            let Some(token) = *tenure.borrow_and_update() else {
                 if let Some(batch) = committing.take() {
                     self.finish(batch, &mut attempts, &mut control).await;
                 }
-                if token.is_none() {
-                    working_under = None;
-                    if !self.stand_by(&mut tenure, &mut head, &mut control).await {
-                        return;
-                    }
-                    continue;
+                working_under = None;
+                if !self.stand_by(&mut tenure, &mut head, &mut control).await {
+                    return;
+                }
+                continue;
+            };
+            if working_under != Some(token) {
+                if let Some(batch) = committing.take() {
+                    self.finish(batch, &mut attempts, &mut control).await;
                 }
                 if let Err(error) = self.reload().await {
                     self.storage_failed(&error, &mut attempts, &mut control)
                         .await;
                     continue;
                 }
-                working_under = token;
+                working_under = Some(token);
             }
+            // Every batch commits under the token it was applied under: one applied before the
+            // lease moved is refused rather than written over the new holder's work.
+            let fence = Fence {
+                lease: self.lease.clone(),
+                token,
+            };
             let command = *control.borrow_and_update();
             if command != Control::Run
                 && let Some(batch) = committing.take()
@@ -533,11 +544,6 @@ impl ProjectionRunner {
                 }
                 None => {
                     // Sent now, so that it commits while the next batch is applied.
-                    let fence = match self.fence() {
-                        Ok(fence) => fence,
-                        // Another node took over while the batch ran: it is not committed.
-                        Err(_) => continue,
-                    };
                     let store = self.store.clone();
                     committing = Some(Committing {
                         commit: tokio::spawn(async move {
@@ -550,7 +556,6 @@ impl ProjectionRunner {
                 }
                 Some((position, error)) => {
                     if !step.writes.is_empty() {
-                        let Ok(fence) = self.fence() else { continue };
                         let fence = Some(fence);
                         if let Err(error) = self.store.write_data(step.writes, fence).await {
                             self.commit_failed(error, &mut attempts, &mut control).await;
@@ -583,28 +588,40 @@ impl ProjectionRunner {
             if tenure.borrow_and_update().is_some() {
                 return true;
             }
+            // The running node commits its checkpoint after the head moves: while it is behind
+            // the head, look again every little while.
+            let behind = self.position() < self.store.head();
+            let recheck = if behind {
+                STANDBY_RECHECK
+            } else {
+                Duration::from_secs(3600)
+            };
             tokio::select! {
                 changed = tenure.changed() => if changed.is_err() { return false },
                 changed = control.changed() => if changed.is_err() { return false },
-                changed = head.changed() => {
-                    if changed.is_err() {
-                        return false;
-                    }
-                    if let Err(error) = self.follow_checkpoint().await {
-                        tracing::warn!("projection {}: {error}", self.name);
-                    }
-                }
+                changed = head.changed() => if changed.is_err() { return false },
+                _ = tokio::time::sleep(recheck) => {}
+            }
+            if let Err(error) = self.follow_checkpoint().await {
+                tracing::warn!("projection {}: {error}", self.name);
             }
         }
     }
 
-    /// Takes the checkpoint the running node committed.
+    /// Takes the checkpoint the running node committed, and past it the events its
+    /// subscription does not match (which the running node passes without a commit).
     async fn follow_checkpoint(&self) -> Result<(), StorageError> {
         let snapshot = self.store.snapshot().await?;
         let checkpoint = read_checkpoint(&*snapshot, &self.key).await?;
+        drop(snapshot);
+        let next = self.store.read_log(checkpoint + 1, 1, &self.filter).await?;
+        let covered = match next.events.first() {
+            Some(unprocessed) => unprocessed.position - 1,
+            None => next.head.max(checkpoint),
+        };
         self.processed.send_if_modified(|processed| {
-            let moved = checkpoint > *processed;
-            *processed = (*processed).max(checkpoint);
+            let moved = covered > *processed;
+            *processed = (*processed).max(covered);
             moved
         });
         Ok(())
