@@ -266,3 +266,83 @@ fn a_policy_whose_node_dies_after_its_outbox_write_delivers_once_from_another_no
     assert_eq!(second.api().stream_events("counter-a").len(), 1);
     assert_eq!(first.api().stream_events("counter-b").len(), 1);
 }
+
+/// The active version of plugin `name` as `server` lists it, once it says so.
+fn wait_for_active(server: &Server, name: &str, version: &str) {
+    server
+        .api()
+        .wait_for_plugin(name, SETTLE, |plugin| plugin["active_version"] == version);
+}
+
+#[test]
+fn a_deploy_promotion_or_rollback_on_one_node_takes_effect_on_every_node() {
+    let schema = fresh_schema();
+    let first = Launch::default().on_postgres(&schema).start();
+    let second = Launch::default().on_postgres(&schema).start();
+    let v1 = first.api().deploy_guest("fixture-counter");
+    // The second node loads what the first deployed, and serves its commands.
+    let listed = |server: &Server| {
+        let deadline = std::time::Instant::now() + SETTLE;
+        while server.api().get("/plugins/counter").status != 200 {
+            assert!(std::time::Instant::now() < deadline, "counter never listed");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    listed(&second);
+    wait_for_active(&second, "counter", &v1);
+    let increment = |server: &Server, id: &str| {
+        server
+            .api()
+            .command(
+                "counter",
+                &json!({"id": id, "stream": "counter-x", "type": "Increment", "data": {"by": 1}}),
+            )
+            .expect(200)
+    };
+    increment(&second, "x-1");
+    let v2 = second.api().deploy_guest("fixture-counter-v2");
+    wait_for_active(&first, "counter", &v2);
+    increment(&first, "x-2");
+    second
+        .api()
+        .post("/plugins/counter/rollback", &json!({}))
+        .expect(200);
+    wait_for_active(&first, "counter", &v1);
+    let log = first.api().stream_events("counter-x");
+    assert_eq!(log.len(), 2, "{log:?}");
+    // And a projection deployed on one node runs on one of them, readable on both.
+    second.api().deploy_guest("fixture-counting-projection");
+    listed(&first);
+    increment(&first, "x-3");
+    assert_eq!(counted(&first), 3);
+    assert_eq!(counted(&second), 3);
+}
+
+#[test]
+fn a_pause_or_resume_on_a_node_that_stands_by_reaches_the_node_that_runs_it() {
+    let (first, second) = two_nodes_counting();
+    // The first node runs the projection; the second pauses it.
+    second
+        .api()
+        .post("/plugins/counting-projection/pause", &json!({}))
+        .expect(200);
+    first
+        .api()
+        .wait_for_plugin("counting-projection", SETTLE, |p| p["status"] == "paused");
+    append_counted(&first, 20, 5);
+    let head = first.api().head();
+    let early = first.api().get(&format!(
+        "/projections/counting-projection/query/events?min_position={head}&timeout_ms=200"
+    ));
+    assert_ne!(
+        early.status, 200,
+        "a paused projection applied: {}",
+        early.body
+    );
+    second
+        .api()
+        .post("/plugins/counting-projection/resume", &json!({}))
+        .expect(200);
+    assert_eq!(counted(&first), 25);
+    assert_eq!(counted(&second), 25);
+}

@@ -33,11 +33,14 @@ pub const TICK: Duration = Duration::from_secs(1);
 pub type Tenure = watch::Sender<Option<u64>>;
 
 /// A unit of work placed on the nodes: a runner with a lease.
+#[async_trait::async_trait]
 pub trait Placed: Send + Sync {
     /// The lease its commits are fenced with.
     fn lease(&self) -> &str;
     /// Where it learns whether it works, and under which token.
     fn tenure(&self) -> &Tenure;
+    /// Takes what an operator changed on another node (a pause, a resume), at every tick.
+    async fn follow_controls(&self) -> Result<(), StorageError>;
 }
 
 /// This node's share of the work.
@@ -198,6 +201,9 @@ impl Placement {
                 .collect();
             for (lease, placed) in units {
                 this.claim(&lease, &placed).await;
+                if let Err(error) = placed.follow_controls().await {
+                    tracing::warn!("{lease}: reading its controls: {error}");
+                }
             }
             drop(this);
             tokio::time::sleep(TICK).await;

@@ -139,6 +139,7 @@ pub struct PolicyRunner {
     placement: Arc<Placement>,
 }
 
+#[async_trait::async_trait]
 impl Placed for PolicyRunner {
     fn lease(&self) -> &str {
         &self.lease
@@ -146,6 +147,21 @@ impl Placed for PolicyRunner {
 
     fn tenure(&self) -> &Tenure {
         &self.tenure
+    }
+
+    async fn follow_controls(&self) -> Result<(), StorageError> {
+        let snapshot = self.store.snapshot().await?;
+        let paused = snapshot.get(PAUSES, &self.name).await?.is_some();
+        self.paused.send_if_modified(|current| {
+            let changed = *current != paused;
+            if changed {
+                let what = if paused { "paused" } else { "resumed" };
+                tracing::info!("policy {}: {what} on another node", self.name);
+            }
+            *current = paused;
+            changed
+        });
+        Ok(())
     }
 }
 
@@ -275,17 +291,26 @@ impl PolicyRunner {
         *self.error.lock().unwrap_or_else(|p| p.into_inner()) = error;
     }
 
-    /// Pauses reactions (commands already in the outbox are still delivered).
+    /// Pauses reactions (commands already in the outbox are still delivered). Not fenced: an
+    /// operator may pause or resume a policy from any node, and the node running it takes the
+    /// change at its next tick.
     pub async fn pause(&self) -> Result<(), StorageError> {
-        self.write(vec![write(PAUSES, self.name.clone(), Some(b"{}".to_vec()))])
-            .await?;
+        self.store
+            .write_data(
+                vec![write(PAUSES, self.name.clone(), Some(b"{}".to_vec()))],
+                None,
+            )
+            .await
+            .map_err(storage)?;
         self.paused.send_replace(true);
         Ok(())
     }
 
     pub async fn resume(&self) -> Result<(), StorageError> {
-        self.write(vec![write(PAUSES, self.name.clone(), None)])
-            .await?;
+        self.store
+            .write_data(vec![write(PAUSES, self.name.clone(), None)], None)
+            .await
+            .map_err(storage)?;
         self.paused.send_replace(false);
         Ok(())
     }

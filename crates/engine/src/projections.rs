@@ -127,6 +127,7 @@ pub struct ProjectionRunner {
     placement: Arc<Placement>,
 }
 
+#[async_trait::async_trait]
 impl Placed for ProjectionRunner {
     fn lease(&self) -> &str {
         &self.lease
@@ -134,6 +135,33 @@ impl Placed for ProjectionRunner {
 
     fn tenure(&self) -> &Tenure {
         &self.tenure
+    }
+
+    async fn follow_controls(&self) -> Result<(), StorageError> {
+        let snapshot = self.store.snapshot().await?;
+        let stored = snapshot
+            .get(PAUSES, &self.key)
+            .await?
+            .and_then(|bytes| serde_json::from_slice::<Pause>(&bytes).ok());
+        let paused = self.status().paused.is_some();
+        match stored {
+            Some(pause) if !paused => {
+                tracing::info!("projection {}: paused on another node", self.name);
+                self.status().paused = Some(pause);
+                self.control.send_replace(Control::Pause);
+            }
+            None if paused => {
+                tracing::info!("projection {}: resumed on another node", self.name);
+                {
+                    let mut status = self.status();
+                    status.paused = None;
+                    status.error = None;
+                }
+                self.control.send_replace(Control::Run);
+            }
+            _ => {}
+        }
+        Ok(())
     }
 }
 
@@ -353,6 +381,8 @@ impl ProjectionRunner {
         Ok(())
     }
 
+    /// Stores a pause (or its end). Not fenced: an operator may pause or resume a version from
+    /// any node, and the node running it takes the change at its next tick.
     async fn save_pause(&self, pause: Option<&Pause>) -> Result<(), StorageError> {
         let value = pause.map(|p| serde_json::to_vec(p).expect("a pause serializes"));
         self.store
@@ -362,7 +392,7 @@ impl ProjectionRunner {
                     key: self.key.clone(),
                     value,
                 }],
-                Some(self.fence()?),
+                None,
             )
             .await
             .map_err(storage)

@@ -1,6 +1,6 @@
 //! How a node learns of every commit, its own and other nodes', at once: a connection of its own
-//! that LISTENs on the store's channel, where every appending group NOTIFYs its new head as it
-//! commits. After any break (a restart, a failover) it connects again, listens, and reads the
+//! that LISTENs on the store's channels, where every appending group NOTIFYs its new head as it
+//! commits, and every change of a plugin record its plugin's name. After any break (a restart, a failover) it connects again, listens, and reads the
 //! head, so that nothing committed while it was away is missed.
 
 use std::future::poll_fn;
@@ -43,7 +43,8 @@ async fn listen(shared: &Shared) -> Result<(), String> {
         loop {
             match poll_fn(|cx| connection.poll_message(cx)).await {
                 Some(Ok(AsyncMessage::Notification(note))) => {
-                    if notes.send(Ok(note.payload().to_owned())).is_err() {
+                    let note = (note.channel().to_owned(), note.payload().to_owned());
+                    if notes.send(Ok(note)).is_err() {
                         return;
                     }
                 }
@@ -61,9 +62,14 @@ async fn listen(shared: &Shared) -> Result<(), String> {
     });
     let result = async {
         client
-            .batch_execute(&format!("LISTEN \"{}\"", shared.channel))
+            .batch_execute(&format!(
+                "LISTEN \"{}\"; LISTEN \"{}\"",
+                shared.channel, shared.catalog_channel
+            ))
             .await
             .map_err(|e| describe(&e))?;
+        // Whatever changed while this node was not listening is news too.
+        shared.catalog.send_modify(|changes| *changes += 1);
         let head: i64 = client
             .query_one("SELECT position FROM head WHERE id = 1", &[])
             .await
@@ -74,7 +80,10 @@ async fn listen(shared: &Shared) -> Result<(), String> {
         loop {
             tokio::select! {
                 note = received.recv() => match note {
-                    Some(Ok(payload)) => match payload.parse::<u64>() {
+                    Some(Ok((channel, _))) if channel == shared.catalog_channel => {
+                        shared.catalog.send_modify(|changes| *changes += 1);
+                    }
+                    Some(Ok((_, payload))) => match payload.parse::<u64>() {
                         Ok(head) => shared.advance_head(head),
                         Err(_) => tracing::warn!("a notification of the head said {payload:?}"),
                     },

@@ -98,6 +98,9 @@ pub(crate) struct Shared {
     pub options: PgOptions,
     /// The channel the store's commits are announced on.
     pub channel: String,
+    /// The channel changes of plugin records are announced on, and how many were heard of.
+    pub catalog_channel: String,
+    pub catalog: watch::Sender<u64>,
 }
 
 impl Shared {
@@ -241,6 +244,8 @@ impl PgStore {
             counters: Counters::default(),
             id_tag,
             channel: format!("{}.head", options.schema),
+            catalog_channel: format!("{}.catalog", options.schema),
+            catalog: watch::Sender::new(0),
             options,
         });
         let (writer, messages) = mpsc::unbounded_channel();
@@ -652,7 +657,16 @@ impl Catalog for PgStore {
                 .await
                 .map_err(database)?;
         }
-        txn.commit().await.map_err(database)
+        // Every node (this one included) hears of it once it commits.
+        txn.execute(
+            "SELECT pg_notify($1, $2)",
+            &[&self.shared.catalog_channel, &name],
+        )
+        .await
+        .map_err(database)?;
+        txn.commit().await.map_err(database)?;
+        self.shared.catalog.send_modify(|changes| *changes += 1);
+        Ok(())
     }
 
     async fn blob(&self, key: &str) -> Result<Option<Vec<u8>>, StorageError> {
@@ -674,6 +688,10 @@ impl Catalog for PgStore {
             .await
             .map_err(database)
             .map(drop)
+    }
+
+    fn watch_catalog(&self) -> watch::Receiver<u64> {
+        self.shared.catalog.subscribe()
     }
 
     async fn delete_blobs(&self, prefix: &str) -> Result<u64, StorageError> {

@@ -260,6 +260,7 @@ pub struct RedbStore {
     append_limits: AppendLimits,
     /// Claims need not outlive the process: only one process opens the file.
     claims: LocalClaims,
+    catalog: watch::Sender<u64>,
 }
 
 impl RedbStore {
@@ -310,6 +311,7 @@ impl RedbStore {
             counters,
             append_limits: options.append_limits,
             claims: LocalClaims::default(),
+            catalog: watch::Sender::new(0),
         })
     }
 
@@ -453,8 +455,9 @@ impl Catalog for RedbStore {
             record,
             blobs,
         })
-        .await
-        .map(drop)
+        .await?;
+        self.catalog.send_modify(|changes| *changes += 1);
+        Ok(())
     }
 
     async fn blob(&self, key: &str) -> Result<Option<Vec<u8>>, StorageError> {
@@ -470,6 +473,10 @@ impl Catalog for RedbStore {
     async fn delete_blobs(&self, prefix: &str) -> Result<u64, StorageError> {
         let prefix = prefix.to_owned();
         self.chore(Chore::DeleteBlobs { prefix }).await
+    }
+
+    fn watch_catalog(&self) -> watch::Receiver<u64> {
+        self.catalog.subscribe()
     }
 }
 

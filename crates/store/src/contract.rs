@@ -191,6 +191,11 @@ pub trait Catalog: Send + Sync {
 
     /// Durably removes the blobs whose keys start with `prefix`; answers how many there were.
     async fn delete_blobs(&self, prefix: &str) -> Result<u64, StorageError>;
+
+    /// Follows changes of the plugin records: the receiver sees a new value after every
+    /// [`Catalog::save_plugin`], this process's or (where nodes share the store) another
+    /// node's, without polling.
+    fn watch_catalog(&self) -> watch::Receiver<u64>;
 }
 
 /// A consistent, read-only view of the plugin data at one moment: every later write is

@@ -56,6 +56,7 @@ pub struct MemoryStore {
     append_limits: AppendLimits,
     page_bytes: usize,
     claims: LocalClaims,
+    catalog: watch::Sender<u64>,
 }
 
 impl Default for MemoryStore {
@@ -74,6 +75,7 @@ impl MemoryStore {
             append_limits,
             page_bytes: page_bytes.max(1),
             claims: LocalClaims::default(),
+            catalog: watch::Sender::new(0),
         }
     }
 
@@ -351,6 +353,8 @@ impl Catalog for MemoryStore {
         let mut state = self.state();
         state.plugins.insert(name.to_owned(), record);
         state.blobs.extend(blobs);
+        drop(state);
+        self.catalog.send_modify(|changes| *changes += 1);
         Ok(())
     }
 
@@ -368,6 +372,10 @@ impl Catalog for MemoryStore {
         let before = state.blobs.len();
         state.blobs.retain(|key, _| !key.starts_with(prefix));
         Ok((before - state.blobs.len()) as u64)
+    }
+
+    fn watch_catalog(&self) -> watch::Receiver<u64> {
+        self.catalog.subscribe()
     }
 }
 

@@ -399,6 +399,7 @@ impl Plugins {
     pub fn connect(self: &Arc<Self>, commands: Arc<dyn CommandSink>) {
         self.commands.send_replace(Some(Arc::downgrade(&commands)));
         let _ = self.this.set(Arc::downgrade(self));
+        self.follow_changes_elsewhere();
         let candidates: Vec<(String, String, Arc<ProjectionRunner>)> = self
             .read_entries()
             .values()
@@ -410,6 +411,24 @@ impl Plugins {
         for (name, version, runner) in candidates {
             self.promote_when_caught_up(name, version, runner);
         }
+    }
+
+    /// Follows, in a task of its own, the changes of plugin records that other nodes sharing the
+    /// store make (a node's own changes are in its registry already, and change nothing here).
+    fn follow_changes_elsewhere(self: &Arc<Self>) {
+        let plugins = Arc::downgrade(self);
+        let mut changes = self.store.watch_catalog();
+        changes.borrow_and_update();
+        tokio::spawn(async move {
+            while changes.changed().await.is_ok() {
+                let Some(this) = plugins.upgrade() else {
+                    return;
+                };
+                if let Err(error) = this.follow_catalog().await {
+                    tracing::error!("following the plugins' changes on other nodes: {error}");
+                }
+            }
+        });
     }
 
     /// Loads a stored version of a plugin: from its compiled artifact when that fits this

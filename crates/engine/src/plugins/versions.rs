@@ -71,6 +71,8 @@ pub enum Trigger {
     /// A candidate that caught up and promoted itself.
     Auto,
     Rollback,
+    /// A change made on another node sharing the store, which this node follows.
+    OtherNode,
 }
 
 /// A switch of the active version.
@@ -149,6 +151,33 @@ impl Plugins {
             record.candidate_version = None;
         }
         self.change(record, None, &[], trigger, caught_up).await
+    }
+
+    /// Follows the changes other nodes made to the plugin records: every record that differs
+    /// from this node's is applied here as it stands (its versions loaded or retired, its active
+    /// version switched), without saving it again.
+    pub async fn follow_catalog(&self) -> Result<(), VersionError> {
+        let _changing = self.changing.lock().await;
+        for (name, bytes) in self.store.plugin_records().await? {
+            let known = self
+                .read_entries()
+                .get(&name)
+                .map(|entry| serde_json::to_vec(&entry.record).expect("a record serializes"));
+            if known.as_deref() == Some(&bytes[..]) {
+                continue;
+            }
+            let record: PluginRecord = serde_json::from_slice(&bytes).map_err(|e| {
+                StorageError::Failed(format!("the record of plugin {name:?} is corrupt: {e}"))
+            })?;
+            tracing::info!("plugin {name} changed on another node; following");
+            if let Err(error) = self
+                .change(record, None, &[], Trigger::OtherNode, None)
+                .await
+            {
+                tracing::error!("following the change of plugin {name}: {error}");
+            }
+        }
+        Ok(())
     }
 
     /// Deletes a version that is not active: its uploaded bytes, its compiled artifacts and,
@@ -280,6 +309,8 @@ impl Plugins {
         }
         // A projection takes over from a running one only at or past its position.
         let taking_over = match (&new_active, &old_active) {
+            // The node that made the change waited for the new version to be ready.
+            _ if trigger == Trigger::OtherNode => None,
             (Some(new), Some((_, old))) if switching => {
                 match (&current.get(new).map(|v| &v.version), &old.version) {
                     (Some(Version::Projection(new)), Version::Projection(old)) => {
@@ -296,12 +327,14 @@ impl Plugins {
             }
             _ => None,
         };
-        let encoded = serde_json::to_vec(&record).expect("a plugin record serializes");
-        let blobs = blobs
-            .iter()
-            .map(|(key, bytes)| ((*key).to_owned(), bytes.to_vec()))
-            .collect();
-        self.store.save_plugin(&name, encoded, blobs).await?;
+        if trigger != Trigger::OtherNode {
+            let encoded = serde_json::to_vec(&record).expect("a plugin record serializes");
+            let blobs = blobs
+                .iter()
+                .map(|(key, bytes)| ((*key).to_owned(), bytes.to_vec()))
+                .collect();
+            self.store.save_plugin(&name, encoded, blobs).await?;
+        }
         let mut loaded = current;
         let retired: Vec<LoadedVersion> = {
             let gone: Vec<String> = loaded
