@@ -206,6 +206,38 @@ fn a_projection_moves_to_another_node_when_its_node_is_killed() {
     append_counted(&first, 50, 5);
     assert_eq!(counted(&first), 55);
     assert_eq!(counted(&second), 55);
+    // Both nodes say so: the nodes, who holds the projection, and the database.
+    let runner = second.api().get("/cluster").expect(200)["node"]["node"].clone();
+    let deadline = std::time::Instant::now() + SETTLE;
+    let cluster = loop {
+        let cluster = first.api().get("/cluster").expect(200);
+        if cluster["nodes"].as_array().unwrap().len() == 2 {
+            break cluster;
+        }
+        assert!(std::time::Instant::now() < deadline, "{cluster}");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let lease = cluster["leases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|l| {
+            l["lease"]
+                .as_str()
+                .unwrap()
+                .starts_with("projection/counting-projection/")
+        })
+        .expect("the projection's lease")
+        .clone();
+    assert_eq!(lease["holder"]["node"], runner, "{cluster}");
+    assert_eq!(cluster["database"]["engine"], "postgresql");
+    assert_eq!(cluster["database"]["role"], "primary");
+    let printed = crate::harness::run_evhost(&["cluster", "--url", first.url()]);
+    let printed = String::from_utf8_lossy(&printed.stdout);
+    assert!(
+        printed.contains("(this node)") && printed.contains("postgresql primary"),
+        "{printed}"
+    );
     // A read waiting for a position past events the projection does not subscribe to is
     // answered on the node standing by too.
     first
@@ -345,4 +377,19 @@ fn a_pause_or_resume_on_a_node_that_stands_by_reaches_the_node_that_runs_it() {
         .expect(200);
     assert_eq!(counted(&first), 25);
     assert_eq!(counted(&second), 25);
+}
+
+#[test]
+fn a_single_host_shows_itself_as_its_cluster() {
+    let server = Server::start();
+    let api = server.api();
+    api.deploy_guest("fixture-counting-projection");
+    let cluster = api.get("/cluster").expect(200);
+    let nodes = cluster["nodes"].as_array().unwrap();
+    assert_eq!(nodes.len(), 1, "{cluster}");
+    assert_eq!(nodes[0]["node"], cluster["node"]["node"]);
+    let leases = cluster["leases"].as_array().unwrap();
+    assert_eq!(leases.len(), 1, "{cluster}");
+    assert_eq!(leases[0]["holder"]["node"], cluster["node"]["node"]);
+    assert!(cluster["database"]["engine"].is_string(), "{cluster}");
 }

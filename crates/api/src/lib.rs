@@ -8,6 +8,7 @@
 //! [`Store`] trait and nothing else of the store.
 
 mod auth;
+mod cluster;
 mod commands;
 mod connection;
 mod error;
@@ -204,6 +205,7 @@ enum Route<'a> {
     Replays(&'a str),
     HandlerCommands(&'a str),
     Command(&'a str),
+    Cluster,
     Unknown,
 }
 
@@ -220,6 +222,7 @@ impl<'a> Route<'a> {
             Route::Replays(_) => "replays",
             Route::HandlerCommands(_) => "handler_commands",
             Route::Command(_) => "commands",
+            Route::Cluster => "cluster",
             Route::Unknown => "unknown",
         }
     }
@@ -231,6 +234,7 @@ impl<'a> Route<'a> {
             "/events" => Route::Events,
             "/plugins" => Route::Plugins,
             "/replays" => Route::Replays(""),
+            "/cluster" => Route::Cluster,
             _ => {
                 if let Some(name) = path.strip_prefix("/streams/") {
                     Route::Stream(name)
@@ -313,6 +317,7 @@ async fn dispatch(
     match (route, method) {
         (Route::Health, &Method::GET) => Ok(health(app)),
         (Route::Metrics, &Method::GET) => Ok(metrics(app)),
+        (Route::Cluster, &Method::GET) => cluster::show(app, &request).await,
         (Route::Stream(name), &Method::POST) => events::append(app, name, request).await,
         (Route::Stream(name), &Method::GET) => events::read_stream(app, name, &request).await,
         (Route::Events, &Method::GET) if events::wants_event_stream(&request) => {

@@ -1005,6 +1005,37 @@ impl Lifecycle for PgStore {
         self.shared.closed.send_replace(true);
         self.pool.close();
     }
+
+    async fn report(&self) -> Result<serde_json::Value, StorageError> {
+        let client = self.client().await?;
+        let row = client
+            .query_one(
+                "SELECT current_setting('server_version'), pg_is_in_recovery(),
+                        current_setting('synchronous_standby_names'),
+                        current_setting('synchronous_commit'),
+                        coalesce((SELECT json_agg(json_build_object(
+                            'application_name', application_name,
+                            'client_addr', client_addr::text,
+                            'state', state,
+                            'sync_state', sync_state,
+                            'replay_lag_ms', extract(epoch FROM replay_lag) * 1000))::text
+                          FROM pg_stat_replication), '[]')",
+                &[],
+            )
+            .await
+            .map_err(database)?;
+        let standbys: serde_json::Value =
+            serde_json::from_str(row.get::<_, &str>(4)).unwrap_or_default();
+        Ok(serde_json::json!({
+            "engine": "postgresql",
+            "server_version": row.get::<_, String>(0),
+            "role": if row.get::<_, bool>(1) { "standby" } else { "primary" },
+            "schema": self.shared.options.schema,
+            "synchronous_standby_names": row.get::<_, String>(2),
+            "synchronous_commit": row.get::<_, String>(3),
+            "standbys": standbys,
+        }))
+    }
 }
 
 #[cfg(test)]

@@ -560,6 +560,10 @@ impl Lifecycle for RedbStore {
         }
         self.reader.release();
     }
+
+    async fn report(&self) -> Result<serde_json::Value, StorageError> {
+        Ok(serde_json::json!({"engine": "redb"}))
+    }
 }
 
 impl Drop for RedbStore {

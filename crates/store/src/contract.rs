@@ -274,6 +274,10 @@ pub trait Lifecycle: Send + Sync {
 
     /// Stops taking writes, finishes the ones in flight and closes cleanly.
     async fn close(&self);
+
+    /// What the storage engine says of itself, for operators: its name and, for a database, its
+    /// role and replication as far as it reports them.
+    async fn report(&self) -> Result<serde_json::Value, StorageError>;
 }
 
 /// A whole backend: every concern of the contract.

@@ -477,4 +477,8 @@ impl Lifecycle for MemoryStore {
     async fn close(&self) {
         self.closed.store(true, Ordering::Release);
     }
+
+    async fn report(&self) -> Result<serde_json::Value, StorageError> {
+        Ok(serde_json::json!({"engine": "memory"}))
+    }
 }

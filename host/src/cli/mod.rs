@@ -5,6 +5,7 @@
 //! to the API, and turns errors into messages and exit codes (`anyhow` lives here only).
 
 mod client;
+mod cluster;
 mod logging;
 mod plugin_bench;
 mod plugins;
@@ -51,6 +52,9 @@ enum Action {
     Promote(versions::PromoteArgs),
     /// Return a plugin to its previous version.
     Rollback(versions::RollbackArgs),
+    /// Show the nodes sharing the host's store, who runs which projection and policy, and the
+    /// database's role and replication.
+    Cluster(cluster::ClusterArgs),
     /// Measure a handler component locally: compile and cached-load times, and the cost of
     /// `evolve` per event over a file of events.
     PluginBench(plugin_bench::PluginBenchArgs),
@@ -153,6 +157,7 @@ pub(crate) fn main() -> ExitCode {
         Action::Replay(args) => versions::replay(args),
         Action::Promote(args) => versions::promote(args),
         Action::Rollback(args) => versions::rollback(args),
+        Action::Cluster(args) => cluster::show(args),
         Action::PluginBench(args) => plugin_bench::run(args),
     };
     match result {

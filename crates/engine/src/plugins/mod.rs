@@ -394,6 +394,11 @@ impl Plugins {
         Ok(plugins)
     }
 
+    /// Where this node's runners are placed: the node, its peers and its leases.
+    pub fn placement(&self) -> &Arc<Placement> {
+        &self.placement
+    }
+
     /// Gives policies the way to deliver their commands, and starts promoting the candidates
     /// that take over by themselves.
     pub fn connect(self: &Arc<Self>, commands: Arc<dyn CommandSink>) {
