@@ -174,21 +174,91 @@ fn counted(server: &Server) -> u64 {
     .expect("a count")
 }
 
-/// Two nodes with the counting projection deployed on both: the first runs it, the second
-/// stands by.
+/// The node rendezvous hashing prefers for `lease` among `nodes`, as every node computes it
+/// (FNV-1a of the lease, a NUL and the node's name; the highest wins).
+fn preferred<'a>(lease: &str, nodes: &[&'a str]) -> &'a str {
+    nodes
+        .iter()
+        .copied()
+        .max_by_key(|node| {
+            let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+            for byte in lease.bytes().chain([0]).chain(node.bytes()) {
+                hash = (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3);
+            }
+            hash
+        })
+        .expect("a node")
+}
+
+/// Two data directories whose nodes are named so that the first is the one preferred for
+/// `lease`: it keeps the lease once placement settles, so a test knows which node to kill.
+fn nodes_preferring_the_first(lease: &str) -> [tempfile::TempDir; 2] {
+    let (a, b) = ("node-one", "node-two");
+    let names = if preferred(lease, &[a, b]) == a {
+        [a, b]
+    } else {
+        [b, a]
+    };
+    names.map(named_node)
+}
+
+/// A data directory for a node named `name`.
+fn named_node(name: impl AsRef<str>) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().expect("a data directory");
+    std::fs::write(dir.path().join("node-id"), name.as_ref()).expect("the node's name");
+    dir
+}
+
+/// Waits until `server` says the node `holder` runs the lease `lease` (placement has settled:
+/// a node that loaded it first may hold it for a moment before handing it to its preferred
+/// node).
+fn wait_for_holder(server: &Server, lease: &str, holder: &Server) {
+    let wanted = holder.api().get("/cluster").expect(200)["node"]["node"].clone();
+    let deadline = std::time::Instant::now() + SETTLE;
+    loop {
+        let cluster = server.api().get("/cluster").expect(200);
+        let held = cluster["leases"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|l| l["lease"] == lease && l["holder"]["node"] == wanted);
+        if held {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{lease} never held by {wanted}: {cluster}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn projection_lease(package: &str, name: &str) -> String {
+    let version = hex_sha256(&crate::harness::guest_wasm(package));
+    format!("projection/{name}/{version}")
+}
+
+fn hex_sha256(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// Two nodes with the counting projection deployed on both: the first runs it (and is the
+/// node preferred for it, so it keeps it), the second stands by.
 fn two_nodes_counting() -> (Server, Server) {
     let schema = fresh_schema();
-    let first = Launch::default().on_postgres(&schema).start();
-    let second = Launch::default().on_postgres(&schema).start();
+    let lease = projection_lease("fixture-counting-projection", "counting-projection");
+    let [one, two] = nodes_preferring_the_first(&lease);
+    let first = Launch::default().on_postgres(&schema).start_in(one);
+    let second = Launch::default().on_postgres(&schema).start_in(two);
     first.api().deploy_guest("fixture-counting-projection");
     second.api().deploy_guest("fixture-counting-projection");
+    wait_for_holder(&second, &lease, &first);
     append_counted(&first, 0, 20);
     assert_eq!(counted(&first), 20);
-    assert!(
-        !second.stderr().contains("this node runs projection/"),
-        "the first node holds the lease: {}",
-        second.stderr()
-    );
     (first, second)
 }
 
@@ -270,15 +340,17 @@ fn a_node_that_hung_past_its_lease_cannot_commit_when_it_wakes() {
 #[test]
 fn a_policy_whose_node_dies_after_its_outbox_write_delivers_once_from_another_node() {
     let schema = fresh_schema();
+    let [one, two] = nodes_preferring_the_first("policy/hostile-policy");
     let mut first = Launch::default()
         .on_postgres(&schema)
         .env("EVHOST_CRASH_AT", "policy-after-outbox")
-        .start();
-    let second = Launch::default().on_postgres(&schema).start();
+        .start_in(one);
+    let second = Launch::default().on_postgres(&schema).start_in(two);
     for server in [&first, &second] {
         server.api().deploy_guest("fixture-counter");
         server.api().deploy_guest("fixture-hostile-policy");
     }
+    wait_for_holder(&second, "policy/hostile-policy", &first);
     // The first node runs the policy (it claimed it first) and dies once the command is in
     // the outbox, before delivering it.
     second
@@ -392,4 +464,79 @@ fn a_single_host_shows_itself_as_its_cluster() {
     assert_eq!(leases.len(), 1, "{cluster}");
     assert_eq!(leases[0]["holder"]["node"], cluster["node"]["node"]);
     assert!(cluster["database"]["engine"].is_string(), "{cluster}");
+}
+
+#[test]
+fn the_work_spreads_over_the_nodes_and_moves_when_one_leaves() {
+    let schema = fresh_schema();
+    let runners = [
+        ("fixture-counting-projection", "counting-projection"),
+        ("visits", "visits"),
+        ("stays", "stays"),
+    ];
+    let leases: Vec<String> = runners
+        .iter()
+        .map(|(package, name)| projection_lease(package, name))
+        .collect();
+    // Names under which the three runners do not all prefer one node.
+    let names = (0..)
+        .map(|n| [format!("node-a{n}"), format!("node-b{n}")])
+        .find(|[a, b]| {
+            let chosen: Vec<&str> = leases.iter().map(|l| preferred(l, &[a, b])).collect();
+            chosen.contains(&a.as_str()) && chosen.contains(&b.as_str())
+        })
+        .expect("names that split the work");
+    let [one, two] = names.map(named_node);
+    let first = Launch::default().on_postgres(&schema).start_in(one);
+    for (package, _) in runners {
+        first.api().deploy_guest(package);
+    }
+    let mut second = Launch::default().on_postgres(&schema).start_in(two);
+    let holders = |server: &Server| -> Vec<String> {
+        let cluster = server.api().get("/cluster").expect(200);
+        cluster["leases"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|l| l["holder"]["node"].as_str().unwrap_or("").to_owned())
+            .collect()
+    };
+    let name = |server: &Server| {
+        server.api().get("/cluster").expect(200)["node"]["node"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    };
+    let (one, two) = (name(&first), name(&second));
+    // Both nodes end up running some of the three runners, with each held by one of them.
+    let deadline = std::time::Instant::now() + SETTLE;
+    loop {
+        let held = holders(&first);
+        if held.len() == 3 && held.contains(&one) && held.contains(&two) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never spread: {held:?}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    append_counted(&first, 0, 10);
+    assert_eq!(counted(&second), 10);
+    // The second leaves: everything comes back to the first.
+    second.terminate();
+    let deadline = std::time::Instant::now() + SETTLE;
+    loop {
+        let held = holders(&first);
+        if held.iter().all(|h| *h == one) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never came back: {held:?}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    append_counted(&first, 10, 5);
+    assert_eq!(counted(&first), 15);
 }
