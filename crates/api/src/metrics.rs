@@ -159,6 +159,7 @@ struct RunnerGauges<'a> {
     position: u64,
     lag: u64,
     paused: bool,
+    standby: bool,
 }
 
 /// Gauges of the projections and policies in `listing` (as `GET /plugins` shows them): the
@@ -174,11 +175,12 @@ pub fn render_runners(out: &mut String, listing: &[serde_json::Value]) {
                 position: plugin["position"].as_u64()?,
                 lag: plugin["lag"].as_u64()?,
                 paused: plugin["status"] == "paused",
+                standby: plugin["status"] == "standby",
             })
         })
         .collect();
     type Gauge = fn(&RunnerGauges<'_>) -> u64;
-    let families: [(&str, &str, Gauge); 3] = [
+    let families: [(&str, &str, Gauge); 4] = [
         (
             "evhost_plugin_position",
             "The last log position a projection or policy has processed.",
@@ -193,6 +195,11 @@ pub fn render_runners(out: &mut String, listing: &[serde_json::Value]) {
             "evhost_plugin_paused",
             "1 while a projection or policy is paused.",
             |r| u64::from(r.paused),
+        ),
+        (
+            "evhost_plugin_standby",
+            "1 while another node sharing the store runs a projection or policy.",
+            |r| u64::from(r.standby),
         ),
     ];
     for (name, help, value) in families {

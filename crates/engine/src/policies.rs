@@ -274,11 +274,14 @@ impl PolicyRunner {
         *self.processed.borrow()
     }
 
-    /// `running`, `catching_up` or `paused`, and the last error, for listings.
+    /// `running`, `catching_up`, `paused` or `standby` (another node runs it), and the last
+    /// error, for listings.
     pub fn state(&self, head: u64) -> (&'static str, Option<String>) {
         let error = self.error.lock().unwrap_or_else(|p| p.into_inner()).clone();
         let status = if *self.paused.borrow() {
             "paused"
+        } else if self.tenure.borrow().is_none() {
+            "standby"
         } else if self.position() + (BATCH_EVENTS as u64) < head {
             "catching_up"
         } else {

@@ -302,11 +302,13 @@ impl ProjectionRunner {
         self.status.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// `running`, `catching_up` or `paused`, and the error to show, for listings.
+    /// `running`, `catching_up`, `paused` or `standby` (another node runs it), and the error
+    /// to show, for listings.
     pub fn state(&self) -> (&'static str, Option<String>) {
         let status = self.status();
         match &status.paused {
             Some(pause) => ("paused", pause.error.clone()),
+            None if self.tenure.borrow().is_none() => ("standby", None),
             None if status.catching_up => ("catching_up", status.error.clone()),
             None => ("running", status.error.clone()),
         }
