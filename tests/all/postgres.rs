@@ -540,3 +540,115 @@ fn the_work_spreads_over_the_nodes_and_moves_when_one_leaves() {
     append_counted(&first, 10, 5);
     assert_eq!(counted(&first), 15);
 }
+
+/// Appends from `writers` threads through `servers` in turn until `stop`, each event with an id
+/// of its own; answers the ids of the appends that were acknowledged (201).
+fn appending(
+    servers: &[&Server],
+    writers: usize,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    acknowledged: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+) -> Vec<std::thread::JoinHandle<()>> {
+    (0..writers)
+        .map(|writer| {
+            let api = servers[writer % servers.len()].api();
+            let (stop, acknowledged) = (stop.clone(), acknowledged.clone());
+            std::thread::spawn(move || {
+                let mut n = 0;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let id = format!("w{writer}-{n}");
+                    let body = json!({"events": [
+                        event_with_id(&id, "Incremented", json!({"by": 1})),
+                    ]});
+                    if let Ok(reply) = api.try_append(&format!("counter-{}", n % 7), &body) {
+                        if reply.status == 201 {
+                            acknowledged.lock().unwrap().push(id);
+                        }
+                        if reply.status == 201 || reply.status == 200 {
+                            n += 1;
+                        }
+                    }
+                }
+            })
+        })
+        .collect()
+}
+
+#[test]
+fn killing_the_postgresql_primary_loses_no_acknowledged_append() {
+    use evhost_postgres::test_server::TestServer;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::{Arc, Mutex};
+    let primary = TestServer::start().expect("a primary");
+    let standby = primary
+        .start_synchronous_standby("standby1")
+        .expect("a synchronous standby");
+    let url = format!(
+        "postgres://postgres@127.0.0.1:{},127.0.0.1:{}/postgres?target_session_attrs=read-write&connect_timeout=2",
+        primary.port, standby.port
+    );
+    let schema = fresh_schema();
+    let lease = projection_lease("fixture-counting-projection", "counting-projection");
+    let [one, two] = nodes_preferring_the_first(&lease);
+    let launch = |dir| {
+        Launch::default()
+            .arg("--store")
+            .arg(&url)
+            .arg("--store-schema")
+            .arg(&schema)
+            .start_in(dir)
+    };
+    let (first, second) = (launch(one), launch(two));
+    first.api().deploy_guest("fixture-counting-projection");
+    wait_for_holder(&second, &lease, &first);
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let acknowledged = Arc::new(Mutex::new(Vec::new()));
+    let writers = appending(&[&first, &second], 4, stop.clone(), acknowledged.clone());
+    let acked = || acknowledged.lock().unwrap().len();
+    let wait_for_acks = |count: usize| {
+        let deadline = std::time::Instant::now() + SETTLE;
+        while acked() < count {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "only {} appends acknowledged",
+                acked()
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    };
+    wait_for_acks(100);
+    primary.kill_9();
+    let at_kill = acked();
+    standby.promote().expect("the standby takes over");
+    // Appends go on against the new primary.
+    wait_for_acks(at_kill + 100);
+    stop.store(true, Ordering::Relaxed);
+    for writer in writers {
+        writer.join().unwrap();
+    }
+
+    let log = second.api().all_events();
+    let positions: Vec<u64> = log
+        .iter()
+        .map(|e| e["position"].as_u64().unwrap())
+        .collect();
+    assert_eq!(
+        positions,
+        (1..=log.len() as u64).collect::<Vec<_>>(),
+        "gapless"
+    );
+    let stored: std::collections::BTreeSet<&str> =
+        log.iter().map(|e| e["id"].as_str().unwrap()).collect();
+    let acknowledged = acknowledged.lock().unwrap();
+    let missing: Vec<&String> = acknowledged
+        .iter()
+        .filter(|id| !stored.contains(id.as_str()))
+        .collect();
+    assert!(missing.is_empty(), "acknowledged and lost: {missing:?}");
+    assert_eq!(stored.len(), log.len(), "an event stored twice");
+    assert_eq!(standby.psql("SELECT pg_is_in_recovery()").unwrap(), "f");
+    // The projection counted every event once, on the new primary.
+    assert_eq!(counted(&first), log.len() as u64);
+    assert_eq!(counted(&second), log.len() as u64);
+}

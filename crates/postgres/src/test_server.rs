@@ -18,8 +18,20 @@ pub struct TestServer {
     pub port: u16,
     /// The directory holding the cluster and its log.
     pub dir: PathBuf,
-    /// Holds the guard's pipe open while this process lives.
+    /// The postmaster's process id.
+    pub pid: u32,
+    bin: PathBuf,
+    as_root: bool,
+    /// Holds the guard's pipe open while this value (or, for the shared one, the process) lives.
     _guard: Child,
+}
+
+/// How a new server's cluster is made.
+enum Cluster<'a> {
+    /// `initdb`: an empty primary.
+    New,
+    /// `pg_basebackup` of a running primary: a standby streaming from it, under this name.
+    StandbyOf(&'a TestServer, &'a str),
 }
 
 impl TestServer {
@@ -39,6 +51,75 @@ impl TestServer {
 
     /// Starts a new server and waits until it takes connections.
     pub fn start() -> Result<TestServer, String> {
+        TestServer::make(Cluster::New)
+    }
+
+    /// Starts a standby of `self`, named `name`, and makes it the primary's synchronous
+    /// standby: from the moment this returns, every commit on the primary waits for it.
+    pub fn start_synchronous_standby(&self, name: &str) -> Result<TestServer, String> {
+        let standby = TestServer::make(Cluster::StandbyOf(self, name))?;
+        self.psql(&format!(
+            "ALTER SYSTEM SET synchronous_standby_names = '{name}'"
+        ))?;
+        self.psql("SELECT pg_reload_conf()")?;
+        let started = Instant::now();
+        while self.psql(&format!(
+            "SELECT 1 FROM pg_stat_replication WHERE application_name = '{name}' AND sync_state = 'sync'"
+        ))? != "1"
+        {
+            if started.elapsed() > Duration::from_secs(120) {
+                return Err(format!("{name} never became a synchronous standby"));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Ok(standby)
+    }
+
+    /// Kills the server at once (SIGKILL), as a crash or a power cut would stop it.
+    pub fn kill_9(&self) {
+        // SAFETY: kill has no memory preconditions; a process that is gone makes it fail.
+        unsafe {
+            libc::kill(self.pid as i32, libc::SIGKILL);
+        }
+    }
+
+    /// Promotes a standby to primary and waits until it takes writes.
+    pub fn promote(&self) -> Result<(), String> {
+        run(as_postgres(&self.bin.join("pg_ctl"), self.as_root)
+            .args(["promote", "-w", "-t", "120", "-D"])
+            .arg(self.dir.join("data")))
+    }
+
+    /// Runs one SQL statement with psql; answers its output, trimmed.
+    pub fn psql(&self, sql: &str) -> Result<String, String> {
+        let output = Command::new(self.bin.join("psql"))
+            .args([
+                "-X",
+                "-A",
+                "-t",
+                "-h",
+                "127.0.0.1",
+                "-U",
+                "postgres",
+                "-d",
+                "postgres",
+            ])
+            .arg("-p")
+            .arg(self.port.to_string())
+            .arg("-c")
+            .arg(sql)
+            .output()
+            .map_err(|e| format!("running psql: {e}"))?;
+        if !output.status.success() {
+            return Err(format!(
+                "psql {sql:?}: {}",
+                String::from_utf8_lossy(&output.stderr)
+            ));
+        }
+        Ok(String::from_utf8_lossy(&output.stdout).trim().to_owned())
+    }
+
+    fn make(cluster: Cluster<'_>) -> Result<TestServer, String> {
         let bin = binaries()?;
         let dir = std::env::temp_dir().join(format!(
             "evhost-test-postgres-{}",
@@ -51,13 +132,36 @@ impl TestServer {
         if as_root {
             run(Command::new("chown").arg("postgres:").arg(&dir))?;
         }
-        run(as_postgres(&bin.join("initdb"), as_root)
-            .arg("-D")
-            .arg(&data)
-            .args(["-U", "postgres", "-A", "trust", "-E", "UTF8", "--no-locale"]))?;
+        let mut settings = vec!["fsync=on".to_owned(), "max_connections=300".to_owned()];
+        match cluster {
+            Cluster::New => run(as_postgres(&bin.join("initdb"), as_root)
+                .arg("-D")
+                .arg(&data)
+                .args(["-U", "postgres", "-A", "trust", "-E", "UTF8", "--no-locale"]))?,
+            Cluster::StandbyOf(primary, name) => {
+                run(as_postgres(&bin.join("pg_basebackup"), as_root)
+                    .args([
+                        "-h",
+                        "127.0.0.1",
+                        "-U",
+                        "postgres",
+                        "-X",
+                        "stream",
+                        "-R",
+                        "-D",
+                    ])
+                    .arg(&data)
+                    .arg("-p")
+                    .arg(primary.port.to_string()))?;
+                // The walreceiver names itself after the cluster, which the primary's
+                // synchronous_standby_names refers to.
+                settings.push(format!("cluster_name={name}"));
+            }
+        }
         let port = free_port()?;
         let log = dir.join("postgres.log");
-        let server = as_postgres(&bin.join("postgres"), as_root)
+        let mut command = as_postgres(&bin.join("postgres"), as_root);
+        command
             .arg("-D")
             .arg(&data)
             .arg("-p")
@@ -65,8 +169,11 @@ impl TestServer {
             .arg("-c")
             .arg("listen_addresses=127.0.0.1")
             .arg("-c")
-            .arg(format!("unix_socket_directories={}", dir.display()))
-            .args(["-c", "fsync=on", "-c", "max_connections=300"])
+            .arg(format!("unix_socket_directories={}", dir.display()));
+        for setting in &settings {
+            command.arg("-c").arg(setting);
+        }
+        let server = command
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(
@@ -75,10 +182,14 @@ impl TestServer {
             )
             .spawn()
             .map_err(|e| format!("starting postgres: {e}"))?;
-        let guard = guard(server.id(), &dir)?;
+        let pid = server.id();
+        let guard = guard(pid, &dir)?;
         let server = TestServer {
             port,
             dir,
+            pid,
+            bin,
+            as_root,
             _guard: guard,
         };
         server.wait_ready(&log)?;
@@ -90,7 +201,7 @@ impl TestServer {
         while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err()
             || !std::fs::read_to_string(log)
                 .unwrap_or_default()
-                .contains("ready to accept connections")
+                .contains("ready to accept")
         {
             if started.elapsed() > Duration::from_secs(120) {
                 return Err(format!(
