@@ -287,6 +287,25 @@ impl PgStore {
         self.pool.get().await.map_err(pool)
     }
 
+    /// Deletes the rows of `table` whose text `column` starts with `prefix`; answers how many.
+    async fn delete_prefixed(
+        &self,
+        table: &str,
+        column: &str,
+        prefix: &str,
+    ) -> Result<u64, StorageError> {
+        if !storable(prefix) {
+            return Ok(0);
+        }
+        let range = text_range(prefix, None);
+        let sql = format!("DELETE FROM {table} WHERE {}", range.condition(column, 1));
+        let client = self.client().await?;
+        client
+            .execute(&sql, &range.params())
+            .await
+            .map_err(database)
+    }
+
     /// The rows of `sql` as recorded events, in order, until their records hold the page's
     /// bytes; and whether more rows followed.
     async fn page(
@@ -695,16 +714,7 @@ impl Catalog for PgStore {
     }
 
     async fn delete_blobs(&self, prefix: &str) -> Result<u64, StorageError> {
-        if !storable(prefix) {
-            return Ok(0);
-        }
-        let range = text_range(prefix, None);
-        let sql = format!("DELETE FROM blobs WHERE {}", range.condition("key", 1));
-        let client = self.client().await?;
-        client
-            .execute(&sql, &range.params())
-            .await
-            .map_err(database)
+        self.delete_prefixed("blobs", "key", prefix).await
     }
 }
 
@@ -810,16 +820,7 @@ impl PluginData for PgStore {
     }
 
     async fn delete_data(&self, space_prefix: &str) -> Result<u64, StorageError> {
-        if !storable(space_prefix) {
-            return Ok(0);
-        }
-        let range = text_range(space_prefix, None);
-        let sql = format!("DELETE FROM data WHERE {}", range.condition("space", 1));
-        let client = self.client().await?;
-        client
-            .execute(&sql, &range.params())
-            .await
-            .map_err(database)
+        self.delete_prefixed("data", "space", space_prefix).await
     }
 
     async fn take_lease(&self, lease: &str) -> Result<u64, StorageError> {

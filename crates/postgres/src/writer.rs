@@ -216,7 +216,7 @@ impl Writer {
                 match message {
                     Message::Close(done) => closing = Some(done),
                     Message::Commit(job) => {
-                        let (e, b) = weight(&job.commit);
+                        let (e, b) = job.commit.weight();
                         (entries, bytes) = (entries + e, bytes + b);
                         group.push(job);
                     }
@@ -925,22 +925,6 @@ async fn when(
     statement: impl Future<Output = Result<u64, tokio_postgres::Error>>,
 ) -> Result<u64, tokio_postgres::Error> {
     if needed { statement.await } else { Ok(0) }
-}
-
-/// What a commit's share of a group weighs, against the group's bounds: (entries, bytes).
-fn weight(commit: &Commit) -> (usize, usize) {
-    let events = commit.append.as_ref().map_or(&[][..], |a| &a.events[..]);
-    let bytes = events
-        .iter()
-        .map(|e| e.data.len() + e.metadata.len())
-        .chain(
-            commit
-                .data
-                .iter()
-                .map(|w| w.key.len() + w.value.as_ref().map_or(0, Vec::len)),
-        )
-        .sum();
-    (events.len() + commit.data.len(), bytes)
 }
 
 /// The same failure again, for each commit of a group.

@@ -1111,22 +1111,6 @@ struct Writer {
     counters: Arc<Counters>,
 }
 
-/// What a commit's share of a group weighs, against the group's bounds: (entries, bytes).
-fn weight(commit: &Commit) -> (usize, usize) {
-    let events = commit.append.as_ref().map_or(&[][..], |a| &a.events[..]);
-    let bytes = events
-        .iter()
-        .map(|e| e.data.len() + e.metadata.len())
-        .chain(
-            commit
-                .data
-                .iter()
-                .map(|w| w.key.len() + w.value.as_ref().map_or(0, Vec::len)),
-        )
-        .sum();
-    (events.len() + commit.data.len(), bytes)
-}
-
 impl Writer {
     fn run(&mut self, jobs: mpsc::Receiver<WriterMessage>) {
         let mut closing = false;
@@ -1146,7 +1130,7 @@ impl Writer {
                     #[cfg(test)]
                     WriterMessage::Fail => panic!("the writer failed on purpose"),
                     WriterMessage::Commit(job) => {
-                        let (e, b) = weight(&job.commit);
+                        let (e, b) = job.commit.weight();
                         (entries, bytes) = (entries + e, bytes + b);
                         appends += usize::from(job.commit.append.is_some());
                         group.push(job);

@@ -49,6 +49,24 @@ pub struct Commit {
     pub want_records: bool,
 }
 
+impl Commit {
+    /// What the commit weighs against the bounds of a commit group: (events and data writes,
+    /// bytes of event data, metadata, keys and values).
+    pub fn weight(&self) -> (usize, usize) {
+        let events = self.append.as_ref().map_or(&[][..], |a| &a.events[..]);
+        let bytes = events
+            .iter()
+            .map(|e| e.data.len() + e.metadata.len())
+            .chain(
+                self.data
+                    .iter()
+                    .map(|w| w.key.len() + w.value.as_ref().map_or(0, Vec::len)),
+            )
+            .sum();
+        (events.len() + self.data.len(), bytes)
+    }
+}
+
 /// What a durable commit did.
 #[derive(Debug, Clone, Default)]
 pub struct Committed {
