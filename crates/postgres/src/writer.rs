@@ -308,10 +308,7 @@ impl Writer {
                     "a commit of {} commits failed, nothing written: {error}",
                     group.len()
                 );
-                break group
-                    .iter()
-                    .map(|_| Err(clone_error(&error).into()))
-                    .collect();
+                break group.iter().map(|_| Err(error.clone().into())).collect();
             }
             tracing::warn!("a commit waits for PostgreSQL: {error}");
             tokio::time::sleep(backoff).await;
@@ -535,15 +532,10 @@ fn apply(
     writes: &mut GroupWrites,
     recorded_at: &str,
 ) -> Result<Result<Committed, CommitError>, StorageError> {
-    if let Some(fence) = &commit.fence {
-        let current = tokens.get(&fence.lease).copied().unwrap_or(0);
-        if current != fence.token {
-            return Ok(Err(CommitError::Fenced {
-                lease: fence.lease.clone(),
-                token: fence.token,
-                current,
-            }));
-        }
+    if let Some(fence) = &commit.fence
+        && let Err(fenced) = fence.check(tokens.get(&fence.lease).copied().unwrap_or(0))
+    {
+        return Ok(Err(fenced));
     }
     let mut committed = Committed::default();
     if let Some(request) = &commit.append {
@@ -925,18 +917,4 @@ async fn when(
     statement: impl Future<Output = Result<u64, tokio_postgres::Error>>,
 ) -> Result<u64, tokio_postgres::Error> {
     if needed { statement.await } else { Ok(0) }
-}
-
-/// The same failure again, for each commit of a group.
-fn clone_error(error: &StorageError) -> StorageError {
-    match error {
-        StorageError::Unavailable(m) => StorageError::Unavailable(m.clone()),
-        StorageError::OutcomeUnknown(m) => StorageError::OutcomeUnknown(m.clone()),
-        StorageError::Failed(m) => StorageError::Failed(m.clone()),
-        StorageError::Corrupt { position, reason } => StorageError::Corrupt {
-            position: *position,
-            reason: reason.clone(),
-        },
-        StorageError::Closed => StorageError::Closed,
-    }
 }

@@ -1352,12 +1352,8 @@ impl Writer {
                 .get(fence.lease.as_str())
                 .map_err(engine)?
                 .map_or(0, |t| t.value());
-            if current != fence.token {
-                return Ok(Err(CommitError::Fenced {
-                    lease: fence.lease.clone(),
-                    token: fence.token,
-                    current,
-                }));
+            if let Err(fenced) = fence.check(current) {
+                return Ok(Err(fenced));
             }
         }
         let mut committed = Committed::default();

@@ -36,6 +36,21 @@ pub struct Fence {
     pub token: u64,
 }
 
+impl Fence {
+    /// Whether a commit under this fence may go on, the lease's last token being `current`
+    /// (0 when none was handed out): refused with [`CommitError::Fenced`] unless they are equal.
+    pub fn check(&self, current: u64) -> Result<(), CommitError> {
+        if current == self.token {
+            return Ok(());
+        }
+        Err(CommitError::Fenced {
+            lease: self.lease.clone(),
+            token: self.token,
+            current,
+        })
+    }
+}
+
 /// One atomic unit of commit: an append, data writes, or both, under an optional fence. All of
 /// it becomes durable together, or none of it: a refused append or a failed fence writes no
 /// data either.

@@ -74,7 +74,7 @@ impl CommitError {
 }
 
 /// A failure of the storage engine itself.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum StorageError {
     /// Nothing was done, and the same operation may succeed if tried again.
     #[error("storage unavailable: {0}")]

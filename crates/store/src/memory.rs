@@ -155,14 +155,7 @@ impl Commits for MemoryStore {
         let started = Instant::now();
         let mut state = self.state();
         if let Some(fence) = &commit.fence {
-            let current = state.leases.get(&fence.lease).copied().unwrap_or(0);
-            if current != fence.token {
-                return Err(CommitError::Fenced {
-                    lease: fence.lease.clone(),
-                    token: fence.token,
-                    current,
-                });
-            }
+            fence.check(state.leases.get(&fence.lease).copied().unwrap_or(0))?;
         }
         let mut committed = Committed::default();
         if let Some(request) = &commit.append {
