@@ -19,6 +19,11 @@
 #   --memory-events N     also fill a store with N events and report evhost's memory
 #   --baseline BINARY     an earlier build of evhost takes the evhost, plugins and projections
 #                         workloads too, in the same rounds, right after this build's
+#   --systems cluster     the cluster benchmark alone (never part of the default set): evhost on
+#                         PostgreSQL with 1 and 3 nodes against PostgreSQL alone (gapless and
+#                         sequence), evhost on redb beside them, all on a PostgreSQL primary
+#                         with a synchronous standby this script starts; appends, batches, the
+#                         race, reading, visit commands and the visits projection's catch-up
 #   --systems stress      the stress benchmark alone (never part of the default set): the worst
 #                         loads of clients and plugins, and other clients' p99 under each; with
 #                         --stress-baseline BINARY an earlier build takes the same loads too
@@ -49,6 +54,11 @@ done
 # wants SYSTEM: whether this run benchmarks SYSTEM.
 wants() { [ -z "$systems" ] || [[ ",$systems," == *",$1,"* ]]; }
 
+# The cluster benchmark runs only when asked for by name; it needs PostgreSQL with a standby.
+cluster=""
+if [[ ",$systems," == *",cluster,"* ]]; then cluster=yes; fi
+wants_postgres() { wants postgres || [ -n "$cluster" ]; }
+
 as_root() {
     if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi
 }
@@ -67,7 +77,7 @@ postgres_bin() {
 
 install_missing() {
     local missing=()
-    if wants postgres; then postgres_bin >/dev/null || missing+=(postgresql); fi
+    if wants_postgres; then postgres_bin >/dev/null || missing+=(postgresql); fi
     if wants nats; then command -v nats-server >/dev/null || missing+=(nats-server); fi
     [ ${#missing[@]} -eq 0 ] && return
     log "installing ${missing[*]}"
@@ -116,13 +126,21 @@ work=""
 bench_pid=""
 nats_pid=""
 postgres_started=""
+standby_started=""
 cleanup() {
     local status=$?
     set +e
     trap - EXIT INT TERM
     [ -n "$bench_pid" ] && stop_pid "$bench_pid" evhost-bench
-    [ -f "$work/evhost/evhost.pid" ] && stop_pid "$(cat "$work/evhost/evhost.pid")" evhost
+    local pid_file
+    for pid_file in "$work"/evhost/evhost*.pid; do
+        [ -f "$pid_file" ] && stop_pid "$(cat "$pid_file")" evhost
+    done
     [ -n "$nats_pid" ] && stop_pid "$nats_pid" nats-server
+    if [ -n "$standby_started" ]; then
+        as_postgres "$postgres/pg_ctl" -D "$work/standby" -m fast -w -t 30 stop >/dev/null ||
+            log "the standby did not stop; see $work/postgres-run/standby.log"
+    fi
     if [ -n "$postgres_started" ]; then
         as_postgres "$postgres/pg_ctl" -D "$work/postgres" -m fast -w -t 30 stop >/dev/null ||
             log "PostgreSQL did not stop; see $work/postgres-run/postgres.log"
@@ -210,7 +228,7 @@ if ! cargo build --release -p evhost -p evhost-bench; then
     evhost_error=(--evhost-error "cargo build --release -p evhost failed")
 fi
 plugins_error=()
-if wants plugins || wants projections || wants versions; then
+if wants plugins || wants projections || wants versions || [ -n "$cluster" ]; then
     # The toolchain is the one rust-toolchain.toml names; its wasm32-wasip2 target may be missing.
     toolchain=$(sed -n 's/^channel *= *"\(.*\)"$/\1/p' rust-toolchain.toml)
     build_visit=(cargo build --release --locked --target wasm32-wasip2 -p visit -p visits
@@ -231,14 +249,18 @@ fi
 work=$(mktemp -d "${TMPDIR:-/tmp}/evhost-bench.XXXXXX")
 chmod 755 "$work"
 mkdir "$work/postgres" "$work/postgres-run" "$work/nats" "$work/evhost"
-if [ "$(id -u)" -eq 0 ] && wants postgres; then
+if [ -n "$cluster" ]; then
+    mkdir -m 700 "$work/standby"
+fi
+if [ "$(id -u)" -eq 0 ] && wants_postgres; then
     chown postgres: "$work/postgres" "$work/postgres-run"
+    if [ -n "$cluster" ]; then chown postgres: "$work/standby"; fi
 fi
 
 # The servers evhost-bench is to reach, as its options.
 services=()
 
-if wants postgres; then
+if wants_postgres; then
     postgres=$(postgres_bin)
     postgres_port=$(free_port)
     log "starting PostgreSQL on 127.0.0.1:$postgres_port"
@@ -255,6 +277,38 @@ if wants postgres; then
         exit 1
     }
     services+=(--postgres "host=127.0.0.1 port=$postgres_port user=postgres dbname=postgres")
+    services+=(--postgres-url "postgres://postgres@127.0.0.1:$postgres_port/postgres")
+fi
+
+# The cluster benchmark's PostgreSQL has a synchronous standby: a copy of the primary taken with
+# pg_basebackup, streaming from it, and named in synchronous_standby_names, so that every
+# commit waits until the standby has it on disk.
+if [ -n "$cluster" ]; then
+    standby_port=$(free_port)
+    log "starting a synchronous standby on 127.0.0.1:$standby_port"
+    as_postgres "$postgres/pg_basebackup" -h 127.0.0.1 -p "$postgres_port" -U postgres \
+        -D "$work/standby" -R -X stream >"$work/basebackup.log" 2>&1 || {
+        cat "$work/basebackup.log" >&2
+        exit 1
+    }
+    standby_started=yes
+    as_postgres "$postgres/pg_ctl" -D "$work/standby" -l "$work/postgres-run/standby.log" -w -t 60 \
+        -o "-c listen_addresses=127.0.0.1 -p $standby_port -c unix_socket_directories=$work/postgres-run -c cluster_name=standby" \
+        start >/dev/null || {
+        cat "$work/postgres-run/standby.log" >&2
+        exit 1
+    }
+    primary_sql() {
+        as_postgres "$postgres/psql" -X -q -t -A -h 127.0.0.1 -p "$postgres_port" -U postgres \
+            -d postgres -c "$1"
+    }
+    primary_sql "alter system set synchronous_standby_names = '*'" >/dev/null
+    primary_sql "select pg_reload_conf()" >/dev/null
+    synchronous() { [ "$(primary_sql "select count(*) from pg_stat_replication where sync_state = 'sync'")" = 1 ]; }
+    wait_for 60 synchronous || {
+        log "the standby did not become synchronous"
+        exit 1
+    }
 fi
 
 if wants nats; then

@@ -4,6 +4,7 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
@@ -40,7 +41,20 @@ impl Server {
         work: &Path,
         timeout: Duration,
     ) -> Result<Self> {
-        let log = work.join("evhost.log");
+        Self::start_named(binary, data, work, timeout, "evhost", &[]).await
+    }
+
+    /// The same with `extra` arguments to `evhost serve` (a shared store, say), its log and
+    /// process id in `<name>.log` and `<name>.pid`, so that several servers share `work`.
+    pub(crate) async fn start_named(
+        binary: &Path,
+        data: &Path,
+        work: &Path,
+        timeout: Duration,
+        name: &str,
+        extra: &[String],
+    ) -> Result<Self> {
+        let log = work.join(format!("{name}.log"));
         let stderr =
             std::fs::File::create(&log).with_context(|| format!("creating {}", log.display()))?;
         let mut child = Command::new(binary)
@@ -49,6 +63,7 @@ impl Server {
             .arg(data)
             .arg("--listen")
             .arg("127.0.0.1:0")
+            .args(extra)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(stderr)
@@ -56,7 +71,7 @@ impl Server {
             .spawn()
             .with_context(|| format!("starting {}", binary.display()))?;
         let pid = child.id().context("the server exited at once")?;
-        std::fs::write(work.join("evhost.pid"), pid.to_string())?;
+        std::fs::write(work.join(format!("{name}.pid")), pid.to_string())?;
         let mut lines = BufReader::new(child.stdout.take().context("no stdout")?).lines();
         let ready = tokio::time::timeout(timeout, async {
             while let Some(line) = lines.next_line().await? {
@@ -153,6 +168,44 @@ impl Evhost {
         let path = format!("/events?from={}&limit=1", head.max(1));
         let (status, body) = http.send(Method::GET, &path, None).await?;
         expect(status, StatusCode::OK, &body)
+    }
+}
+
+/// Several evhost nodes sharing one store: each new client connects to the next node in turn,
+/// and the log is read from the first.
+pub(crate) struct EvhostNodes {
+    pub(crate) addrs: Vec<SocketAddr>,
+    next: AtomicUsize,
+}
+
+impl EvhostNodes {
+    pub(crate) fn new(addrs: Vec<SocketAddr>) -> Self {
+        assert!(!addrs.is_empty(), "a cluster has a node");
+        Self {
+            addrs,
+            next: AtomicUsize::new(0),
+        }
+    }
+}
+
+impl System for EvhostNodes {
+    type Client = EvhostClient;
+
+    async fn connect(&self) -> Result<EvhostClient> {
+        let node = self.next.fetch_add(1, Ordering::Relaxed) % self.addrs.len();
+        Evhost {
+            addr: self.addrs[node],
+        }
+        .connect()
+        .await
+    }
+
+    async fn read_all(&self) -> Result<u64> {
+        Evhost {
+            addr: self.addrs[0],
+        }
+        .read_all()
+        .await
     }
 }
 

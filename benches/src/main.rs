@@ -7,6 +7,7 @@
 //! started by `benches/run.sh`, which passes their addresses. A system that fails (to start or in
 //! a workload) is reported as failed and the others still run.
 
+mod cluster;
 mod evhost;
 mod http;
 mod jetstream;
@@ -152,6 +153,10 @@ struct Args {
         default_value = "counter,sequence"
     )]
     postgres_positions: Vec<postgres::Position>,
+    /// The same PostgreSQL server as a URL for `evhost serve --store`, e.g.
+    /// "postgres://postgres@127.0.0.1:5432/postgres" (the cluster benchmark).
+    #[arg(long)]
+    postgres_url: Option<String>,
     /// NATS server address (JetStream enabled).
     #[arg(long)]
     nats: Option<SocketAddr>,
@@ -186,6 +191,9 @@ enum Kind {
     Languages,
     /// Not in the default set: the worst loads, and other clients' latency under each.
     Stress,
+    /// Not in the default set: evhost on PostgreSQL with one node and three against
+    /// PostgreSQL alone, all with a synchronous standby (`--postgres` and `--postgres-url`).
+    Cluster,
 }
 
 fn main() -> ExitCode {
@@ -287,9 +295,14 @@ async fn run(args: Args) -> Result<()> {
     } else {
         None
     };
-    // The stress benchmark is a run of its own: its loads would spoil every other figure.
-    if args.systems.contains(&Kind::Stress) {
-        let text = run_stress(&args, &work).await?;
+    // The stress and cluster benchmarks are runs of their own: their loads and set-ups would
+    // spoil every other figure.
+    if args.systems.contains(&Kind::Stress) || args.systems.contains(&Kind::Cluster) {
+        let text = if args.systems.contains(&Kind::Stress) {
+            run_stress(&args, &work).await?
+        } else {
+            run_cluster(&args, &settings, rounds, &work).await?
+        };
         println!("{text}");
         if temporary {
             let _ = std::fs::remove_dir_all(&work);
@@ -374,7 +387,7 @@ async fn run(args: Args) -> Result<()> {
                     }
                     None => unreachable!("prepared when the systems include languages"),
                 }),
-                Kind::Stress => unreachable!("the stress benchmark runs on its own"),
+                Kind::Stress | Kind::Cluster => unreachable!("a benchmark that runs on its own"),
             }
         }
         all_rounds.push(runs);
@@ -749,6 +762,34 @@ impl Bench<'_> {
             rates,
         });
     }
+}
+
+/// The cluster benchmark: evhost on PostgreSQL against PostgreSQL alone.
+async fn run_cluster(
+    args: &Args,
+    settings: &Settings,
+    rounds: usize,
+    work: &Path,
+) -> Result<String> {
+    let read = |path: PathBuf| -> Result<bytes::Bytes> {
+        Ok(std::fs::read(&path)
+            .with_context(|| format!("reading {}", path.display()))?
+            .into())
+    };
+    let cluster = cluster::Cluster {
+        args,
+        binary: evhost_binary(args)?,
+        url: args
+            .postgres_url
+            .clone()
+            .context("no --postgres-url given")?,
+        config: args.postgres.clone().context("no --postgres given")?,
+        visit: read(component(&args.visit_wasm, "visit.wasm")?)?,
+        visits: read(component(&args.visits_wasm, "visits.wasm")?)?,
+        work: work.to_path_buf(),
+        timeout: Duration::from_secs_f64(args.timeout),
+    };
+    cluster.run(settings, rounds).await
 }
 
 /// The stress benchmark, on this build's evhost and on `--stress-baseline` if given.

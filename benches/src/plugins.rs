@@ -28,7 +28,7 @@ use visit::{VisitEvent, VisitHandler};
 
 use crate::evhost::{Evhost, EvhostClient, Server};
 use crate::report::median_by;
-use crate::workload::{self, Measurement, Settings, Tally, Until};
+use crate::workload::{self, Measurement, Settings, System, Tally, Until};
 
 /// The handler the component registers, and the category of its streams.
 const HANDLER: &str = "visit";
@@ -222,19 +222,9 @@ impl Plugins {
                     deployed.name
                 );
             }
-            let clients = workload::connect_all(&system, settings, settings.clients).await?;
-            let until = Arc::new(Until::timed(settings));
-            let tasks = clients
-                .into_iter()
-                .enumerate()
-                .map(|(index, client)| {
-                    tokio::spawn(visits(client, index, until.clone(), settings.op_timeout))
-                })
-                .collect();
-            let tallies = workload::join_clients(tasks).await?;
             Ok(Commands {
                 server: format!("evhost {version}"),
-                measurement: workload::merge(tallies, settings.measure, false),
+                measurement: run_visits(&system, settings).await?,
             })
         }
         .await;
@@ -294,6 +284,25 @@ impl Plugins {
         }
         Ok(bench)
     }
+}
+
+/// Runs visits with `settings.clients` clients of `system`, each on streams of its own, for the
+/// timed window: what the commands appended, one latency sample per command.
+pub(crate) async fn run_visits<S: System<Client = EvhostClient>>(
+    system: &Arc<S>,
+    settings: &Settings,
+) -> Result<Measurement> {
+    let clients = workload::connect_all(system, settings, settings.clients).await?;
+    let until = Arc::new(Until::timed(settings));
+    let tasks = clients
+        .into_iter()
+        .enumerate()
+        .map(|(index, client)| {
+            tokio::spawn(visits(client, index, until.clone(), settings.op_timeout))
+        })
+        .collect();
+    let tallies = workload::join_clients(tasks).await?;
+    Ok(workload::merge(tallies, settings.measure, false))
 }
 
 /// One client's loop: visit after visit on its own streams `visit-c<client>-<n>`, one command

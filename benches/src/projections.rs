@@ -139,34 +139,43 @@ impl Projections {
     }
 
     async fn catch_up(&self, server: &Server) -> Result<CatchUp, String> {
-        let run = async {
-            let mut http = Connection::open(server.addr).await?;
-            let started = Instant::now();
-            let body = Some(("application/wasm", self.component.clone()));
-            let (status, body) = http.send_body(Method::POST, "/plugins", body).await?;
-            expect(status, &body)?;
-            let head = VISITS as u64 * 4;
-            loop {
-                let (status, body) = http.send(Method::GET, "/plugins/visits", None).await?;
-                expect(status, &body)?;
-                let listing: serde_json::Value = serde_json::from_slice(&body)?;
-                if listing["status"] == "paused" {
-                    bail!("the projection paused: {}", listing["error"]);
-                }
-                if listing["position"].as_u64().is_some_and(|p| p >= head) {
-                    break;
-                }
-                tokio::time::sleep(Duration::from_millis(5)).await;
-            }
-            let elapsed = started.elapsed();
-            Ok::<_, anyhow::Error>(CatchUp {
-                events: head,
-                elapsed,
-                peak_rss: high_water_mark(server.pid),
-            })
-        };
-        run.await.map_err(|e| format!("{e:#}"))
+        catch_up(server, &self.component, VISITS as u64 * 4).await
     }
+}
+
+/// Deploys the visits projection `component` to `server` and times it from the deploy's answer
+/// until its position reaches `head`, with the server's peak resident memory at the end.
+pub(crate) async fn catch_up(
+    server: &Server,
+    component: &Bytes,
+    head: u64,
+) -> Result<CatchUp, String> {
+    let run = async {
+        let mut http = Connection::open(server.addr).await?;
+        let started = Instant::now();
+        let body = Some(("application/wasm", component.clone()));
+        let (status, body) = http.send_body(Method::POST, "/plugins", body).await?;
+        expect(status, &body)?;
+        loop {
+            let (status, body) = http.send(Method::GET, "/plugins/visits", None).await?;
+            expect(status, &body)?;
+            let listing: serde_json::Value = serde_json::from_slice(&body)?;
+            if listing["status"] == "paused" {
+                bail!("the projection paused: {}", listing["error"]);
+            }
+            if listing["position"].as_u64().is_some_and(|p| p >= head) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let elapsed = started.elapsed();
+        Ok::<_, anyhow::Error>(CatchUp {
+            events: head,
+            elapsed,
+            peak_rss: high_water_mark(server.pid),
+        })
+    };
+    run.await.map_err(|e| format!("{e:#}"))
 }
 
 /// The medians of the rounds' figures.
@@ -241,7 +250,12 @@ fn visit_appends(n: usize) -> [(String, String); 2] {
 
 /// Every append of the log, in the order clients take them.
 fn appends() -> Vec<(String, String)> {
-    interleave(VISITS, visit_appends)
+    appends_of(VISITS)
+}
+
+/// The appends of a log of `visits` visits, in the order clients take them.
+pub(crate) fn appends_of(visits: usize) -> Vec<(String, String)> {
+    interleave(visits, visit_appends)
 }
 
 /// The appends of `visits` visits, in the order clients take them: each visit's first append
@@ -279,7 +293,7 @@ pub(crate) async fn fill_store(
     let _ = std::fs::remove_dir_all(&filled);
     let server = Server::start(binary, &filled, work, timeout).await?;
     let started = Instant::now();
-    append_all(server.addr, appends).await?;
+    append_all(server.addr, appends, FILL_CLIENTS).await?;
     eprintln!(
         "{name}: stored {events} events in {:.1} s",
         started.elapsed().as_secs_f64()
@@ -290,16 +304,21 @@ pub(crate) async fn fill_store(
 
 /// Appends the whole log with concurrent clients.
 pub(crate) async fn fill(addr: std::net::SocketAddr) -> Result<()> {
-    append_all(addr, appends()).await
+    append_all(addr, appends(), FILL_CLIENTS).await
 }
 
-/// Sends `appends` (stream, body) with [`FILL_CLIENTS`] concurrent clients, each taking the
-/// next one in order; any answer but 201 is an error.
-async fn append_all(addr: std::net::SocketAddr, appends: Vec<(String, String)>) -> Result<()> {
+/// Sends `appends` (stream, body) with `clients` concurrent clients, each taking the next one in
+/// order; any answer but 201 is an error.
+pub(crate) async fn append_all(
+    addr: std::net::SocketAddr,
+    appends: Vec<(String, String)>,
+    clients: usize,
+) -> Result<()> {
     let appends = Arc::new(appends);
     let next = Arc::new(AtomicUsize::new(0));
+    let count = clients;
     let mut clients = Vec::new();
-    for _ in 0..FILL_CLIENTS {
+    for _ in 0..count {
         let (appends, next) = (appends.clone(), next.clone());
         clients.push(tokio::spawn(async move {
             let mut http = Connection::open(addr).await?;

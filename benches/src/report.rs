@@ -24,7 +24,7 @@ pub(crate) enum WorkloadKind {
     Read,
 }
 
-const WORKLOADS: [WorkloadKind; 4] = [
+pub(crate) const WORKLOADS: [WorkloadKind; 4] = [
     WorkloadKind::Append,
     WorkloadKind::Batch,
     WorkloadKind::Race,
@@ -147,7 +147,7 @@ impl SystemRun {
             .find(|run| run.kind == kind)
     }
 
-    fn measured(&self, kind: WorkloadKind) -> Option<&Measurement> {
+    pub(crate) fn measured(&self, kind: WorkloadKind) -> Option<&Measurement> {
         self.workload(kind)?.result.as_ref().ok()
     }
 }
@@ -227,7 +227,7 @@ pub(crate) fn render_baseline(
     out
 }
 
-fn row(
+pub(crate) fn row(
     run: &SystemRun,
     kind: WorkloadKind,
     evhost: Option<&SystemRun>,
@@ -633,7 +633,7 @@ fn write_notes(out: &mut String, runs: &[SystemRun], plugins: &[PluginRound], se
     }
 }
 
-fn date() -> String {
+pub(crate) fn date() -> String {
     std::process::Command::new("date")
         .args(["-u", "+%Y-%m-%d %H:%M UTC"])
         .output()
@@ -643,7 +643,7 @@ fn date() -> String {
         .unwrap_or_else(|| "unknown".to_owned())
 }
 
-fn machine() -> String {
+pub(crate) fn machine() -> String {
     let cores = std::thread::available_parallelism().map_or(0, usize::from);
     let read = |path: &str| std::fs::read_to_string(path).unwrap_or_default();
     let cpuinfo = read("/proc/cpuinfo");

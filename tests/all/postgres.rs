@@ -385,14 +385,14 @@ fn a_deploy_promotion_or_rollback_on_one_node_takes_effect_on_every_node() {
     let second = Launch::default().on_postgres(&schema).start();
     let v1 = first.api().deploy_guest("fixture-counter");
     // The second node loads what the first deployed, and serves its commands.
-    let listed = |server: &Server| {
+    let listed = |server: &Server, name: &str| {
         let deadline = std::time::Instant::now() + SETTLE;
-        while server.api().get("/plugins/counter").status != 200 {
-            assert!(std::time::Instant::now() < deadline, "counter never listed");
+        while server.api().get(&format!("/plugins/{name}")).status != 200 {
+            assert!(std::time::Instant::now() < deadline, "{name} never listed");
             std::thread::sleep(Duration::from_millis(20));
         }
     };
-    listed(&second);
+    listed(&second, "counter");
     wait_for_active(&second, "counter", &v1);
     let increment = |server: &Server, id: &str| {
         server
@@ -416,7 +416,7 @@ fn a_deploy_promotion_or_rollback_on_one_node_takes_effect_on_every_node() {
     assert_eq!(log.len(), 2, "{log:?}");
     // And a projection deployed on one node runs on one of them, readable on both.
     second.api().deploy_guest("fixture-counting-projection");
-    listed(&first);
+    listed(&first, "counting-projection");
     increment(&first, "x-3");
     assert_eq!(counted(&first), 3);
     assert_eq!(counted(&second), 3);

@@ -15,6 +15,7 @@
 //! subscription does not match, which change nothing).
 //! Architecture Invariant: this module knows nothing of HTTP or wasmtime.
 
+pub mod known;
 pub mod state;
 
 use std::sync::{Arc, Mutex};
@@ -29,6 +30,7 @@ use evhost_store::{
     CommitError, DataSnapshot, DataWrite, Fence, LogFilter, RecordView, StorageError, Store,
     now_rfc3339,
 };
+use known::KnownState;
 use state::{BatchState, Overlay, StateBudget};
 
 use crate::placement::{Placed, Placement, Tenure};
@@ -125,6 +127,9 @@ pub struct ProjectionRunner {
     /// Whether this node runs the version now, and under which token.
     tenure: Tenure,
     placement: Arc<Placement>,
+    /// What this node knows of the committed state while it holds the lease; `None` while it
+    /// knows nothing (standing by, or after a commit whose outcome is unknown).
+    known: Mutex<Option<Arc<KnownState>>>,
 }
 
 #[async_trait::async_trait]
@@ -235,6 +240,7 @@ impl ProjectionRunner {
             lease,
             tenure: watch::Sender::new(None),
             placement: placement.clone(),
+            known: Mutex::new(None),
         });
         tracing::info!(
             "projection {} version {version} follows the log from position {}",
@@ -593,6 +599,9 @@ impl ProjectionRunner {
                             self.commit_failed(error, &mut attempts, &mut control).await;
                             continue;
                         }
+                        if let Some(known) = self.known() {
+                            known.committed(&step.overlay);
+                        }
                         self.set_state_bytes(step.state_bytes);
                     }
                     self.processed.send_replace(step.covered);
@@ -669,6 +678,9 @@ impl ProjectionRunner {
             .get(PAUSES, &self.key)
             .await?
             .and_then(|bytes| serde_json::from_slice::<Pause>(&bytes).ok());
+        // Under a new token this runner is the state's only writer from now on.
+        let empty = snapshot.scan(&self.space, "", None, 1).await?.is_empty();
+        self.set_known(Some(Arc::new(KnownState::new(empty))));
         self.processed.send_replace(checkpoint);
         self.set_state_bytes(Some(state_bytes));
         let pausing = paused.is_some();
@@ -695,6 +707,9 @@ impl ProjectionRunner {
         });
         match committed {
             Ok(()) => {
+                if let Some(known) = self.known() {
+                    known.committed(&batch.overlay);
+                }
                 self.set_state_bytes(batch.state_bytes);
                 self.processed.send_replace(batch.covered);
                 self.succeeded(batch.covered, attempts);
@@ -714,6 +729,8 @@ impl ProjectionRunner {
         attempts: &mut u32,
         control: &mut watch::Receiver<Control>,
     ) {
+        // The commit may have happened or not: what this runner knew may be out of date.
+        self.set_known(None);
         if let CommitError::Fenced { .. } = error {
             tracing::warn!(
                 "projection {} version {}: {error}; another runner took over, this one stands by",
@@ -802,6 +819,7 @@ impl ProjectionRunner {
             store: self.store.as_ref(),
             filter: &self.filter,
             space: &self.space,
+            known: self.known(),
         };
         let budget = StateBudget {
             bytes: state_bytes,
@@ -819,6 +837,14 @@ impl ProjectionRunner {
             step.writes.push(self.checkpoint_write(step.covered));
         }
         Ok(step)
+    }
+
+    fn known(&self) -> Option<Arc<KnownState>> {
+        self.known.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    fn set_known(&self, known: Option<Arc<KnownState>>) {
+        *self.known.lock().unwrap_or_else(|p| p.into_inner()) = known;
     }
 
     /// The bytes of keys and values this version's committed state holds.
@@ -851,6 +877,8 @@ pub struct Source<'a> {
     pub store: &'a dyn Store,
     pub filter: &'a LogFilter,
     pub space: &'a Arc<str>,
+    /// What the only writer of `space` knows of it, if this is that writer.
+    pub known: Option<Arc<KnownState>>,
 }
 
 impl Source<'_> {
@@ -906,7 +934,8 @@ impl Source<'_> {
         let events: Vec<LogEvent<'_>> = views.iter().map(log_event).collect();
         let state = Arc::new(
             BatchState::writable(self.space.clone(), wait(self.store.snapshot())?, prior)
-                .with_budget(budget),
+                .with_budget(budget)
+                .with_known(self.known.clone()),
         );
         let (covered, failure) = match self.apply(&events, &state) {
             Ok(()) => (covered, None),

@@ -34,6 +34,10 @@ use crate::error::{database, describe, is_transient};
 const MAX_GROUP_ENTRIES: usize = 50_000;
 const MAX_GROUP_BYTES: usize = 64 << 20;
 
+/// The longest a group waits for the writers the group before it answered; a transaction with
+/// a synchronous standby costs milliseconds, so a wait this short that fills the group pays.
+const GROUP_WAIT: Duration = Duration::from_micros(500);
+
 /// How long markers are kept: far longer than any writer keeps asking about its group.
 const MARKER_LIFETIME: &str = "1 hour";
 const MARKER_SWEEP_EVERY: Duration = Duration::from_secs(600);
@@ -205,10 +209,13 @@ impl Writer {
 
     pub async fn run(mut self, mut messages: mpsc::UnboundedReceiver<Message>) {
         let mut closing = None;
+        // How many commits the last group carried: the writers likely to be back soon.
+        let mut last_group = 0;
         while closing.is_none() {
             let Some(first) = messages.recv().await else {
                 return;
             };
+            let gather_until = tokio::time::Instant::now() + GROUP_WAIT;
             let mut group = Vec::new();
             let (mut entries, mut bytes) = (0usize, 0usize);
             let mut next = Some(first);
@@ -224,8 +231,22 @@ impl Writer {
                 if closing.is_some() || entries >= MAX_GROUP_ENTRIES || bytes >= MAX_GROUP_BYTES {
                     break;
                 }
-                next = messages.try_recv().ok();
+                next = match messages.try_recv() {
+                    Ok(message) => Some(message),
+                    // The writers the last group answered are still sending their next commits:
+                    // waiting a moment for them makes this group as large as the last, which
+                    // costs one short wait instead of a whole extra transaction (and its wait
+                    // for the standby).
+                    Err(mpsc::error::TryRecvError::Empty) if group.len() < last_group => {
+                        tokio::time::timeout_at(gather_until, messages.recv())
+                            .await
+                            .ok()
+                            .flatten()
+                    }
+                    Err(_) => None,
+                };
             }
+            last_group = group.len();
             if !group.is_empty() {
                 self.commit_group(group).await;
             }

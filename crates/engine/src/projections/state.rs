@@ -10,6 +10,7 @@ use std::sync::{Arc, Mutex};
 use evhost_runtime::{PluginFailure, StateAccess};
 use evhost_store::{DataSnapshot, DataWrite};
 
+use super::known::{KnownState, Lookup};
 use crate::wait::wait;
 
 /// Writes not yet committed: a value, or `None` for a removal.
@@ -66,6 +67,8 @@ pub struct BatchState {
     read_only: bool,
     /// The size the state may grow to, when it is kept to one.
     budget: Option<StateBudget>,
+    /// What the runner knows of the committed state, which answers reads before the snapshot.
+    known: Option<Arc<KnownState>>,
 }
 
 impl BatchState {
@@ -84,6 +87,7 @@ impl BatchState {
             layers: Mutex::default(),
             read_only: false,
             budget: None,
+            known: None,
         }
     }
 
@@ -91,6 +95,12 @@ impl BatchState {
     /// fails the call.
     pub fn with_budget(mut self, budget: Option<StateBudget>) -> Self {
         self.budget = budget;
+        self
+    }
+
+    /// The same state, its committed values answered from what the runner knows first.
+    pub fn with_known(mut self, known: Option<Arc<KnownState>>) -> Self {
+        self.known = known;
         self
     }
 
@@ -182,9 +192,18 @@ impl BatchState {
     }
 
     fn committed(&self, key: &str) -> Result<Option<String>, String> {
+        if let Some(known) = &self.known
+            && let Lookup::Known(value) = known.lookup(key)
+        {
+            return Ok(value);
+        }
         let value = wait(self.snapshot.get(&self.space, key))
             .map_err(|e| format!("state cannot be read: {e}"))?;
-        value.map(utf8).transpose()
+        let value = value.map(utf8).transpose()?;
+        if let Some(known) = &self.known {
+            known.read(key, &value);
+        }
+        Ok(value)
     }
 
     fn write(&self, key: String, value: Option<String>) -> Result<(), String> {

@@ -203,6 +203,7 @@ fn build(
         store: job.store,
         filter: &filter,
         space,
+        known: None,
     };
     // As a runner does, the next batch is applied over the writes of the one being committed.
     type Commit = tokio::task::JoinHandle<Result<(), CommitError>>;
