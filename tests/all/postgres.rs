@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use crate::harness::{Launch, Server, event, event_with_id, fresh_schema};
+use crate::harness::{Launch, Server, event, event_with_id, fresh_schema, guest_wasm};
 use crate::sse::{Follower, assert_followed};
 
 const SETTLE: Duration = Duration::from_secs(60);
@@ -651,4 +651,186 @@ fn killing_the_postgresql_primary_loses_no_acknowledged_append() {
     // The projection counted every event once, on the new primary.
     assert_eq!(counted(&first), log.len() as u64);
     assert_eq!(counted(&second), log.len() as u64);
+}
+
+#[test]
+fn restarting_postgresql_with_every_node_connected_loses_nothing_and_work_goes_on() {
+    use evhost_postgres::test_server::TestServer;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::{Arc, Mutex};
+    let mut database = TestServer::start().expect("a server");
+    let schema = fresh_schema();
+    let lease = projection_lease("fixture-counting-projection", "counting-projection");
+    let [one, two] = nodes_preferring_the_first(&lease);
+    let url = database.url("postgres");
+    let launch = |dir| {
+        Launch::default()
+            .arg("--store")
+            .arg(&url)
+            .arg("--store-schema")
+            .arg(&schema)
+            .start_in(dir)
+    };
+    let (first, second) = (launch(one), launch(two));
+    first.api().deploy_guest("fixture-counting-projection");
+    wait_for_holder(&second, &lease, &first);
+    // A follower on each node, from the start of the log.
+    let mut followers = [
+        Follower::open(&first, "", None),
+        Follower::open(&second, "", None),
+    ];
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let acknowledged = Arc::new(Mutex::new(Vec::new()));
+    let writers = appending(&[&first, &second], 4, stop.clone(), acknowledged.clone());
+    let acked = || acknowledged.lock().unwrap().len();
+    let wait_for_acks = |count: usize| {
+        let deadline = std::time::Instant::now() + SETTLE;
+        while acked() < count {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "only {} appends acknowledged",
+                acked()
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    };
+    wait_for_acks(100);
+    // Every connection of both nodes is cut; the nodes reconnect to the same server.
+    database.restart().expect("PostgreSQL starts again");
+    let at_restart = acked();
+    wait_for_acks(at_restart + 100);
+    stop.store(true, Ordering::Relaxed);
+    for writer in writers {
+        writer.join().unwrap();
+    }
+
+    let log = second.api().all_events();
+    let positions: Vec<u64> = log
+        .iter()
+        .map(|e| e["position"].as_u64().unwrap())
+        .collect();
+    assert_eq!(
+        positions,
+        (1..=log.len() as u64).collect::<Vec<_>>(),
+        "gapless"
+    );
+    let stored: std::collections::BTreeSet<&str> =
+        log.iter().map(|e| e["id"].as_str().unwrap()).collect();
+    let lost: Vec<String> = acknowledged
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|id| !stored.contains(id.as_str()))
+        .cloned()
+        .collect();
+    assert!(lost.is_empty(), "acknowledged and lost: {lost:?}");
+    assert_eq!(stored.len(), log.len(), "an event stored twice");
+    assert_eq!(counted(&first), log.len() as u64);
+    assert_eq!(counted(&second), log.len() as u64);
+    // Each node's follower saw every event once, in order, across the restart.
+    for follower in &mut followers {
+        assert_followed(&follower.take(log.len()), &log);
+    }
+}
+
+/// A deploy whose node dies just before or just after it is saved is all there or not there:
+/// the other node serves it (or not) whole, and the dead node, back, agrees.
+#[test]
+fn a_node_killed_during_a_deploy_leaves_the_deploy_whole() {
+    for (point, saved) in [("deploy-before-save", false), ("deploy-after-save", true)] {
+        let schema = fresh_schema();
+        let mut first = Launch::default()
+            .on_postgres(&schema)
+            .env("EVHOST_CRASH_AT", point)
+            .start();
+        let second = Launch::default().on_postgres(&schema).start();
+        let wasm = guest_wasm("fixture-counting-projection");
+        let upload = first.api().try_send(
+            "POST",
+            "/plugins",
+            &[("content-type", "application/wasm")],
+            Some(wasm),
+        );
+        assert!(
+            upload.as_ref().is_err(),
+            "{point}: the deploy was answered: {upload:?}"
+        );
+        assert!(
+            first.wait_for_crash(SETTLE),
+            "{point}: the node did not crash"
+        );
+        if saved {
+            wait_for_plugin_listed(&second, "counting-projection");
+        } else {
+            second.api().get("/plugins/counting-projection").expect(404);
+            second.api().deploy_guest("fixture-counting-projection");
+        }
+        append_counted(&second, 0, 10);
+        assert_eq!(counted(&second), 10, "{point}");
+        first.set_env("EVHOST_CRASH_AT", None);
+        first.restart();
+        assert_eq!(counted(&first), 10, "{point}");
+    }
+}
+
+/// A promotion whose node dies just before or just after it is saved switches every node or
+/// none.
+#[test]
+fn a_node_killed_during_a_promotion_switches_every_node_or_none() {
+    for (point, saved) in [("promote-before-save", false), ("promote-after-save", true)] {
+        let schema = fresh_schema();
+        let second = Launch::default().on_postgres(&schema).start();
+        let v1 = second.api().deploy_guest("fixture-counter");
+        let v2 = second
+            .api()
+            .deploy(&guest_wasm("fixture-counter-v2"), "promote=manual")
+            .expect(201)["version"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        let mut first = Launch::default()
+            .on_postgres(&schema)
+            .env("EVHOST_CRASH_AT", point)
+            .start();
+        wait_for_plugin_listed(&first, "counter");
+        let promoted = first.api().try_send(
+            "POST",
+            "/plugins/counter/promote",
+            &[],
+            Some(b"{}".to_vec()),
+        );
+        assert!(
+            promoted.as_ref().is_err(),
+            "{point}: the promotion was answered: {promoted:?}"
+        );
+        assert!(
+            first.wait_for_crash(SETTLE),
+            "{point}: the node did not crash"
+        );
+        let (expected, build) = if saved { (&v2, "v2") } else { (&v1, "v1") };
+        wait_for_active(&second, "counter", expected);
+        let reply = second
+            .api()
+            .command(
+                "counter",
+                &json!({"stream": "counter-p", "type": "Increment", "data": {"by": 1}}),
+            )
+            .expect(200);
+        assert_eq!(
+            reply["events"][0]["data"]["build"], build,
+            "{point}: {reply}"
+        );
+        first.set_env("EVHOST_CRASH_AT", None);
+        first.restart();
+        wait_for_active(&first, "counter", expected);
+    }
+}
+
+fn wait_for_plugin_listed(server: &Server, name: &str) {
+    let deadline = std::time::Instant::now() + SETTLE;
+    while server.api().get(&format!("/plugins/{name}")).status != 200 {
+        assert!(std::time::Instant::now() < deadline, "{name} never listed");
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }

@@ -23,8 +23,8 @@ use super::query::{Query, percent_decode};
 use super::{App, Body, Role, json_response, raw_json_response, read_body};
 use evhost_store::{
     AppendLimits, AppendOutcome, AppendRequest, Direction, EventView, ExpectedVersion, LogFilter,
-    ProposedEvent, RecordedEvent, category_of, minify_json, validate_event_id, validate_event_type,
-    validate_stream_name,
+    ProposedEvent, RecordedEvent, StorageError, category_of, minify_json, validate_event_id,
+    validate_event_type, validate_stream_name,
 };
 
 /// Page sizes: defaults and maxima of `limit`.
@@ -385,14 +385,28 @@ async fn feed_follower(
     {
         return;
     }
+    let mut retry = Duration::from_millis(50);
     loop {
         let page = match app.store.read_log(next, FOLLOW_BATCH, &filter).await {
             Ok(page) => page,
+            // The database restarting or failing over: the follower waits for it rather than
+            // ending the stream, and goes on from where it was.
+            Err(StorageError::Unavailable(reason)) => {
+                tracing::warn!("a follower waits for the store: {reason}");
+                tokio::select! {
+                    () = tokio::time::sleep(retry) => {}
+                    () = sender.closed() => return,
+                    _ = stopping.changed() => return,
+                }
+                retry = (retry * 2).min(Duration::from_secs(1));
+                continue;
+            }
             Err(error) => {
                 tracing::error!("a follower stopped: {error}");
                 return;
             }
         };
+        retry = Duration::from_millis(50);
         if !page.events.is_empty() {
             let mut chunk = Vec::with_capacity(page.events.iter().map(|e| e.json.len() + 48).sum());
             for event in &page.events {

@@ -22,6 +22,10 @@ pub struct TestServer {
     pub pid: u32,
     bin: PathBuf,
     as_root: bool,
+    /// The settings the server runs with, for a restart.
+    settings: Vec<String>,
+    /// How many times the server has started (each start logs to a file of its own).
+    starts: u32,
     /// Holds the guard's pipe open while this value (or, for the shared one, the process) lives.
     _guard: Child,
 }
@@ -160,29 +164,7 @@ impl TestServer {
         }
         let port = free_port()?;
         let log = dir.join("postgres.log");
-        let mut command = as_postgres(&bin.join("postgres"), as_root);
-        command
-            .arg("-D")
-            .arg(&data)
-            .arg("-p")
-            .arg(port.to_string())
-            .arg("-c")
-            .arg("listen_addresses=127.0.0.1")
-            .arg("-c")
-            .arg(format!("unix_socket_directories={}", dir.display()));
-        for setting in &settings {
-            command.arg("-c").arg(setting);
-        }
-        let server = command
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(
-                std::fs::File::create(&log)
-                    .map_err(|e| format!("creating {}: {e}", log.display()))?,
-            )
-            .spawn()
-            .map_err(|e| format!("starting postgres: {e}"))?;
-        let pid = server.id();
+        let pid = spawn_postgres(&bin, &dir, port, &settings, as_root, &log)?;
         let guard = guard(pid, &dir)?;
         let server = TestServer {
             port,
@@ -190,10 +172,41 @@ impl TestServer {
             pid,
             bin,
             as_root,
+            settings,
+            starts: 1,
             _guard: guard,
         };
         server.wait_ready(&log)?;
         Ok(server)
+    }
+
+    /// Stops the server with a fast shutdown, which cuts every connection as an operator's
+    /// restart does, and starts it again on the same port and data once it has stopped.
+    pub fn restart(&mut self) -> Result<(), String> {
+        // SAFETY: kill has no memory preconditions.
+        unsafe {
+            libc::kill(self.pid as i32, libc::SIGINT);
+        }
+        // The postmaster removes its pid file as the last step of a clean shutdown.
+        let pid_file = self.dir.join("data").join("postmaster.pid");
+        let started = Instant::now();
+        while pid_file.exists() {
+            if started.elapsed() > Duration::from_secs(120) {
+                return Err("PostgreSQL did not stop within 120 s".into());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        self.starts += 1;
+        let log = self.dir.join(format!("postgres-{}.log", self.starts));
+        self.pid = spawn_postgres(
+            &self.bin,
+            &self.dir,
+            self.port,
+            &self.settings,
+            self.as_root,
+            &log,
+        )?;
+        self.wait_ready(&log)
     }
 
     fn wait_ready(&self, log: &Path) -> Result<(), String> {
@@ -213,6 +226,37 @@ impl TestServer {
         }
         Ok(())
     }
+}
+
+/// Starts the postmaster of the cluster in `dir` on `port`, logging to `log`; answers its pid.
+fn spawn_postgres(
+    bin: &Path,
+    dir: &Path,
+    port: u16,
+    settings: &[String],
+    as_root: bool,
+    log: &Path,
+) -> Result<u32, String> {
+    let mut command = as_postgres(&bin.join("postgres"), as_root);
+    command
+        .arg("-D")
+        .arg(dir.join("data"))
+        .arg("-p")
+        .arg(port.to_string())
+        .arg("-c")
+        .arg("listen_addresses=127.0.0.1")
+        .arg("-c")
+        .arg(format!("unix_socket_directories={}", dir.display()));
+    for setting in settings {
+        command.arg("-c").arg(setting);
+    }
+    let server = command
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(log).map_err(|e| format!("creating {}: {e}", log.display()))?)
+        .spawn()
+        .map_err(|e| format!("starting postgres: {e}"))?;
+    Ok(server.id())
 }
 
 /// The directory of the PostgreSQL server's binaries.
@@ -287,11 +331,15 @@ pub fn free_port() -> Result<u16, String> {
 /// A shell that waits for its input to close (when this process ends), then stops the server
 /// (a fast shutdown, then a kill if it lingers) and removes `dir`.
 fn guard(pid: u32, dir: &Path) -> Result<Child, String> {
+    // A restarted server has a postmaster of another pid: its pid file names it.
     let script = format!(
-        "read _ignored; kill -INT {pid} 2>/dev/null; \
-         i=0; while kill -0 {pid} 2>/dev/null && [ $i -lt 600 ]; do sleep 0.1; i=$((i+1)); done; \
-         kill -KILL {pid} 2>/dev/null; rm -rf '{}'",
-        dir.display()
+        "read _ignored; pids=\"{pid} $(head -n 1 '{dir}/data/postmaster.pid' 2>/dev/null)\"; \
+         kill -INT $pids 2>/dev/null; \
+         for p in $pids; do \
+           i=0; while kill -0 $p 2>/dev/null && [ $i -lt 600 ]; do sleep 0.1; i=$((i+1)); done; \
+           kill -KILL $p 2>/dev/null; \
+         done; rm -rf '{dir}'",
+        dir = dir.display()
     );
     Command::new("sh")
         .arg("-c")

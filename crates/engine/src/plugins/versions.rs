@@ -333,7 +333,17 @@ impl Plugins {
                 .iter()
                 .map(|(key, bytes)| ((*key).to_owned(), bytes.to_vec()))
                 .collect();
+            let point = match trigger {
+                Trigger::Deploy => "deploy",
+                Trigger::Promote => "promote",
+                Trigger::Auto => "auto-promote",
+                Trigger::Rollback => "rollback",
+                Trigger::OtherNode => "other-node",
+            };
+            crate::faults::crash_point(&format!("{point}-before-save"));
             self.store.save_plugin(&name, encoded, blobs).await?;
+            // Saved and not yet running here, nor answered: what a crash leaves must be whole.
+            crate::faults::crash_point(&format!("{point}-after-save"));
         }
         let mut loaded = current;
         let retired: Vec<LoadedVersion> = {
