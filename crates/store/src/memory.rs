@@ -223,8 +223,12 @@ impl Commits for MemoryStore {
         state.stats.commit_seconds += started.elapsed().as_secs_f64();
         let head = state.events.len() as u64;
         drop(state);
-        self.head
-            .send_if_modified(|h| std::mem::replace(h, head) != head);
+        // Commits that raced publish their heads in any order: the head only moves forward.
+        self.head.send_if_modified(|h| {
+            let moved = head > *h;
+            *h = (*h).max(head);
+            moved
+        });
         Ok(committed)
     }
 }
