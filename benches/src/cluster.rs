@@ -16,15 +16,14 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Result, bail};
 use bytes::Bytes;
 use hyper::{Method, StatusCode};
-use tokio_postgres::NoTls;
 
 use crate::evhost::{Evhost, EvhostNodes, Server};
 use crate::http::Connection;
 use crate::memory::Probe;
-use crate::postgres::Position;
+use crate::postgres::{Position, connect};
 use crate::projections::{self, CatchUp};
 use crate::report::{self, SystemKind, SystemRun, thousands};
 use crate::workload::{Measurement, Settings};
@@ -584,14 +583,6 @@ async fn wait_for_plugin(addr: SocketAddr, name: &str, timeout: Duration) -> Res
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-}
-
-async fn connect(config: &str) -> Result<tokio_postgres::Client> {
-    let (client, connection) = tokio_postgres::connect(config, NoTls)
-        .await
-        .with_context(|| format!("connecting to PostgreSQL with {config:?}"))?;
-    tokio::spawn(connection);
-    Ok(client)
 }
 
 /// How many synchronous standbys the server has.

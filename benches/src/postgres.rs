@@ -150,7 +150,8 @@ impl Postgres {
     }
 }
 
-async fn connect(config: &str) -> Result<tokio_postgres::Client> {
+/// A client of the server at `config`, its connection driven by a task of its own.
+pub(crate) async fn connect(config: &str) -> Result<tokio_postgres::Client> {
     let (client, connection) = tokio_postgres::connect(config, NoTls)
         .await
         .with_context(|| format!("connecting to PostgreSQL with {config:?}"))?;

@@ -574,26 +574,16 @@ fn appending(
         .collect()
 }
 
-#[test]
-fn killing_the_postgresql_primary_loses_no_acknowledged_append() {
-    use evhost_postgres::test_server::TestServer;
-    use std::sync::atomic::{AtomicBool, Ordering};
-    use std::sync::{Arc, Mutex};
-    let primary = TestServer::start().expect("a primary");
-    let standby = primary
-        .start_synchronous_standby("standby1")
-        .expect("a synchronous standby");
-    let url = format!(
-        "postgres://postgres@127.0.0.1:{},127.0.0.1:{}/postgres?target_session_attrs=read-write&connect_timeout=2",
-        primary.port, standby.port
-    );
+/// Two nodes on a fresh schema of the database at `url`, the counting projection deployed and
+/// run by the first.
+fn two_nodes_counting_on(url: &str) -> (Server, Server) {
     let schema = fresh_schema();
     let lease = projection_lease("fixture-counting-projection", "counting-projection");
     let [one, two] = nodes_preferring_the_first(&lease);
     let launch = |dir| {
         Launch::default()
             .arg("--store")
-            .arg(&url)
+            .arg(url)
             .arg("--store-schema")
             .arg(&schema)
             .start_in(dir)
@@ -601,88 +591,26 @@ fn killing_the_postgresql_primary_loses_no_acknowledged_append() {
     let (first, second) = (launch(one), launch(two));
     first.api().deploy_guest("fixture-counting-projection");
     wait_for_holder(&second, &lease, &first);
-
-    let stop = Arc::new(AtomicBool::new(false));
-    let acknowledged = Arc::new(Mutex::new(Vec::new()));
-    let writers = appending(&[&first, &second], 4, stop.clone(), acknowledged.clone());
-    let acked = || acknowledged.lock().unwrap().len();
-    let wait_for_acks = |count: usize| {
-        let deadline = std::time::Instant::now() + SETTLE;
-        while acked() < count {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "only {} appends acknowledged",
-                acked()
-            );
-            std::thread::sleep(Duration::from_millis(10));
-        }
-    };
-    wait_for_acks(100);
-    primary.kill_9();
-    let at_kill = acked();
-    standby.promote().expect("the standby takes over");
-    // Appends go on against the new primary.
-    wait_for_acks(at_kill + 100);
-    stop.store(true, Ordering::Relaxed);
-    for writer in writers {
-        writer.join().unwrap();
-    }
-
-    let log = second.api().all_events();
-    let positions: Vec<u64> = log
-        .iter()
-        .map(|e| e["position"].as_u64().unwrap())
-        .collect();
-    assert_eq!(
-        positions,
-        (1..=log.len() as u64).collect::<Vec<_>>(),
-        "gapless"
-    );
-    let stored: std::collections::BTreeSet<&str> =
-        log.iter().map(|e| e["id"].as_str().unwrap()).collect();
-    let acknowledged = acknowledged.lock().unwrap();
-    let missing: Vec<&String> = acknowledged
-        .iter()
-        .filter(|id| !stored.contains(id.as_str()))
-        .collect();
-    assert!(missing.is_empty(), "acknowledged and lost: {missing:?}");
-    assert_eq!(stored.len(), log.len(), "an event stored twice");
-    assert_eq!(standby.psql("SELECT pg_is_in_recovery()").unwrap(), "f");
-    // The projection counted every event once, on the new primary.
-    assert_eq!(counted(&first), log.len() as u64);
-    assert_eq!(counted(&second), log.len() as u64);
+    (first, second)
 }
 
-#[test]
-fn restarting_postgresql_with_every_node_connected_loses_nothing_and_work_goes_on() {
-    use evhost_postgres::test_server::TestServer;
+/// A follower of the whole log on each node.
+fn following(first: &Server, second: &Server) -> [Follower; 2] {
+    [
+        Follower::open(first, "", None),
+        Follower::open(second, "", None),
+    ]
+}
+
+/// Appends from 4 writers through both nodes; once 100 appends are acknowledged, injects
+/// `fault`, and stops once 100 more are. Checks that the log is gapless, holds every
+/// acknowledged append and each event once; answers the log.
+fn through_a_fault(first: &Server, second: &Server, fault: impl FnOnce()) -> Vec<Value> {
     use std::sync::atomic::{AtomicBool, Ordering};
     use std::sync::{Arc, Mutex};
-    let mut database = TestServer::start().expect("a server");
-    let schema = fresh_schema();
-    let lease = projection_lease("fixture-counting-projection", "counting-projection");
-    let [one, two] = nodes_preferring_the_first(&lease);
-    let url = database.url("postgres");
-    let launch = |dir| {
-        Launch::default()
-            .arg("--store")
-            .arg(&url)
-            .arg("--store-schema")
-            .arg(&schema)
-            .start_in(dir)
-    };
-    let (first, second) = (launch(one), launch(two));
-    first.api().deploy_guest("fixture-counting-projection");
-    wait_for_holder(&second, &lease, &first);
-    // A follower on each node, from the start of the log.
-    let mut followers = [
-        Follower::open(&first, "", None),
-        Follower::open(&second, "", None),
-    ];
-
     let stop = Arc::new(AtomicBool::new(false));
     let acknowledged = Arc::new(Mutex::new(Vec::new()));
-    let writers = appending(&[&first, &second], 4, stop.clone(), acknowledged.clone());
+    let writers = appending(&[first, second], 4, stop.clone(), acknowledged.clone());
     let acked = || acknowledged.lock().unwrap().len();
     let wait_for_acks = |count: usize| {
         let deadline = std::time::Instant::now() + SETTLE;
@@ -696,15 +624,13 @@ fn restarting_postgresql_with_every_node_connected_loses_nothing_and_work_goes_o
         }
     };
     wait_for_acks(100);
-    // Every connection of both nodes is cut; the nodes reconnect to the same server.
-    database.restart().expect("PostgreSQL starts again");
-    let at_restart = acked();
-    wait_for_acks(at_restart + 100);
+    fault();
+    // Appends go on once the database is back.
+    wait_for_acks(acked() + 100);
     stop.store(true, Ordering::Relaxed);
     for writer in writers {
         writer.join().unwrap();
     }
-
     let log = second.api().all_events();
     let positions: Vec<u64> = log
         .iter()
@@ -726,6 +652,47 @@ fn restarting_postgresql_with_every_node_connected_loses_nothing_and_work_goes_o
         .collect();
     assert!(lost.is_empty(), "acknowledged and lost: {lost:?}");
     assert_eq!(stored.len(), log.len(), "an event stored twice");
+    log
+}
+
+#[test]
+fn killing_the_postgresql_primary_loses_no_acknowledged_append() {
+    use evhost_postgres::test_server::TestServer;
+    let primary = TestServer::start().expect("a primary");
+    let standby = primary
+        .start_synchronous_standby("standby1")
+        .expect("a synchronous standby");
+    let url = format!(
+        "postgres://postgres@127.0.0.1:{},127.0.0.1:{}/postgres?target_session_attrs=read-write&connect_timeout=2",
+        primary.port, standby.port
+    );
+    let (first, second) = two_nodes_counting_on(&url);
+    let mut followers = following(&first, &second);
+
+    let log = through_a_fault(&first, &second, || {
+        primary.kill_9();
+        standby.promote().expect("the standby takes over");
+    });
+    assert_eq!(standby.psql("SELECT pg_is_in_recovery()").unwrap(), "f");
+    // The projection counted every event once, on the new primary.
+    assert_eq!(counted(&first), log.len() as u64);
+    assert_eq!(counted(&second), log.len() as u64);
+    for follower in &mut followers {
+        assert_followed(&follower.take(log.len()), &log);
+    }
+}
+
+#[test]
+fn restarting_postgresql_with_every_node_connected_loses_nothing_and_work_goes_on() {
+    use evhost_postgres::test_server::TestServer;
+    let mut database = TestServer::start().expect("a server");
+    let (first, second) = two_nodes_counting_on(&database.url("postgres"));
+    let mut followers = following(&first, &second);
+
+    // Every connection of both nodes is cut; the nodes reconnect to the same server.
+    let log = through_a_fault(&first, &second, || {
+        database.restart().expect("PostgreSQL starts again");
+    });
     assert_eq!(counted(&first), log.len() as u64);
     assert_eq!(counted(&second), log.len() as u64);
     // Each node's follower saw every event once, in order, across the restart.
